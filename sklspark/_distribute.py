@@ -1,0 +1,227 @@
+"""``distribute()``: validation, input adapter, model shipping, chunk runner and output schema, tied together."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+from pyspark import RDD
+from pyspark.sql import DataFrame
+from pyspark.sql.types import StructType
+
+from ._inputs import batch_to_matrix, iter_batch_chunks, iter_row_chunks, stack_rows
+from ._outputs import output_columns, output_parts, split_rows, to_arrow
+from ._runner import run_chunks
+from ._shipping import ShippedModel
+from ._validation import (
+    FeatureSpec,
+    accepts_sparse,
+    check_chunk_size,
+    check_features,
+    check_method,
+    check_width,
+    n_features_of,
+)
+
+
+def distribute(
+    estimator: Any,
+    method: str,
+    data: RDD | DataFrame,
+    *,
+    chunk_size: int = 4096,
+    features: str | Sequence[str] | None = None,
+    output_cols: str | Sequence[str] | None = None,
+    **method_kwargs: Any,
+) -> RDD | DataFrame:
+    """Apply a fitted estimator's prediction-time method to every row of an RDD or DataFrame.
+
+    The estimator is serialised once on the driver (cloudpickle), shipped once, and loaded once per
+    Python worker process. Each partition is stacked into matrices of at most ``chunk_size`` rows
+    (CSR when the rows are sparse and the estimator accepts sparse input) and the method runs once
+    per chunk, with BLAS/OpenMP threads capped at ``spark.task.cpus``. The result is lazy, like any
+    Spark transformation: nothing runs until an action (``collect``, ``count``, ``write``...).
+
+    Parameters
+    ----------
+    estimator : object
+        A fitted scikit-learn estimator, ``Pipeline`` or any object with the method.
+    method : str
+        The method to run, e.g. ``"predict"``, ``"predict_proba"``, ``"transform"``,
+        ``"decision_function"``, ``"score_samples"``, ``"kneighbors"``, ``"radius_neighbors"``.
+        Methods that fit or need targets (``fit*``, ``partial_fit``, ``score``) are refused.
+    data : pyspark.RDD or pyspark.sql.DataFrame
+        An RDD whose elements are feature vectors (1-D numpy arrays, lists/tuples of numbers,
+        ``pyspark.ml.linalg`` vectors or 1-row scipy sparse matrices), or a DataFrame.
+    chunk_size : int, default=4096
+        Most rows passed to one call of the method; bounds the memory a task needs.
+    features : str or list of str, default=None
+        DataFrame only: a ``VectorUDT`` column, an ``array<numeric>`` column, or a list of
+        numeric columns. ``None`` means the column ``"features"``.
+    output_cols : str or list of str, default=None
+        DataFrame only: names of the result columns, one per part of the method's output.
+        Defaults: ``prediction`` (predict), ``probability`` (predict_proba), ``log_probability``
+        (predict_log_proba), ``distances`` and ``indices`` (kneighbors, radius_neighbors), and the
+        method's own name otherwise.
+    **method_kwargs
+        Passed to the method, e.g. ``n_neighbors=5`` or ``return_distance=False``.
+
+    Returns
+    -------
+    pyspark.RDD or pyspark.sql.DataFrame
+        For an RDD: one element per input element, in the same order, holding the method's
+        output for that row (a scalar for ``predict``, a 1-D array for ``predict_proba`` or
+        ``transform``, a ``(distances, indices)`` tuple for ``kneighbors``...).
+        For a DataFrame: every input column plus the typed result columns (see
+        :mod:`sklspark._outputs` for the types).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Before any task runs, if the estimator is not fitted or lacks the method, ``chunk_size``
+        or ``features`` are invalid, the feature width differs from ``n_features_in_``, or the
+        method rejects ``method_kwargs``. A row that cannot be scored fails its task with a
+        ``ChunkError`` naming the method, partition, rows and cause.
+
+    Examples
+    --------
+    >>> nn = NearestNeighbors().fit(X)                                      # doctest: +SKIP
+    >>> out = distribute(nn, "kneighbors", df, n_neighbors=10)             # doctest: +SKIP
+    >>> out.select("id", "indices", "distances").show()                    # doctest: +SKIP
+    """
+    check_method(estimator, method)
+    chunk_size = check_chunk_size(chunk_size)
+    if isinstance(data, RDD):
+        if features is not None or output_cols is not None:
+            raise TypeError(
+                "features= and output_cols= apply to DataFrame input; the elements of an RDD are "
+                "the feature vectors themselves"
+            )
+        return _distribute_rdd(estimator, method, data, chunk_size, method_kwargs)
+    if isinstance(data, DataFrame):
+        return _distribute_dataframe(estimator, method, data, chunk_size, features, output_cols, method_kwargs)
+    raise TypeError(f"data must be a pyspark RDD or DataFrame, got {type(data).__module__}.{type(data).__name__}")
+
+
+def _probe(
+    estimator: Any,
+    method: str,
+    method_kwargs: dict,
+    width: int | None,
+    dtype: np.dtype,
+    first_row: Callable[[], Any],
+) -> Any:
+    """Run the method on one row on the driver, to check ``method_kwargs`` and learn the output's shape.
+
+    A row of zeros is tried first (no Spark job); if the estimator rejects it (or the width is not
+    known), the data's first row is used. Returns ``None`` when the data is empty and no zero row
+    could be scored.
+    """
+    fn = getattr(estimator, method)
+    zero_error = None
+    if width is not None:
+        try:
+            return fn(np.zeros((1, width), dtype=dtype), **method_kwargs)
+        except Exception as exc:
+            zero_error = exc
+    X = first_row()
+    if X is None:
+        if zero_error is not None:
+            raise ValueError(
+                f"{type(estimator).__name__}.{method}({_kwargs_repr(method_kwargs)}) failed on a row of zeros: "
+                f"{type(zero_error).__name__}: {zero_error}"
+            ) from zero_error
+        return None
+    try:
+        return fn(X, **method_kwargs)
+    except Exception as exc:
+        raise ValueError(
+            f"{type(estimator).__name__}.{method}({_kwargs_repr(method_kwargs)}) failed on the first row of "
+            f"the data, checked on the driver before the job: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _kwargs_repr(method_kwargs: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in method_kwargs.items())
+
+
+def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, method_kwargs: dict) -> RDD:
+    sparse_ok = accepts_sparse(estimator)
+
+    def first_row():
+        head = rdd.take(1)
+        return stack_rows(head, 0, sparse_ok) if head else None
+
+    width = n_features_of(estimator)
+    if width is not None:
+        _probe(estimator, method, method_kwargs, width, np.dtype(np.float64), first_row)
+    model = ShippedModel(estimator, rdd.context)
+
+    def apply(index, rows):
+        chunks = iter_row_chunks(rows, chunk_size, sparse_ok)
+        for _, _, output in run_chunks(model, method, method_kwargs, chunks, partition=index):
+            yield from split_rows(output)
+
+    return rdd.mapPartitionsWithIndex(apply, preservesPartitioning=True)
+
+
+def _first_matrix(df: DataFrame, spec: FeatureSpec, sparse_ok: bool):
+    table = df.select(*spec.columns).limit(1).toArrow()
+    if table.num_rows == 0:
+        return None
+    return batch_to_matrix(table.combine_chunks().to_batches()[0], spec, 0, sparse_ok)
+
+
+def _distribute_dataframe(
+    estimator: Any,
+    method: str,
+    df: DataFrame,
+    chunk_size: int,
+    features: str | Sequence[str] | None,
+    output_cols: str | Sequence[str] | None,
+    method_kwargs: dict,
+) -> DataFrame:
+    spec = check_features(df.schema, features)
+    sparse_ok = accepts_sparse(estimator)
+    first: list = []
+
+    def first_row():
+        if not first:
+            first.append(_first_matrix(df, spec, sparse_ok))
+        return first[0]
+
+    width = spec.width
+    if width is None and n_features_of(estimator) is not None:
+        row = first_row()
+        if row is not None:
+            width = row.shape[1]
+    if width is not None:
+        check_width(estimator, width, f"The DataFrame's {spec.describe()}")
+    sample = _probe(estimator, method, method_kwargs, width, spec.dtype, first_row)
+    if sample is None:
+        raise ValueError(
+            f"cannot tell the result columns of {type(estimator).__name__}.{method}: the DataFrame is empty and "
+            f"the estimator does not record n_features_in_"
+        )
+    columns = output_columns(method, sample, output_cols, df.columns)
+    model = ShippedModel(estimator, _spark_context(df))
+    names = df.columns + [c.name for c in columns]
+
+    def apply(batches):
+        chunks = (
+            (start, batch, batch_to_matrix(batch, spec, start, sparse_ok))
+            for start, batch in iter_batch_chunks(batches, chunk_size)
+        )
+        for _, batch, _, output in run_chunks(model, method, method_kwargs, chunks):
+            arrays = batch.columns + [to_arrow(part, col) for part, col in zip(output_parts(output), columns)]
+            yield pa.RecordBatch.from_arrays(arrays, names=names)
+
+    return df.mapInArrow(apply, StructType(df.schema.fields + [c.field for c in columns]))
+
+
+def _spark_context(df: DataFrame):
+    """The SparkContext to broadcast through, or ``None`` under Spark Connect (no SparkContext there)."""
+    if type(df).__module__.startswith("pyspark.sql.connect"):
+        return None
+    return df.sparkSession.sparkContext

@@ -1,0 +1,199 @@
+"""Input adapters: turn RDD elements or Arrow record batches into stacked chunk matrices.
+
+Every adapter yields ``(first_row, X)`` pairs (or ``(first_row, batch, X)`` for Arrow), where
+``first_row`` is the position of the chunk's first row inside its partition and ``X`` holds at
+most ``chunk_size`` rows: a dense ``ndarray``, or a CSR matrix when the input is sparse and
+the estimator accepts sparse input. Bad rows raise ``ValueError`` naming the row's position in
+the partition; the chunk runner adds the method and partition.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+from pyspark.ml.linalg import DenseVector, SparseVector
+
+from ._validation import FeatureSpec
+
+# --------------------------------------------------------------------------- RDD elements
+
+
+def _row_to_array(row: Any, position: int) -> np.ndarray | sp.csr_matrix:
+    """One RDD element as a 1-D array, or as a 1-row CSR matrix if it is sparse."""
+    if isinstance(row, np.ndarray):
+        if row.ndim != 1:
+            raise ValueError(f"row {position} is an array of shape {row.shape}; expected a 1-D array")
+        return row
+    if isinstance(row, DenseVector):
+        return row.toArray()
+    if isinstance(row, SparseVector):
+        return sp.csr_matrix(
+            (row.values, row.indices, np.array([0, len(row.indices)])), shape=(1, row.size)
+        )
+    if sp.issparse(row):
+        if row.shape[0] != 1:
+            raise ValueError(f"row {position} is a sparse matrix of shape {row.shape}; expected one row")
+        return sp.csr_matrix(row)
+    if isinstance(row, (list, tuple)):
+        arr = np.asarray(row)
+        if arr.ndim != 1 or arr.dtype.kind not in "biuf":
+            raise ValueError(f"row {position} is not a flat sequence of numbers: {_short(row)}")
+        return arr
+    if row is None:
+        raise ValueError(f"row {position} is None; expected a vector of features")
+    raise ValueError(
+        f"row {position} is a {type(row).__name__}; expected a 1-D numpy array, a list/tuple of numbers, "
+        f"a pyspark.ml.linalg vector or a 1-row scipy sparse matrix"
+    )
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def stack_rows(rows: list, first_row: int, accept_sparse: bool) -> np.ndarray | sp.csr_matrix:
+    """Stack RDD elements into one matrix (CSR if any row is sparse and the estimator accepts it)."""
+    arrays = [_row_to_array(row, first_row + i) for i, row in enumerate(rows)]
+    width = arrays[0].shape[-1]
+    for i, arr in enumerate(arrays):
+        if arr.shape[-1] != width:
+            raise ValueError(
+                f"row {first_row + i} has {arr.shape[-1]} features but row {first_row} has {width}; "
+                f"all rows must have the same number of features"
+            )
+    if not any(sp.issparse(a) for a in arrays):
+        return np.stack(arrays)
+    stacked = sp.vstack([a if sp.issparse(a) else sp.csr_matrix(a[None, :]) for a in arrays], format="csr")
+    return stacked if accept_sparse else stacked.toarray()
+
+
+def iter_row_chunks(
+    rows: Iterable, chunk_size: int, accept_sparse: bool
+) -> Iterator[tuple[int, np.ndarray | sp.csr_matrix]]:
+    """Group an iterator of RDD elements into stacked chunks of at most ``chunk_size`` rows."""
+    buffer: list = []
+    first_row = 0
+    for row in rows:
+        buffer.append(row)
+        if len(buffer) == chunk_size:
+            yield first_row, stack_rows(buffer, first_row, accept_sparse)
+            first_row += chunk_size
+            buffer = []
+    if buffer:
+        yield first_row, stack_rows(buffer, first_row, accept_sparse)
+
+
+# --------------------------------------------------------------------------- Arrow batches
+
+
+def iter_batch_chunks(batches: Iterable[pa.RecordBatch], chunk_size: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Re-cut a stream of Arrow record batches into batches of exactly ``chunk_size`` rows (the last may be short)."""
+    pending: list[pa.RecordBatch] = []
+    n_pending = 0
+    first_row = 0
+    for batch in batches:
+        while batch.num_rows:
+            take = min(chunk_size - n_pending, batch.num_rows)
+            pending.append(batch.slice(0, take))
+            batch = batch.slice(take)
+            n_pending += take
+            if n_pending == chunk_size:
+                yield first_row, _concat(pending)
+                first_row += n_pending
+                pending, n_pending = [], 0
+    if pending:
+        yield first_row, _concat(pending)
+
+
+def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+
+
+def _check_no_nulls(array: pa.Array, what: str, first_row: int) -> None:
+    if array.null_count:
+        row = pc.index(pc.is_null(array), True).as_py()
+        raise ValueError(f"{what} is null at row {first_row + row}; rows with missing features cannot be scored")
+
+
+def _list_offsets(array: pa.ListArray) -> np.ndarray:
+    offsets = np.asarray(array.offsets, dtype=np.int64)
+    return offsets - offsets[0]
+
+
+def _check_equal_widths(widths: np.ndarray, what: str, first_row: int) -> int:
+    if widths.size == 0:
+        return 0
+    width = int(widths[0])
+    bad = np.flatnonzero(widths != width)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"{what} has {int(widths[i])} values at row {first_row + i} but {width} at row {first_row}; "
+            f"all rows must have the same number of features"
+        )
+    return width
+
+
+def _list_values(array: pa.ListArray, what: str, first_row: int) -> np.ndarray:
+    values = array.flatten()
+    if values.null_count:
+        # Find the row that holds the first null element.
+        offsets = _list_offsets(array)
+        element = pc.index(pc.is_null(values), True).as_py()
+        row = int(np.searchsorted(offsets, element, side="right") - 1)
+        raise ValueError(f"{what} has a null element at row {first_row + row}")
+    return values.to_numpy(zero_copy_only=False)
+
+
+def _array_column(column: pa.ListArray, spec: FeatureSpec, first_row: int) -> np.ndarray:
+    what = f"array column {spec.columns[0]!r}"
+    _check_no_nulls(column, what, first_row)
+    width = _check_equal_widths(np.diff(_list_offsets(column)), what, first_row)
+    return _list_values(column, what, first_row).astype(spec.dtype, copy=False).reshape(len(column), width)
+
+
+def _vector_column(column: pa.StructArray, spec: FeatureSpec, first_row: int, accept_sparse: bool):
+    """Decode Spark ML's VectorUDT struct<type, size, indices, values> into a dense or CSR matrix."""
+    what = f"vector column {spec.columns[0]!r}"
+    _check_no_nulls(column, what, first_row)
+    kind, size, indices, values = column.flatten()  # flatten() honours the struct's slice offset
+    is_sparse = kind.to_numpy(zero_copy_only=False) == 0
+    offsets = _list_offsets(values)
+    lengths = np.diff(offsets)
+    flat_values = _list_values(values, what, first_row)
+    widths = np.where(is_sparse, size.fill_null(0).to_numpy(zero_copy_only=False), lengths)
+    width = _check_equal_widths(widths, what, first_row)
+    n = len(column)
+    if not is_sparse.any():
+        return flat_values.reshape(n, width)
+    # Column positions: 0..len-1 within each dense row, the stored indices for sparse rows.
+    col = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+    col[np.repeat(is_sparse, lengths)] = indices.filter(pa.array(is_sparse)).flatten().to_numpy()
+    matrix = sp.csr_matrix((flat_values, col, offsets), shape=(n, width))
+    return matrix if accept_sparse else matrix.toarray()
+
+
+def _numeric_columns(batch: pa.RecordBatch, spec: FeatureSpec, first_row: int) -> np.ndarray:
+    out = np.empty((batch.num_rows, len(spec.columns)), dtype=spec.dtype)
+    for j, name in enumerate(spec.columns):
+        column = batch.column(name)
+        _check_no_nulls(column, f"feature column {name!r}", first_row)
+        out[:, j] = column.to_numpy(zero_copy_only=False)
+    return out
+
+
+def batch_to_matrix(
+    batch: pa.RecordBatch, spec: FeatureSpec, first_row: int, accept_sparse: bool
+) -> np.ndarray | sp.csr_matrix:
+    """Stack the feature column(s) of one Arrow record batch into a matrix."""
+    if spec.layout == "columns":
+        return _numeric_columns(batch, spec, first_row)
+    column = batch.column(spec.columns[0])
+    if spec.layout == "array":
+        return _array_column(column, spec, first_row)
+    return _vector_column(column, spec, first_row, accept_sparse)

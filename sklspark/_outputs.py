@@ -1,0 +1,192 @@
+"""Output schema: name and type the method's output, and convert it per chunk.
+
+For a DataFrame, each part of the method's output becomes one typed column, built as an Arrow
+array without per-row Python objects:
+
+==================================  ==============================================
+output part                         column type
+==================================  ==============================================
+1-D numeric / bool array            the matching scalar type (int32 stays int)
+1-D array of strings                ``string``
+2-D array                           ``array<element type>``
+1-D object array of 1-D arrays      ``array<element type>`` (``radius_neighbors``)
+scipy sparse matrix                 ``VectorUDT`` (Spark ML vector)
+==================================  ==============================================
+
+For an RDD, the output is cut into one element per input row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+from pyspark.ml.linalg import VectorUDT
+from pyspark.sql.pandas.types import from_arrow_type, to_arrow_type
+from pyspark.sql.types import DataType, StructField
+
+#: Default column names per method; a method not listed names its column after itself.
+_DEFAULT_NAMES = {
+    "predict": ("prediction",),
+    "predict_proba": ("probability",),
+    "predict_log_proba": ("log_probability",),
+    "kneighbors": ("distances", "indices"),
+    "radius_neighbors": ("distances", "indices"),
+}
+
+#: NumPy dtypes Spark has no type for, and the dtype they are widened to.
+_WIDEN = {
+    np.dtype(np.uint8): np.dtype(np.int16),
+    np.dtype(np.uint16): np.dtype(np.int32),
+    np.dtype(np.uint32): np.dtype(np.int64),
+    np.dtype(np.uint64): np.dtype(np.int64),
+    np.dtype(np.float16): np.dtype(np.float32),
+}
+
+_VECTOR_ARROW_TYPE = to_arrow_type(VectorUDT())
+
+
+@dataclass(frozen=True)
+class OutputColumn:
+    """One result column: its name, its Arrow type, and its Spark type."""
+
+    name: str
+    arrow_type: pa.DataType
+    spark_type: DataType
+
+    @property
+    def field(self) -> StructField:
+        return StructField(self.name, self.spark_type, nullable=True)
+
+
+def output_parts(output: Any) -> list:
+    """The method's output as a list of parts: a tuple's items, or the output itself."""
+    return list(output) if isinstance(output, tuple) else [output]
+
+
+def default_names(method: str, n_parts: int) -> tuple[str, ...]:
+    """Column names used when ``output_cols`` is not given."""
+    names = _DEFAULT_NAMES.get(method, (method,))
+    if len(names) == n_parts:
+        return names
+    if method in ("kneighbors", "radius_neighbors") and n_parts == 1:
+        return ("indices",)  # return_distance=False
+    return tuple(f"{method}_{i}" for i in range(n_parts)) if n_parts > 1 else (method,)
+
+
+def _element_dtype(dtype: np.dtype) -> np.dtype:
+    return _WIDEN.get(dtype, dtype)
+
+
+def _arrow_scalar_type(values: np.ndarray, method: str) -> pa.DataType:
+    if values.dtype.kind in "biuf":
+        return pa.from_numpy_dtype(_element_dtype(values.dtype))
+    if values.dtype.kind == "U" or (values.dtype.kind == "O" and all(isinstance(v, str) for v in values.ravel())):
+        return pa.string()
+    raise TypeError(f"{method} returned values of dtype {values.dtype} that have no Spark column type")
+
+
+def _arrow_type(part: Any, method: str) -> pa.DataType:
+    if sp.issparse(part):
+        return _VECTOR_ARROW_TYPE
+    if not isinstance(part, np.ndarray):
+        raise TypeError(
+            f"{method} returned a {type(part).__name__}; a DataFrame result needs arrays, sparse matrices "
+            f"or tuples of them (use an RDD to keep arbitrary Python objects)"
+        )
+    if part.ndim == 1 and part.dtype.kind == "O" and part.size and isinstance(part[0], np.ndarray):
+        return pa.list_(_arrow_scalar_type(part[0], method))  # ragged rows, e.g. radius_neighbors
+    if part.ndim == 1:
+        return _arrow_scalar_type(part, method)
+    if part.ndim == 2:
+        return pa.list_(_arrow_scalar_type(part, method))
+    raise TypeError(f"{method} returned a {part.ndim}-D array; a DataFrame result column holds at most 2-D arrays")
+
+
+def output_columns(
+    method: str, sample_output: Any, output_cols: str | Sequence[str] | None, existing: Sequence[str]
+) -> list[OutputColumn]:
+    """Name and type the result columns from the method's output on a probe row.
+
+    Raises
+    ------
+    ValueError
+        If ``output_cols`` does not give one name per output part, or a name is already a column.
+    """
+    parts = output_parts(sample_output)
+    if output_cols is None:
+        names = default_names(method, len(parts))
+    else:
+        names = (output_cols,) if isinstance(output_cols, str) else tuple(output_cols)
+        if len(names) != len(parts):
+            raise ValueError(
+                f"output_cols gives {len(names)} name(s) {list(names)}, but {method} returns {len(parts)} "
+                f"output(s); expected names for {list(default_names(method, len(parts)))}"
+            )
+    clashes = [n for n in names if n in existing]
+    if clashes or len(set(names)) != len(names):
+        raise ValueError(
+            f"result column name(s) {clashes or list(names)} clash with each other or with the input columns "
+            f"{list(existing)}; pass output_cols=... to choose other names"
+        )
+    columns = []
+    for name, part in zip(names, parts):
+        arrow_type = _arrow_type(part, method)
+        spark_type = VectorUDT() if arrow_type == _VECTOR_ARROW_TYPE else from_arrow_type(arrow_type)
+        columns.append(OutputColumn(name, arrow_type, spark_type))
+    return columns
+
+
+def _list_array(offsets: np.ndarray, values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    flat = pa.array(values.astype(_element_dtype(values.dtype), copy=False), type=arrow_type.value_type)
+    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), flat, type=arrow_type)
+
+
+def _vector_array(part: Any) -> pa.Array:
+    csr = sp.csr_matrix(part)
+    n = csr.shape[0]
+    return pa.StructArray.from_arrays(
+        [
+            pa.array(np.zeros(n, dtype=np.int8)),
+            pa.array(np.full(n, csr.shape[1], dtype=np.int32)),
+            pa.ListArray.from_arrays(pa.array(csr.indptr, type=pa.int32()), pa.array(csr.indices, type=pa.int32())),
+            pa.ListArray.from_arrays(pa.array(csr.indptr, type=pa.int32()), pa.array(csr.data, type=pa.float64())),
+        ],
+        fields=list(_VECTOR_ARROW_TYPE),
+    )
+
+
+def to_arrow(part: Any, column: OutputColumn) -> pa.Array:
+    """Convert one output part for one chunk into an Arrow array of the column's type."""
+    arrow_type = column.arrow_type
+    if arrow_type == _VECTOR_ARROW_TYPE:
+        return _vector_array(part)
+    if not pa.types.is_list(arrow_type):
+        if pa.types.is_string(arrow_type):
+            return pa.array(part.tolist(), type=arrow_type)
+        return pa.array(part.astype(_element_dtype(part.dtype), copy=False), type=arrow_type)
+    if part.ndim == 2:
+        n, width = part.shape
+        return _list_array(np.arange(n + 1, dtype=np.int64) * width, part.ravel(), arrow_type)
+    lengths = np.fromiter((len(row) for row in part), dtype=np.int64, count=len(part))
+    values = np.concatenate(part) if len(part) else np.empty(0, dtype=np.float64)
+    return _list_array(np.concatenate([[0], np.cumsum(lengths)]), values, arrow_type)
+
+
+def split_rows(output: Any) -> list:
+    """Cut a method's output into one item per input row, for an RDD result.
+
+    Arrays give their rows (a scalar for 1-D), sparse matrices give 1-row CSR matrices, tuples give
+    tuples (``(distances, indices)`` for ``kneighbors``) and lists give lists (multi-output models).
+    """
+    if isinstance(output, tuple):
+        return list(zip(*(split_rows(part) for part in output)))
+    if isinstance(output, list):
+        return [list(row) for row in zip(*(split_rows(part) for part in output))]
+    if sp.issparse(output):
+        csr = sp.csr_matrix(output)
+        return [csr[i] for i in range(csr.shape[0])]
+    return list(output)

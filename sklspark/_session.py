@@ -1,0 +1,49 @@
+"""Starting a Spark session the way sklspark's CLI, examples and benchmarks need it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Mapping
+
+from pyspark.sql import SparkSession
+
+
+def spark_session(
+    master: str = "local[*]",
+    *,
+    app_name: str = "sklspark",
+    conf: Mapping[str, str] | None = None,
+    remote: str | None = None,
+) -> SparkSession:
+    """Get or create a Spark session.
+
+    For a local master (``local[*]``, the default: an embedded Spark needing no cluster) the Python
+    workers are made to use this very interpreter (``PYSPARK_PYTHON=sys.executable``), so they see
+    the same packages as the driver.
+
+    Parameters
+    ----------
+    master : str, default="local[*]"
+        Spark master URL: ``local[N]``, ``spark://host:port``, ``yarn``, ``k8s://...``.
+    app_name : str, default="sklspark"
+    conf : mapping of str to str, optional
+        Extra Spark configuration, e.g. ``{"spark.executor.memory": "4g"}``.
+    remote : str, optional
+        A Spark Connect URL (``sc://host:port``); ``master`` is then ignored.
+
+    Returns
+    -------
+    SparkSession
+    """
+    builder = SparkSession.builder.appName(app_name)
+    if remote is not None:
+        builder = builder.remote(remote)
+    else:
+        if master.startswith("local"):
+            os.environ["PYSPARK_PYTHON"] = sys.executable
+            os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+        builder = builder.master(master)
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
