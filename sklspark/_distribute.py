@@ -12,7 +12,7 @@ from pyspark.sql.types import StructType
 
 from ._inputs import batch_to_matrix, iter_batch_chunks, iter_row_chunks, stack_rows
 from ._outputs import output_columns, output_parts, split_rows, to_arrow
-from ._runner import run_chunks
+from ._runner import one_row_per_input, run_chunks
 from ._shipping import ShippedModel
 from ._validation import (
     FeatureSpec,
@@ -114,27 +114,27 @@ def _probe(
 ) -> Any:
     """Run the method on one row on the driver, to check ``method_kwargs`` and learn the output's shape.
 
-    A row of zeros is tried first (no Spark job); if the estimator rejects it (or the width is not
-    known), the data's first row is used. Returns ``None`` when the data is empty and no zero row
-    could be scored.
+    Two rows of zeros are tried first (no Spark job; two, because some methods drop the first axis
+    of a 1-row input); if the estimator rejects them (or the width is not known), the data's first
+    row is used. Returns ``None`` when the data is empty and no zero row could be scored.
     """
     fn = getattr(estimator, method)
     zero_error = None
     if width is not None:
         try:
-            return fn(np.zeros((1, width), dtype=dtype), **method_kwargs)
+            return one_row_per_input(fn(np.zeros((2, width), dtype=dtype), **method_kwargs), 2)
         except Exception as exc:
             zero_error = exc
     X = first_row()
     if X is None:
         if zero_error is not None:
             raise ValueError(
-                f"{type(estimator).__name__}.{method}({_kwargs_repr(method_kwargs)}) failed on a row of zeros: "
+                f"{type(estimator).__name__}.{method}({_kwargs_repr(method_kwargs)}) failed on rows of zeros: "
                 f"{type(zero_error).__name__}: {zero_error}"
             ) from zero_error
         return None
     try:
-        return fn(X, **method_kwargs)
+        return one_row_per_input(fn(X, **method_kwargs), X.shape[0])
     except Exception as exc:
         raise ValueError(
             f"{type(estimator).__name__}.{method}({_kwargs_repr(method_kwargs)}) failed on the first row of "

@@ -8,9 +8,10 @@ output part                         column type
 ==================================  ==============================================
 1-D numeric / bool array            the matching scalar type (int32 stays int)
 1-D array of strings                ``string``
-2-D array                           ``array<element type>``
+2-D array                           ``array<element type>`` (N-D: nested arrays)
 1-D object array of 1-D arrays      ``array<element type>`` (``radius_neighbors``)
 scipy sparse matrix                 ``VectorUDT`` (Spark ML vector)
+tuple or list of the above          one column per item
 ==================================  ==============================================
 
 For an RDD, the output is cut into one element per input row.
@@ -63,18 +64,25 @@ class OutputColumn:
 
 
 def output_parts(output: Any) -> list:
-    """The method's output as a list of parts: a tuple's items, or the output itself."""
-    return list(output) if isinstance(output, tuple) else [output]
+    """The method's output as a list of parts: a tuple's or list's items, or the output itself.
+
+    Tuples come from ``kneighbors``-like methods, lists from multi-output models (one array per
+    output); each part becomes one column.
+    """
+    return list(output) if isinstance(output, (tuple, list)) else [output]
 
 
 def default_names(method: str, n_parts: int) -> tuple[str, ...]:
-    """Column names used when ``output_cols`` is not given."""
+    """Column names used when ``output_cols`` is not given.
+
+    A method with several outputs that has no names of its own gets ``<name>_0``, ``<name>_1``...
+    """
     names = _DEFAULT_NAMES.get(method, (method,))
     if len(names) == n_parts:
         return names
     if method in ("kneighbors", "radius_neighbors") and n_parts == 1:
         return ("indices",)  # return_distance=False
-    return tuple(f"{method}_{i}" for i in range(n_parts)) if n_parts > 1 else (method,)
+    return tuple(f"{names[0]}_{i}" for i in range(n_parts))
 
 
 def _element_dtype(dtype: np.dtype) -> np.dtype:
@@ -99,11 +107,10 @@ def _arrow_type(part: Any, method: str) -> pa.DataType:
         )
     if part.ndim == 1 and part.dtype.kind == "O" and part.size and isinstance(part[0], np.ndarray):
         return pa.list_(_arrow_scalar_type(part[0], method))  # ragged rows, e.g. radius_neighbors
-    if part.ndim == 1:
-        return _arrow_scalar_type(part, method)
-    if part.ndim == 2:
-        return pa.list_(_arrow_scalar_type(part, method))
-    raise TypeError(f"{method} returned a {part.ndim}-D array; a DataFrame result column holds at most 2-D arrays")
+    arrow_type = _arrow_scalar_type(part, method)
+    for _ in range(part.ndim - 1):  # each row of an N-D output is an (N-1)-deep nested array
+        arrow_type = pa.list_(arrow_type)
+    return arrow_type
 
 
 def output_columns(
@@ -140,22 +147,41 @@ def output_columns(
     return columns
 
 
-def _list_array(offsets: np.ndarray, values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
-    flat = pa.array(values.astype(_element_dtype(values.dtype), copy=False), type=arrow_type.value_type)
-    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), flat, type=arrow_type)
+def _scalar_array(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    if pa.types.is_string(arrow_type):
+        return pa.array(values.tolist(), type=arrow_type)
+    return pa.array(values.astype(_element_dtype(values.dtype), copy=False), type=arrow_type)
+
+
+def _list_array(offsets: np.ndarray, values: pa.Array, arrow_type: pa.DataType) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), values, type=arrow_type)
+
+
+def _nested_array(part: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    """An N-D array as a column of (N-1)-deep nested lists, built from the flat values (no per-row objects)."""
+    types = [arrow_type]
+    while pa.types.is_list(types[-1]):
+        types.append(types[-1].value_type)
+    array = _scalar_array(part.ravel(), types.pop())
+    for axis in range(part.ndim - 1, 0, -1):
+        n_lists = int(np.prod(part.shape[:axis]))
+        array = _list_array(np.arange(n_lists + 1, dtype=np.int64) * part.shape[axis], array, types.pop())
+    return array
 
 
 def _vector_array(part: Any) -> pa.Array:
     csr = sp.csr_matrix(part)
     n = csr.shape[0]
+    indptr = pa.array(csr.indptr, type=pa.int32())
+    kind, size, indices, values = _VECTOR_ARROW_TYPE
     return pa.StructArray.from_arrays(
         [
-            pa.array(np.zeros(n, dtype=np.int8)),
+            pa.array(np.zeros(n, dtype=np.int8)),  # 0: sparse
             pa.array(np.full(n, csr.shape[1], dtype=np.int32)),
-            pa.ListArray.from_arrays(pa.array(csr.indptr, type=pa.int32()), pa.array(csr.indices, type=pa.int32())),
-            pa.ListArray.from_arrays(pa.array(csr.indptr, type=pa.int32()), pa.array(csr.data, type=pa.float64())),
+            pa.ListArray.from_arrays(indptr, pa.array(csr.indices, type=pa.int32()), type=indices.type),
+            pa.ListArray.from_arrays(indptr, pa.array(csr.data, type=pa.float64()), type=values.type),
         ],
-        fields=list(_VECTOR_ARROW_TYPE),
+        fields=[kind, size, indices, values],
     )
 
 
@@ -164,16 +190,12 @@ def to_arrow(part: Any, column: OutputColumn) -> pa.Array:
     arrow_type = column.arrow_type
     if arrow_type == _VECTOR_ARROW_TYPE:
         return _vector_array(part)
-    if not pa.types.is_list(arrow_type):
-        if pa.types.is_string(arrow_type):
-            return pa.array(part.tolist(), type=arrow_type)
-        return pa.array(part.astype(_element_dtype(part.dtype), copy=False), type=arrow_type)
-    if part.ndim == 2:
-        n, width = part.shape
-        return _list_array(np.arange(n + 1, dtype=np.int64) * width, part.ravel(), arrow_type)
+    if part.dtype != object or not pa.types.is_list(arrow_type):
+        return _nested_array(part, arrow_type)
+    # A 1-D object array of 1-D arrays of different lengths (radius_neighbors).
     lengths = np.fromiter((len(row) for row in part), dtype=np.int64, count=len(part))
     values = np.concatenate(part) if len(part) else np.empty(0, dtype=np.float64)
-    return _list_array(np.concatenate([[0], np.cumsum(lengths)]), values, arrow_type)
+    return _list_array(np.concatenate([[0], np.cumsum(lengths)]), _scalar_array(values, arrow_type.value_type), arrow_type)
 
 
 def split_rows(output: Any) -> list:

@@ -32,6 +32,25 @@ def n_rows(output: Any) -> int:
     raise TypeError(f"expected arrays, sparse matrices or tuples of them, got {type(output).__name__}")
 
 
+def one_row_per_input(output: Any, n_input: int) -> Any:
+    """Check that ``output`` has one row per input row and return it.
+
+    A single array from a 1-row input that lost its first axis (some transforms squeeze it) gets
+    it back.
+
+    Raises
+    ------
+    ValueError
+        If the row counts differ: distribute() needs one output row per input row.
+    """
+    got = n_rows(output)
+    if got != n_input and n_input == 1 and isinstance(output, np.ndarray):
+        return output[np.newaxis]
+    if got != n_input:
+        raise ValueError(f"returned {got} rows for {n_input} input rows; distribute() needs one output row per input row")
+    return output
+
+
 def run_chunks(
     model: ShippedModel,
     method: str,
@@ -63,15 +82,9 @@ def run_chunks(
             first_row, X = item[0], item[-1]
             rows = f"rows {first_row}-{first_row + X.shape[0] - 1}"
             try:
-                output = fn(X, **method_kwargs)
-                got = n_rows(output)
+                output = one_row_per_input(fn(X, **method_kwargs), X.shape[0])
             except Exception as exc:
                 raise ChunkError(
                     f"sklspark: {label} failed in partition {partition}, {rows}: {type(exc).__name__}: {exc}"
                 ) from exc
-            if got != X.shape[0]:
-                raise ChunkError(
-                    f"sklspark: {label} returned {got} rows for the {X.shape[0]} input rows of partition "
-                    f"{partition}, {rows}; distribute() needs one output row per input row"
-                )
             yield (*item, output)

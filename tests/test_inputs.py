@@ -1,0 +1,188 @@
+"""Every input layout, dense and sparse, and the chunking contract, against the in-process call."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import scipy.sparse as sp
+from _helpers import DENSE_KINDS, SPARSE_KINDS, assert_same, collect_df, collect_rdd, features_arg, make_input
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, DoubleType, FloatType, StringType
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA, TruncatedSVD
+from sklearn.ensemble import IsolationForest
+from sklearn.linear_model import LogisticRegression
+from sklearn.naive_bayes import GaussianNB
+from sklearn.neighbors import NearestNeighbors
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, MaxAbsScaler, OneHotEncoder, StandardScaler
+
+from sklspark import distribute
+from sklspark._outputs import default_names, output_parts
+from sklspark._validation import accepts_sparse
+
+RNG = np.random.default_rng(42)
+X = RNG.normal(size=(97, 5))
+Y = (X[:, 0] + X[:, 1] > 0).astype(int)
+X_SPARSE = sp.random(97, 12, density=0.2, format="csr", random_state=3)
+Y_SPARSE = (np.asarray(X_SPARSE.sum(axis=1)).ravel() > 1).astype(int)
+
+DENSE_CASES = {
+    "kneighbors": (NearestNeighbors(n_neighbors=4).fit(X), "kneighbors", {}),
+    "kneighbors-indices-only": (NearestNeighbors().fit(X), "kneighbors", {"n_neighbors": 3, "return_distance": False}),
+    "radius_neighbors": (NearestNeighbors(radius=1.5).fit(X), "radius_neighbors", {"sort_results": True}),
+    "predict_proba": (LogisticRegression().fit(X, Y), "predict_proba", {}),
+    "pipeline-lambda": (
+        make_pipeline(FunctionTransformer(lambda Z: Z * 2.0 + 1.0), StandardScaler(), LogisticRegression()).fit(X, Y),
+        "predict",
+        {},
+    ),
+    "pca": (PCA(3).fit(X), "transform", {}),
+    "kmeans": (KMeans(3, n_init=2, random_state=0).fit(X), "predict", {}),
+    "isolation-forest": (IsolationForest(random_state=0).fit(X), "score_samples", {}),
+    "onehot-sparse-output": (OneHotEncoder().fit(np.round(X)), "transform", {}),
+}
+
+SPARSE_CASES = {
+    "kneighbors": (NearestNeighbors(n_neighbors=3).fit(X_SPARSE), "kneighbors", {}),
+    "predict_proba": (LogisticRegression().fit(X_SPARSE, Y_SPARSE), "predict_proba", {}),
+    "truncated-svd": (TruncatedSVD(4, random_state=0).fit(X_SPARSE), "transform", {}),
+    "pipeline": (make_pipeline(MaxAbsScaler(), LogisticRegression()).fit(X_SPARSE, Y_SPARSE), "decision_function", {}),
+    "dense-only-estimator": (GaussianNB().fit(X_SPARSE.toarray(), Y_SPARSE), "predict_proba", {}),
+}
+
+
+def _run(spark, est, method, kwargs, X_in, kind, **options):
+    query = np.round(X_in) if est is DENSE_CASES["onehot-sparse-output"][0] else X_in
+    in_process = query if accepts_sparse(est) or not sp.issparse(query) else query.toarray()
+    expected = getattr(est, method)(in_process, **kwargs)
+    width = query.shape[1]
+    data = make_input(spark, query, kind)
+    if kind.startswith("rdd"):
+        return collect_rdd(distribute(est, method, data, **options, **kwargs), expected), expected
+    result = distribute(est, method, data, features=features_arg(kind, width), **options, **kwargs)
+    return collect_df(result, default_names(method, len(output_parts(expected))), expected), expected
+
+
+@pytest.mark.parametrize("kind", DENSE_KINDS)
+@pytest.mark.parametrize("case", DENSE_CASES)
+def test_dense_inputs(spark, case, kind):
+    est, method, kwargs = DENSE_CASES[case]
+    got, expected = _run(spark, est, method, kwargs, X, kind, chunk_size=10)
+    assert_same(got, expected)
+
+
+@pytest.mark.parametrize("kind", SPARSE_KINDS)
+@pytest.mark.parametrize("case", SPARSE_CASES)
+def test_sparse_inputs(spark, case, kind):
+    est, method, kwargs = SPARSE_CASES[case]
+    got, expected = _run(spark, est, method, kwargs, X_SPARSE, kind, chunk_size=10)
+    assert_same(got, expected)
+
+
+def _is_sparse(Z):
+    return np.full(Z.shape[0], sp.issparse(Z))
+
+
+@pytest.mark.parametrize("kind", SPARSE_KINDS)
+def test_sparse_rows_reach_sparse_estimators_as_csr(spark, kind):
+    accepts = FunctionTransformer(_is_sparse, accept_sparse=True).fit(X_SPARSE)
+    refuses = make_pipeline(StandardScaler(), FunctionTransformer(_is_sparse)).fit(X_SPARSE.toarray())
+    for est, want in ((accepts, True), (refuses, False)):
+        data = make_input(spark, X_SPARSE, kind)
+        result = distribute(est, "transform", data, chunk_size=8)
+        flags = result.collect() if kind.startswith("rdd") else [r["transform"] for r in result.collect()]
+        assert flags == [want] * X_SPARSE.shape[0]
+
+
+def test_mixed_dense_and_sparse_rdd_rows(spark):
+    est = NearestNeighbors(n_neighbors=2).fit(X)
+    rows = [sp.csr_matrix(r) if i % 3 == 0 else r for i, r in enumerate(X)]
+    got = collect_rdd(distribute(est, "kneighbors", spark.sparkContext.parallelize(rows, 4)), est.kneighbors(X))
+    assert_same(got, est.kneighbors(X))
+
+
+def _chunk_rows(Z):
+    return np.full(Z.shape[0], Z.shape[0])
+
+
+def _expected_chunks(partition_sizes, chunk_size):
+    out = []
+    for size in partition_sizes:
+        full, rest = divmod(size, chunk_size)
+        out += [chunk_size] * (full * chunk_size) + [rest] * rest
+    return out
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 16, 100_000])
+def test_rdd_chunks_are_at_most_chunk_size_rows(spark, chunk_size):
+    est = FunctionTransformer(_chunk_rows).fit(X)
+    rdd = spark.sparkContext.parallelize(list(X), 3)
+    sizes = rdd.glom().map(len).collect()
+    assert distribute(est, "transform", rdd, chunk_size=chunk_size).collect() == _expected_chunks(sizes, chunk_size)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 16, 100_000])
+def test_dataframe_chunks_are_stacked_across_arrow_batches(spark, chunk_size):
+    """Arrow batches of 5 rows are re-cut into chunks of exactly chunk_size rows per partition."""
+    est = FunctionTransformer(_chunk_rows).fit(X)
+    df = make_input(spark, X, "df-vector")
+    sizes = df.rdd.glom().map(len).collect()
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "5")
+    try:
+        rows = distribute(est, "transform", df, chunk_size=chunk_size).collect()
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+    assert [r["transform"] for r in rows] == _expected_chunks(sizes, chunk_size)
+
+
+def test_empty_partitions_and_one_row(spark):
+    est = NearestNeighbors(n_neighbors=2).fit(X)
+    for n_rows in (1, 5):
+        rdd = spark.sparkContext.parallelize(list(X[:n_rows]), 8)  # most partitions empty
+        got = collect_rdd(distribute(est, "kneighbors", rdd), est.kneighbors(X[:n_rows]))
+        assert_same(got, est.kneighbors(X[:n_rows]))
+        df = make_input(spark, X[:n_rows], "df-vector", n_partitions=8)
+        assert_same(collect_df(distribute(est, "kneighbors", df), ["distances", "indices"], est.kneighbors(X[:n_rows])),
+                    est.kneighbors(X[:n_rows]))
+
+
+def test_empty_inputs_give_empty_typed_results(spark):
+    est = LogisticRegression().fit(X, Y)
+    empty_df = make_input(spark, X, "df-array").limit(0)
+    result = distribute(est, "predict_proba", empty_df)
+    assert result.count() == 0
+    assert result.schema["probability"].dataType == ArrayType(DoubleType(), True)
+    assert distribute(est, "predict", spark.sparkContext.emptyRDD()).collect() == []
+
+
+def test_float32_stays_float32(spark):
+    X32 = X.astype(np.float32)
+    pca = PCA(2).fit(X32)
+    table = pa.table({"id": np.arange(len(X32)), "features": list(X32)})
+    df = spark.createDataFrame(table)
+    assert df.schema["features"].dataType == ArrayType(FloatType(), True)
+    result = distribute(pca, "transform", df)
+    assert result.schema["transform"].dataType == ArrayType(FloatType(), True)
+    expected = pca.transform(X32)
+    assert expected.dtype == np.float32
+    assert_same(collect_df(result, ["transform"], expected), expected)
+
+
+def test_string_classes_and_output_cols(spark):
+    labels = np.where(Y == 1, "yes", "no")
+    est = LogisticRegression().fit(X, labels)
+    df = make_input(spark, X, "df-vector")
+    result = distribute(est, "predict", df, output_cols="label")
+    assert result.schema["label"].dataType == StringType()
+    assert_same(collect_df(result, ["label"], est.predict(X)), est.predict(X))
+    nn = NearestNeighbors(n_neighbors=2).fit(X)
+    result = distribute(nn, "kneighbors", df, output_cols=["d", "i"])
+    assert result.columns == ["id", "features", "d", "i"]
+
+
+def test_input_columns_pass_through_unchanged(spark):
+    df = make_input(spark, X, "df-columns").withColumn("tag", F.lit("t"))
+    est = KMeans(2, n_init=1, random_state=0).fit(X)
+    result = distribute(est, "predict", df, features=features_arg("df-columns", 5))
+    assert result.columns == df.columns + ["prediction"]
+    assert sorted(result.drop("prediction").collect()) == sorted(df.collect())
