@@ -147,13 +147,13 @@ def _kwargs_repr(method_kwargs: dict) -> str:
 
 
 def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, method_kwargs: dict) -> RDD:
-    sparse_ok = accepts_sparse(estimator)
+    width = n_features_of(estimator)
+    sparse_ok = accepts_sparse(estimator, method, method_kwargs, width)
 
     def first_row():
         head = rdd.take(1)
         return stack_rows(head, 0, sparse_ok) if head else None
 
-    width = n_features_of(estimator)
     if width is not None:
         _probe(estimator, method, method_kwargs, width, np.dtype(np.float64), first_row)
     model = ShippedModel(estimator, rdd.context)
@@ -166,11 +166,12 @@ def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, meth
     return rdd.mapPartitionsWithIndex(apply, preservesPartitioning=True)
 
 
-def _first_matrix(df: DataFrame, spec: FeatureSpec, sparse_ok: bool):
+def _first_matrix(df: DataFrame, spec: FeatureSpec):
+    """The DataFrame's first row as a dense 1-row matrix (a small Spark job), or ``None`` if it is empty."""
     table = df.select(*spec.columns).limit(1).toArrow()
     if table.num_rows == 0:
         return None
-    return batch_to_matrix(table.combine_chunks().to_batches()[0], spec, 0, sparse_ok)
+    return batch_to_matrix(table.combine_chunks().to_batches()[0], spec, 0, accept_sparse=False)
 
 
 def _distribute_dataframe(
@@ -183,21 +184,20 @@ def _distribute_dataframe(
     method_kwargs: dict,
 ) -> DataFrame:
     spec = check_features(df.schema, features)
-    sparse_ok = accepts_sparse(estimator)
     first: list = []
 
     def first_row():
         if not first:
-            first.append(_first_matrix(df, spec, sparse_ok))
+            first.append(_first_matrix(df, spec))
         return first[0]
 
     width = spec.width
     if width is None and n_features_of(estimator) is not None:
         row = first_row()
-        if row is not None:
-            width = row.shape[1]
+        width = row.shape[1] if row is not None else n_features_of(estimator)
     if width is not None:
         check_width(estimator, width, f"The DataFrame's {spec.describe()}")
+    sparse_ok = spec.layout == "vector" and accepts_sparse(estimator, method, method_kwargs, width)
     sample = _probe(estimator, method, method_kwargs, width, spec.dtype, first_row)
     if sample is None:
         raise ValueError(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import scipy.sparse as sp
 from pyspark.ml.linalg import VectorUDT
 from pyspark.sql.types import (
     ArrayType,
@@ -90,12 +91,25 @@ def check_chunk_size(chunk_size: Any) -> int:
     return int(chunk_size)
 
 
-def accepts_sparse(estimator: Any) -> bool:
-    """Whether ``estimator`` declares (through scikit-learn tags) that it accepts sparse input."""
+def accepts_sparse(estimator: Any, method: str, method_kwargs: dict, width: int | None) -> bool:
+    """Whether the method takes sparse (CSR) input.
+
+    The estimator must declare it through scikit-learn tags and, when the feature width is known,
+    the method must accept two rows of CSR zeros on the driver: a fitted state can refuse sparse
+    input that the class accepts (``NearestNeighbors`` fitted with a KD-tree, for one).
+    """
     try:
-        return bool(get_tags(estimator).input_tags.sparse)
+        if not get_tags(estimator).input_tags.sparse:
+            return False
     except Exception:  # third-party objects without tags: give them dense input
         return False
+    if width is None:
+        return True
+    try:
+        getattr(estimator, method)(sp.csr_matrix((2, width)), **method_kwargs)
+    except Exception:
+        return False
+    return True
 
 
 def n_features_of(estimator: Any) -> int | None:

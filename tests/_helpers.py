@@ -6,14 +6,17 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 from numpy.testing import assert_allclose
-from pyspark.ml.linalg import Vectors
-from pyspark.sql import Row
+from pyspark.ml.linalg import Vectors, VectorUDT
+from pyspark.sql.types import LongType, StructField, StructType
 
 DENSE_KINDS = ("rdd-ndarray", "rdd-list", "rdd-densevector", "df-vector", "df-array", "df-columns")
 SPARSE_KINDS = ("rdd-sparsevector", "rdd-scipy", "df-sparsevector")
 
 _UNSIGNED_TO_SIGNED = {np.dtype(np.uint8): np.dtype(np.int16), np.dtype(np.uint16): np.dtype(np.int32),
                        np.dtype(np.uint32): np.dtype(np.int64), np.dtype(np.uint64): np.dtype(np.int64)}
+
+
+_VECTOR_SCHEMA = StructType([StructField("id", LongType()), StructField("features", VectorUDT())])
 
 
 def make_input(spark, X, kind: str, n_partitions: int = 3):
@@ -32,12 +35,13 @@ def make_input(spark, X, kind: str, n_partitions: int = 3):
         return sc.parallelize([_sparse_vector(csr, i) for i in range(n)], n_partitions)
     if kind == "rdd-scipy":
         return sc.parallelize([csr[i] for i in range(n)], n_partitions)
+    # DataFrames are built from driver-local data (a LocalRelation), as fast to read as a file.
     if kind == "df-vector":
-        rows = [Row(id=i, features=Vectors.dense(r)) for i, r in enumerate(dense)]
-        return spark.createDataFrame(sc.parallelize(rows, n_partitions))
+        rows = [(i, Vectors.dense(r)) for i, r in enumerate(dense)]
+        return spark.createDataFrame(rows, _VECTOR_SCHEMA).repartition(n_partitions)
     if kind == "df-sparsevector":
-        rows = [Row(id=i, features=_sparse_vector(csr, i)) for i in range(n)]
-        return spark.createDataFrame(sc.parallelize(rows, n_partitions))
+        rows = [(i, _sparse_vector(csr, i)) for i in range(n)]
+        return spark.createDataFrame(rows, _VECTOR_SCHEMA).repartition(n_partitions)
     if kind == "df-array":
         width = dense.shape[1]
         values = pa.array(dense.ravel())
@@ -81,7 +85,8 @@ def _stack(rows, like):
 
 def collect_df(df, names, like):
     """The result columns ``names`` of a DataFrame result, in ``id`` order, as NumPy/SciPy values."""
-    table = df.orderBy("id").toArrow()
+    table = df.toArrow()
+    table = table.take(np.argsort(table.column("id").to_numpy()))
     parts = like if isinstance(like, (tuple, list)) else [like]
     got = [_column(table.column(name).combine_chunks(), p) for name, p in zip(names, parts)]
     return type(like)(got) if isinstance(like, (tuple, list)) else got[0]

@@ -53,7 +53,7 @@ SPARSE_CASES = {
 
 def _run(spark, est, method, kwargs, X_in, kind, **options):
     query = np.round(X_in) if est is DENSE_CASES["onehot-sparse-output"][0] else X_in
-    in_process = query if accepts_sparse(est) or not sp.issparse(query) else query.toarray()
+    in_process = query if not sp.issparse(query) or accepts_sparse(est, method, kwargs, query.shape[1]) else query.toarray()
     expected = getattr(est, method)(in_process, **kwargs)
     width = query.shape[1]
     data = make_input(spark, query, kind)
@@ -79,12 +79,11 @@ def test_sparse_inputs(spark, case, kind):
     assert_same(got, expected)
 
 
-def _is_sparse(Z):
-    return np.full(Z.shape[0], sp.issparse(Z))
-
-
 @pytest.mark.parametrize("kind", SPARSE_KINDS)
 def test_sparse_rows_reach_sparse_estimators_as_csr(spark, kind):
+    def _is_sparse(Z):  # local functions travel by value (cloudpickle); module-level ones by import
+        return np.full(Z.shape[0], sp.issparse(Z))
+
     accepts = FunctionTransformer(_is_sparse, accept_sparse=True).fit(X_SPARSE)
     refuses = make_pipeline(StandardScaler(), FunctionTransformer(_is_sparse)).fit(X_SPARSE.toarray())
     for est, want in ((accepts, True), (refuses, False)):
@@ -101,8 +100,13 @@ def test_mixed_dense_and_sparse_rdd_rows(spark):
     assert_same(got, est.kneighbors(X))
 
 
-def _chunk_rows(Z):
-    return np.full(Z.shape[0], Z.shape[0])
+def _chunk_size_recorder():
+    """A transformer whose output for each row is the number of rows in the chunk it came in."""
+
+    def chunk_rows(Z):
+        return np.full(Z.shape[0], Z.shape[0])
+
+    return FunctionTransformer(chunk_rows).fit(X)
 
 
 def _expected_chunks(partition_sizes, chunk_size):
@@ -115,7 +119,7 @@ def _expected_chunks(partition_sizes, chunk_size):
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 16, 100_000])
 def test_rdd_chunks_are_at_most_chunk_size_rows(spark, chunk_size):
-    est = FunctionTransformer(_chunk_rows).fit(X)
+    est = _chunk_size_recorder()
     rdd = spark.sparkContext.parallelize(list(X), 3)
     sizes = rdd.glom().map(len).collect()
     assert distribute(est, "transform", rdd, chunk_size=chunk_size).collect() == _expected_chunks(sizes, chunk_size)
@@ -124,7 +128,7 @@ def test_rdd_chunks_are_at_most_chunk_size_rows(spark, chunk_size):
 @pytest.mark.parametrize("chunk_size", [1, 7, 16, 100_000])
 def test_dataframe_chunks_are_stacked_across_arrow_batches(spark, chunk_size):
     """Arrow batches of 5 rows are re-cut into chunks of exactly chunk_size rows per partition."""
-    est = FunctionTransformer(_chunk_rows).fit(X)
+    est = _chunk_size_recorder()
     df = make_input(spark, X, "df-vector")
     sizes = df.rdd.glom().map(len).collect()
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "5")
