@@ -110,13 +110,13 @@ def _probe(
     method_kwargs: dict,
     width: int | None,
     dtype: np.dtype,
-    first_row: Callable[[], Any],
+    head_rows: Callable[[], Any],
 ) -> Any:
     """Run the method on one row on the driver, to check ``method_kwargs`` and learn the output's shape.
 
     Two rows of zeros are tried first (no Spark job; two, because some methods drop the first axis
     of a 1-row input); if the estimator rejects them (or the width is not known), the data's first
-    row is used. Returns ``None`` when the data is empty and no zero row could be scored.
+    two rows are used. Returns ``None`` when the data is empty and no zero row could be scored.
     """
     fn = getattr(estimator, method)
     zero_error = None
@@ -125,7 +125,7 @@ def _probe(
             return one_row_per_input(fn(np.zeros((2, width), dtype=dtype), **method_kwargs), 2)
         except Exception as exc:
             zero_error = exc
-    X = first_row()
+    X = head_rows()
     if X is None:
         if zero_error is not None:
             raise ValueError(
@@ -137,7 +137,7 @@ def _probe(
         return one_row_per_input(fn(X, **method_kwargs), X.shape[0])
     except Exception as exc:
         raise ValueError(
-            f"{type(estimator).__name__}.{method}({_kwargs_repr(method_kwargs)}) failed on the first row of "
+            f"{type(estimator).__name__}.{method}({_kwargs_repr(method_kwargs)}) failed on the first rows of "
             f"the data, checked on the driver before the job: {type(exc).__name__}: {exc}"
         ) from exc
 
@@ -150,12 +150,12 @@ def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, meth
     width = n_features_of(estimator)
     sparse_ok = accepts_sparse(estimator, method, method_kwargs, width)
 
-    def first_row():
-        head = rdd.take(1)
+    def head_rows():
+        head = rdd.take(2)
         return stack_rows(head, 0, sparse_ok) if head else None
 
     if width is not None:
-        _probe(estimator, method, method_kwargs, width, np.dtype(np.float64), first_row)
+        _probe(estimator, method, method_kwargs, width, np.dtype(np.float64), head_rows)
     model = ShippedModel(estimator, rdd.context)
 
     def apply(index, rows):
@@ -166,9 +166,9 @@ def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, meth
     return rdd.mapPartitionsWithIndex(apply, preservesPartitioning=True)
 
 
-def _first_matrix(df: DataFrame, spec: FeatureSpec):
-    """The DataFrame's first row as a dense 1-row matrix (a small Spark job), or ``None`` if it is empty."""
-    table = df.select(*spec.columns).limit(1).toArrow()
+def _head_matrix(df: DataFrame, spec: FeatureSpec):
+    """The DataFrame's first two rows as a dense matrix (a small Spark job), or ``None`` if it is empty."""
+    table = df.select(*spec.columns).limit(2).toArrow()
     if table.num_rows == 0:
         return None
     return batch_to_matrix(table.combine_chunks().to_batches()[0], spec, 0, accept_sparse=False)
@@ -184,21 +184,21 @@ def _distribute_dataframe(
     method_kwargs: dict,
 ) -> DataFrame:
     spec = check_features(df.schema, features)
-    first: list = []
+    head: list = []
 
-    def first_row():
-        if not first:
-            first.append(_first_matrix(df, spec))
-        return first[0]
+    def head_rows():
+        if not head:
+            head.append(_head_matrix(df, spec))
+        return head[0]
 
     width = spec.width
     if width is None and n_features_of(estimator) is not None:
-        row = first_row()
-        width = row.shape[1] if row is not None else n_features_of(estimator)
+        rows = head_rows()
+        width = rows.shape[1] if rows is not None else n_features_of(estimator)
     if width is not None:
         check_width(estimator, width, f"The DataFrame's {spec.describe()}")
     sparse_ok = spec.layout == "vector" and accepts_sparse(estimator, method, method_kwargs, width)
-    sample = _probe(estimator, method, method_kwargs, width, spec.dtype, first_row)
+    sample = _probe(estimator, method, method_kwargs, width, spec.dtype, head_rows)
     if sample is None:
         raise ValueError(
             f"cannot tell the result columns of {type(estimator).__name__}.{method}: the DataFrame is empty and "
