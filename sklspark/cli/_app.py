@@ -1,0 +1,348 @@
+"""The ``sklspark`` command: options, the Spark session, and exit codes (0 done, 1 job failed, 2 bad arguments)."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import functools
+import re
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .. import __version__
+from .._distribute import distribute
+from .._progress import SparkProgress
+from .._session import spark_session
+from ._java import JavaMissing, java_major_version
+from ._models import load_model
+from ._paths import FORMATS, HadoopPaths, input_format, read_input, write_atomically
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+class JobFailed(click.ClickException):
+    """The Spark job (or Spark itself) failed: exit code 1, one paragraph instead of a JVM trace."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        err.print(f"[bold red]error:[/] {self.message}")
+
+
+class BadArguments(click.UsageError):
+    """Arguments refused before any job: exit code 2."""
+
+
+def _one_paragraph(exc: BaseException) -> str:
+    """The useful part of an exception from Spark: sklspark's own message, else the last Python error line."""
+    text = str(exc)
+    for line in text.splitlines():
+        if "sklspark:" in line:
+            return line[line.index("sklspark:") + len("sklspark:") :].strip()
+    errors = [ln.strip() for ln in text.splitlines() if re.match(r"^\s*[\w.]+(Error|Exception): ", ln)]
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    return errors[-1] if errors else f"{type(exc).__name__}: {first}"
+
+
+def _parse_conf(_ctx: Any, _param: Any, values: tuple[str, ...]) -> dict[str, str]:
+    conf = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected key=value, got {item!r}")
+        conf[key.strip()] = value.strip()
+    return conf
+
+
+def _parse_kwargs(_ctx: Any, _param: Any, values: tuple[str, ...]) -> dict[str, Any]:
+    kwargs = {}
+    for key, value in _parse_conf(_ctx, _param, values).items():
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value  # a bare word is a string
+    return kwargs
+
+
+def _split_columns(_ctx: Any, _param: Any, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    columns = [c.strip() for c in value.split(",") if c.strip()]
+    if not columns:
+        raise click.BadParameter("expected a comma-separated list of column names")
+    return columns
+
+
+def spark_options(command: Callable) -> Callable:
+    """Options every command has: where Spark runs, its configuration, and how much to say."""
+    options = [
+        click.option("--master", default="local[*]", show_default=True,
+                     help="Spark master: local[N] (embedded, no cluster needed), spark://host:port, yarn, k8s://..."),
+        click.option("--conf", "conf", multiple=True, callback=_parse_conf, metavar="KEY=VALUE",
+                     help="Spark configuration, repeatable, e.g. --conf spark.executor.memory=4g"),
+        click.option("--spark-connect", metavar="sc://HOST:PORT", default=None,
+                     help="Connect to a Spark Connect server instead of starting Spark (--master is then ignored)."),
+        click.option("--verbose", is_flag=True, help="Show Spark's log and full stack traces on failure."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def output_options(command: Callable) -> Callable:
+    options = [
+        click.option("-o", "--output", required=True, help="Where to write the result (any path Spark can write)."),
+        click.option("--format", "output_format", type=click.Choice(FORMATS), default="parquet", show_default=True,
+                     help="Output format. CSV cannot hold array columns."),
+        click.option("--input-format", type=click.Choice(FORMATS), default=None,
+                     help="Input format; default: from the input's extension, else parquet."),
+        click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def feature_options(command: Callable) -> Callable:
+    options = [
+        click.option("--features-col", default="features", show_default=True,
+                     help="The feature column: a vector or an array of numbers."),
+        click.option("--features", "feature_list", callback=_split_columns, metavar="C1,C2,...",
+                     help="Numeric feature columns, instead of --features-col."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@contextlib.contextmanager
+def _spark(master: str, conf: dict, spark_connect: str | None, verbose: bool) -> Iterator[Any]:
+    if spark_connect is None:
+        try:
+            java_major_version()
+        except JavaMissing as exc:
+            raise JobFailed(str(exc)) from exc
+    # sklspark draws its own progress; Spark's console bar would interleave with it.
+    spark = spark_session(master, app_name="sklspark", conf={"spark.ui.showConsoleProgress": "false", **conf},
+                          remote=spark_connect)
+    if not verbose and spark_connect is None:
+        spark.sparkContext.setLogLevel("FATAL")  # failures are reported by sklspark, in one paragraph
+    try:
+        yield spark
+    finally:
+        spark.stop()
+
+
+def _guarded(command: Callable) -> Callable:
+    """Turn failures into exit codes: refused arguments 2, failed jobs 1 (full trace with --verbose)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            if kwargs.get("verbose"):
+                traceback.print_exc()
+            raise JobFailed(_one_paragraph(exc)) from exc
+
+    return wrapper
+
+
+def _prepare(step: Callable[[], Any]) -> Any:
+    """Run a step that must not start a job; its ValueError/TypeError are bad arguments (exit 2)."""
+    try:
+        return step()
+    except (ValueError, TypeError) as exc:
+        raise BadArguments(_one_paragraph(exc) if "sklspark:" in str(exc) else str(exc)) from exc
+
+
+def _read(spark: Any, paths: HadoopPaths, path: str, fmt: str | None):
+    if paths.available and not paths.exists(path):
+        raise BadArguments(f"input {path} does not exist")
+    from pyspark.errors import AnalysisException
+
+    try:
+        return read_input(spark, path, input_format(path, fmt))
+    except AnalysisException as exc:
+        raise BadArguments(f"cannot read {path}: {_one_paragraph(exc)}") from exc
+
+
+def _check_output(paths: HadoopPaths, output: str, overwrite: bool) -> None:
+    if paths.available and paths.exists(output) and not overwrite:
+        raise BadArguments(f"output {output} exists; pass --overwrite to replace it")
+
+
+def _check_writable(df: Any, fmt: str) -> None:
+    if fmt == "csv":
+        nested = [f.name for f in df.schema.fields if f.dataType.typeName() in ("array", "struct", "map", "vector")]
+        if nested:
+            raise BadArguments(f"CSV cannot hold the array/vector columns {nested}; use --format parquet, json or orc")
+
+
+def _write_with_summary(spark: Any, paths: HadoopPaths, df: Any, output: str, fmt: str, overwrite: bool, what: str) -> int:
+    start = time.perf_counter()
+    with SparkProgress(spark, what, console=err):
+        write_atomically(df, output, fmt, overwrite, paths)
+    elapsed = time.perf_counter() - start
+    rows = spark.read.format(fmt).load(output).count()
+    err.print(
+        f"[bold green]done:[/] {what}: {rows:,} rows in, {rows:,} rows out, {elapsed:.1f} s "
+        f"({rows / max(elapsed, 1e-9):,.0f} rows/s) -> {output} ({fmt})"
+    )
+    return rows
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="sklspark")
+def cli() -> None:
+    """Run fitted scikit-learn models over data in Spark.
+
+    \b
+    sklspark demo                         generate data, find every point's neighbours, show them
+    sklspark knn INPUT -o OUTPUT -k 10    every point's k nearest neighbours, by id
+    sklspark apply MODEL INPUT -o OUTPUT  any fitted model's method over a data set
+
+    Exit codes: 0 success, 1 the job failed, 2 bad arguments (refused before any job).
+    """
+
+
+def _knn_options(command: Callable) -> Callable:
+    options = [
+        click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
+                     help="Neighbours per point."),
+        click.option("--id-col", default="id", show_default=True, help="The column of point ids."),
+        click.option("--metric", default="euclidean", show_default=True,
+                     help="Distance metric (any NearestNeighbors metric with the sklearn backend)."),
+        click.option("--backend", type=click.Choice(["sklearn", "faiss", "annoy"]), default="sklearn",
+                     show_default=True, help="sklearn and faiss are exact; annoy is approximate."),
+        click.option("--shards", type=click.IntRange(min=1), default=None,
+                     help="Split the reference into S shards (default: automatic, by size)."),
+        click.option("--exclude-self/--include-self", default=True, show_default=True,
+                     help="Leave each point's own id out of its neighbours."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _run_knn(spark: Any, input_path: str, output: str, *, input_format_: str | None, output_format: str,
+             overwrite: bool, k: int, id_col: str, features_col: str, feature_list: list[str] | None,
+             metric: str, backend: str, shards: int | None, exclude_self: bool) -> int:
+    from ..neighbors import all_neighbors
+
+    paths = HadoopPaths(spark)
+    _check_output(paths, output, overwrite)
+    df = _read(spark, paths, input_path, input_format_)
+    result = _prepare(lambda: all_neighbors(
+        df, k, id_col=id_col, features_col=feature_list or features_col, metric=metric, backend=backend,
+        shards=shards, exclude_self=exclude_self,
+    ))
+    _check_writable(result, output_format)
+    return _write_with_summary(spark, paths, result, output, output_format, overwrite, f"knn k={k}")
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT")
+@output_options
+@_knn_options
+@feature_options
+@spark_options
+@_guarded
+def knn(input_path: str, output: str, output_format: str, input_format: str | None, overwrite: bool, k: int,
+        id_col: str, metric: str, backend: str, shards: int | None, exclude_self: bool, features_col: str,
+        feature_list: list[str] | None, master: str, conf: dict, spark_connect: str | None, verbose: bool) -> None:
+    """Find the k nearest neighbours of every point in INPUT.
+
+    INPUT is any path Spark can read (file://, hdfs://, s3a://...), Parquet unless its extension or
+    --input-format says CSV, JSON or ORC. It needs an id column and features. The result has one row
+    per point: the id, neighbor_ids (nearest first) and distances.
+    """
+    with _spark(master, conf, spark_connect, verbose) as spark:
+        _run_knn(spark, input_path, output, input_format_=input_format, output_format=output_format,
+                 overwrite=overwrite, k=k, id_col=id_col, features_col=features_col, feature_list=feature_list,
+                 metric=metric, backend=backend, shards=shards, exclude_self=exclude_self)
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL")
+@click.argument("input_path", metavar="INPUT")
+@output_options
+@click.option("--method", default="predict", show_default=True,
+              help="The method to run: predict, predict_proba, transform, kneighbors, ...")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Most rows per call of the method.")
+@click.option("--kwarg", "method_kwargs", multiple=True, callback=_parse_kwargs, metavar="KEY=VALUE",
+              help="Argument for the method, repeatable; values are Python literals (e.g. --kwarg n_neighbors=5).")
+@click.option("--trust", multiple=True, metavar="TYPE",
+              help="Trust this type when loading a .skops file, repeatable.")
+@click.option("--trust-pickle", is_flag=True, help="Allow loading .pkl/.joblib files: this runs code from the file.")
+@feature_options
+@spark_options
+@_guarded
+def apply(model_path: str, input_path: str, output: str, output_format: str, input_format: str | None,
+          overwrite: bool, method: str, chunk_size: int, method_kwargs: dict, trust: tuple[str, ...],
+          trust_pickle: bool, features_col: str, feature_list: list[str] | None, master: str, conf: dict,
+          spark_connect: str | None, verbose: bool) -> None:
+    """Run a fitted model's METHOD over every row of INPUT.
+
+    MODEL is a .skops file (loaded safely: only trusted types) or, with --trust-pickle, a .pkl/.joblib
+    file. The output has every input column plus the method's result columns.
+    """
+    model = _prepare(lambda: load_model(model_path, trust=trust, trust_pickle=trust_pickle,
+                                        warn=lambda msg: err.print(f"[bold yellow]warning:[/] {msg}")))
+    with _spark(master, conf, spark_connect, verbose) as spark:
+        paths = HadoopPaths(spark)
+        _check_output(paths, output, overwrite)
+        df = _read(spark, paths, input_path, input_format)
+        result = _prepare(lambda: distribute(model, method, df, chunk_size=chunk_size,
+                                             features=feature_list or features_col, **method_kwargs))
+        _check_writable(result, output_format)
+        _write_with_summary(spark, paths, result, output, output_format, overwrite, f"{type(model).__name__}.{method}")
+
+
+@cli.command()
+@click.option("--n-points", type=click.IntRange(min=20), default=20_000, show_default=True,
+              help="Points to generate.")
+@click.option("--n-features", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True)
+@spark_options
+@_guarded
+def demo(n_points: int, n_features: int, k: int, master: str, conf: dict, spark_connect: str | None,
+         verbose: bool) -> None:
+    """Generate clustered points, find every point's k nearest neighbours with Spark, show a few."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=5.0, size=(20, n_features))
+    X = (centres[rng.integers(0, 20, n_points)] + rng.normal(size=(n_points, n_features))).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="sklspark-demo-") as tmp, _spark(master, conf, spark_connect, verbose) as spark:
+        input_path, output = str(Path(tmp, "points.parquet")), str(Path(tmp, "neighbours.parquet"))
+        pq.write_table(pa.table({"id": np.arange(n_points), "features": list(X)}), input_path)
+        err.print(f"generated {n_points:,} points x {n_features} features -> {input_path}")
+        _run_knn(spark, input_path, output, input_format_=None, output_format="parquet", overwrite=False, k=k,
+                 id_col="id", features_col="features", feature_list=None, metric="euclidean", backend="sklearn",
+                 shards=None, exclude_self=True)
+        rows = pq.read_table(output).sort_by("id").slice(0, 5).to_pylist()
+        table = Table(title=f"nearest {k} neighbours of the first points")
+        for column in ("id", "neighbor_ids", "distances"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(str(row["id"]), str(row["neighbor_ids"]), ", ".join(f"{d:.3f}" for d in row["distances"]))
+        out.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``sklspark`` console script."""
+    cli.main(args=argv, prog_name="sklspark")
