@@ -1,0 +1,364 @@
+"""Side-by-side benchmarks of sklspark against its peers, in one run, on one machine.
+
+    python benchmarks/run.py            # default sizes (about 10-15 minutes on 2 cores)
+    python benchmarks/run.py --quick    # tiny sizes: proves the script works (CI smoke test)
+
+Writes ``benchmarks/results/<name>.md`` (tables of times and ratios, and the targets) and
+``benchmarks/results/<name>.png`` (a bar chart of the ratios). Ratios, not absolute times, are the point:
+the machines are shared and noisy. Every Spark variant reads its input from Parquet and ends with an
+action that computes every row (``write.format("noop")`` for DataFrames, ``count()`` for RDDs), so all
+variants do the same work. Slow variants (row-per-call) run on a sample and are extrapolated, and the
+table says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark.sql import SparkSession
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import NearestNeighbors
+from sklearn.preprocessing import StandardScaler
+
+import sklspark
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Row:
+    group: str
+    variant: str
+    seconds: float
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def session(master: str, **conf: str):
+    """A fresh session on ``master`` (the previous one is stopped), with Python workers started."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.stop()
+    spark = sklspark.spark_session(
+        master,
+        app_name="sklspark-benchmarks",
+        conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", "spark.driver.memory": "6g", **conf},
+    )
+    spark.sparkContext.setLogLevel("FATAL")
+    spark.range(100, numPartitions=4).rdd.map(lambda r: r).count()  # start the Python workers
+    return spark
+
+
+def write_features(path: Path, X: np.ndarray, partitions: int) -> None:
+    """A Parquet data set with ``id`` and an ``array<float>`` column ``features``, in several files."""
+    path.mkdir(parents=True, exist_ok=True)
+    for i, part in enumerate(np.array_split(np.arange(len(X)), partitions)):
+        width = X.shape[1]
+        values = pa.array(X[part].ravel())
+        column = pa.ListArray.from_arrays(pa.array(np.arange(len(part) + 1) * width, type=pa.int32()), values)
+        pq.write_table(pa.table({"id": pa.array(part), "features": column}), path / f"part-{i:03d}.parquet")
+
+
+def noop(df) -> None:
+    df.write.format("noop").mode("overwrite").save()
+
+
+# --------------------------------------------------------------------------------------------- 1. kNN
+
+
+def bench_knn(args, tmp: Path, rows: list[Row]) -> None:
+    group = f"kNN all points ({args.knn_rows:,} x {args.knn_dim} float32, k={args.k}, Euclidean)"
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=4.0, size=(50, args.knn_dim))
+    X = (centres[rng.integers(0, 50, args.knn_rows)] + rng.normal(size=(args.knn_rows, args.knn_dim))).astype(np.float32)
+    path = tmp / "knn.parquet"
+    write_features(path, X, partitions=8)
+
+    nn = NearestNeighbors(n_neighbors=args.k, algorithm="brute")
+    t = timed(lambda: nn.fit(X).kneighbors(X))
+    rows.append(Row(group, "in-process scikit-learn kneighbors (2 BLAS threads)", t, "baseline"))
+    try:
+        import faiss
+
+        def faiss_search():
+            index = faiss.IndexFlatL2(X.shape[1])
+            index.add(X)
+            index.search(X, args.k)
+
+        rows.append(Row(group, "in-process faiss IndexFlatL2", timed(faiss_search)))
+    except ImportError:
+        pass
+
+    spark = session("local[2]")
+    nn.fit(X)
+
+    def vectors(df):
+        return df.rdd.map(lambda r: np.asarray(r.features, dtype=np.float32))
+
+    bc = spark.sparkContext.broadcast(nn)
+    naive = vectors(spark.read.parquet(str(path)).limit(args.naive_sample).repartition(8))
+    naive = naive.map(lambda x: bc.value.kneighbors(x.reshape(1, -1)))
+    t = timed(naive.count) * len(X) / args.naive_sample
+    rows.append(Row(group, "naive Spark: rdd.map(bc.value.kneighbors), one row per call", t,
+                    f"measured on {args.naive_sample:,} rows, extrapolated"))
+    rdd = vectors(spark.read.parquet(str(path)))
+    rows.append(Row(group, "sklspark distribute() on an RDD",
+                    timed(lambda: sklspark.distribute(nn, "kneighbors", rdd, n_neighbors=args.k).count())))
+    df = spark.read.parquet(str(path))
+    rows.append(Row(group, "sklspark distribute() on a DataFrame",
+                    timed(lambda: noop(sklspark.distribute(nn, "kneighbors", df, n_neighbors=args.k)))))
+    try:
+        from sklspark.neighbors import all_neighbors
+    except ImportError:
+        all_neighbors = None
+    if all_neighbors is not None:
+        for backend in ("sklearn", "faiss"):
+            t = timed(lambda: noop(all_neighbors(spark.read.parquet(str(path)), args.k, backend=backend,
+                                                 exclude_self=False)))
+            rows.append(Row(group, f"sklspark all_neighbors, broadcast, {backend} backend", t,
+                            "end to end: reads and collects the reference"))
+        t = timed(lambda: noop(all_neighbors(spark.read.parquet(str(path)), args.k, shards=4, exclude_self=False)))
+        rows.append(Row(group, "sklspark all_neighbors, sharded (4 shards), sklearn backend", t))
+        result = {}
+        t = timed(lambda: result.setdefault("t", all_neighbors(
+            spark.read.parquet(str(path)), args.k, backend="annoy", exclude_self=False
+        ).select("id", "neighbor_ids").toArrow()))
+        got = np.stack(result["t"].sort_by("id").column("neighbor_ids").to_numpy(zero_copy_only=False))
+        exact = nn.kneighbors(X, return_distance=False)
+        recall = np.mean([len(set(g) & set(e)) / args.k for g, e in zip(got, exact)])
+        rows.append(Row(group, "sklspark all_neighbors, annoy backend (approximate)", t, f"recall@{args.k} = {recall:.3f}"))
+
+    # Scaling: the same job on one core.
+    spark = session("local[1]")
+    df = spark.read.parquet(str(path))
+    t1 = timed(lambda: noop(sklspark.distribute(nn, "kneighbors", df, n_neighbors=args.k)))
+    rows.append(Row(group, "sklspark distribute() on a DataFrame, local[1]", t1, "scaling reference"))
+
+
+# ------------------------------------------------------------------------------ 2. cheap models
+
+
+def bench_cheap(args, tmp: Path, rows: list[Row]) -> None:
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql.functions import udf
+    from pyspark.sql.types import ArrayType, FloatType, LongType, StructField, StructType
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(args.cheap_rows, args.cheap_dim)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] > 0).astype(np.int64)
+    path = tmp / "cheap.parquet"
+    write_features(path, X, partitions=8)
+    models = {
+        "LogisticRegression.predict": (LogisticRegression().fit(X[:20_000], y[:20_000]), "predict", LongType()),
+        "StandardScaler.transform": (StandardScaler().fit(X[:20_000]), "transform", ArrayType(FloatType())),
+    }
+    spark = session("local[2]", **{"spark.sql.execution.arrow.maxRecordsPerBatch": "10000"})
+    for label, (model, method, spark_type) in models.items():
+        group = f"Cheap model, many rows: {label} ({args.cheap_rows:,} x {args.cheap_dim} float32)"
+        rows.append(Row(group, "in-process numpy/scikit-learn", timed(lambda: getattr(model, method)(X)), "baseline"))
+        bc = spark.sparkContext.broadcast(model)
+        width = args.cheap_dim
+
+        def expert(batches, bc=bc, method=method):
+            fn = getattr(bc.value, method)
+            for batch in batches:
+                col = batch.column("features")
+                values = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), width)
+                out = fn(values)
+                arr = (pa.array(out) if out.ndim == 1 else pa.ListArray.from_arrays(
+                    pa.array(np.arange(len(out) + 1) * out.shape[1], type=pa.int32()), pa.array(out.ravel())))
+                yield pa.RecordBatch.from_arrays([*batch.columns, arr], names=[*batch.schema.names, "out"])
+
+        df = spark.read.parquet(str(path))
+        schema = StructType([*df.schema.fields, StructField("out", spark_type)])
+        rows.append(Row(group, "hand-written expert mapInArrow", timed(lambda: noop(df.mapInArrow(expert, schema)))))
+
+        def make_predict_fn(bc=bc, method=method):
+            fn = getattr(bc.value, method)
+            return lambda inputs: fn(inputs)
+
+        batch_udf = predict_batch_udf(make_predict_fn, return_type=spark_type, batch_size=4096,
+                                      input_tensor_shapes=[[width]])
+        rows.append(Row(group, "pyspark predict_batch_udf",
+                        timed(lambda: noop(df.withColumn("out", batch_udf("features"))))))
+        rows.append(Row(group, "sklspark distribute() on the DataFrame",
+                        timed(lambda: noop(sklspark.distribute(model, method, df)))))
+
+        def one_row(v, bc=bc, method=method):
+            out = getattr(bc.value, method)(np.asarray(v, dtype=np.float32).reshape(1, -1))[0]
+            return out.tolist() if hasattr(out, "tolist") else out
+
+        row_udf = udf(one_row, spark_type)
+        sample = df.limit(args.naive_sample)
+        t = timed(lambda: noop(sample.withColumn("out", row_udf("features")))) * args.cheap_rows / args.naive_sample
+        rows.append(Row(group, "row-at-a-time Python UDF", t, f"measured on {args.naive_sample:,} rows, extrapolated"))
+
+
+# ------------------------------------------------------------------------------------- 3. memory
+
+
+def bench_memory(args, tmp: Path, rows: list[Row]) -> None:
+    """Peak RSS of a Python worker running distribute() (RDD path), fresh worker per task."""
+    spark = session("local[2]", **{"spark.python.worker.reuse": "false"})
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(2_000, 32)).astype(np.float32)
+    nn = NearestNeighbors(n_neighbors=5, algorithm="brute").fit(ref)
+
+    def peak_mb(n_rows: int, chunk_size: int) -> float:
+        X = rng.normal(size=(n_rows, 32)).astype(np.float32)
+        path = tmp / f"mem-{n_rows}.parquet"
+        if not path.exists():
+            write_features(path, X, partitions=1)
+        rdd = spark.read.parquet(str(path)).coalesce(1).rdd.map(lambda r: np.asarray(r.features, dtype=np.float32))
+        out = sklspark.distribute(nn, "kneighbors", rdd, chunk_size=chunk_size)
+
+        def drain(items):
+            count = sum(1 for _ in items)
+            yield count, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+        return max(mb for _, mb in out.mapPartitions(drain).collect())
+
+    group = "Python worker peak memory (RSS, MB) vs chunk_size, one partition"
+    n_rows = args.memory_rows
+    for chunk_size in (256, 1024, 4096, 16384, 65536):
+        rows.append(Row(group, f"chunk_size={chunk_size:,}, {n_rows:,} rows", 0.0, extra={"mb": peak_mb(n_rows, chunk_size)}))
+    group = "Python worker peak memory (RSS, MB) vs rows, chunk_size=4,096, one partition"
+    for factor in (1, 10):
+        rows.append(Row(group, f"{n_rows * factor:,} rows", 0.0, extra={"mb": peak_mb(n_rows * factor, 4096)}))
+
+
+# ------------------------------------------------------------------------------------- reporting
+
+
+def find(rows: list[Row], group_prefix: str, variant_prefix: str) -> Row | None:
+    return next((r for r in rows if r.group.startswith(group_prefix) and r.variant.startswith(variant_prefix)), None)
+
+
+def targets(rows: list[Row]) -> list[tuple[str, str, bool]]:
+    out = []
+
+    def ratio(a: Row | None, b: Row | None) -> float | None:
+        return a.seconds / b.seconds if a and b and b.seconds else None
+
+    def add(text: str, value: float | None, ok: Callable[[float], bool]) -> None:
+        if value is not None:
+            out.append((text, f"{value:.2f}", ok(value)))
+
+    base = find(rows, "kNN", "in-process scikit-learn")
+    add("all_neighbors (sklearn, broadcast) time / in-process scikit-learn time <= 1.10",
+        ratio(find(rows, "kNN", "sklspark all_neighbors, broadcast, sklearn"), base), lambda v: v <= 1.10)
+    add("all_neighbors (faiss) time / in-process scikit-learn time < 1",
+        ratio(find(rows, "kNN", "sklspark all_neighbors, broadcast, faiss"), base), lambda v: v < 1)
+    add("row-per-call time / distribute() time >= 15",
+        ratio(find(rows, "kNN", "naive Spark"), find(rows, "kNN", "sklspark distribute() on an RDD")), lambda v: v >= 15)
+    add("local[1] time / local[2] time >= 1.7 (distribute() kNN)",
+        ratio(find(rows, "kNN", "sklspark distribute() on a DataFrame, local[1]"),
+              find(rows, "kNN", "sklspark distribute() on a DataFrame")), lambda v: v >= 1.7)
+    for model in ("LogisticRegression.predict", "StandardScaler.transform"):
+        group = f"Cheap model, many rows: {model}"
+        add(f"{model}: distribute() throughput / hand-written mapInArrow throughput >= 0.9",
+            ratio(find(rows, group, "hand-written"), find(rows, group, "sklspark")), lambda v: v >= 0.9)
+        add(f"{model}: predict_batch_udf time / distribute() time > 1",
+            ratio(find(rows, group, "pyspark predict_batch_udf"), find(rows, group, "sklspark")), lambda v: v > 1)
+    mem = [r for r in rows if r.group.startswith("Python worker peak memory (RSS, MB) vs rows")]
+    if len(mem) == 2:
+        add("worker peak memory at 10x rows / at 1x rows <= 1.10", mem[1].extra["mb"] / mem[0].extra["mb"],
+            lambda v: v <= 1.10)
+    return out
+
+
+def report(rows: list[Row], args, elapsed: float) -> str:
+    lines = [
+        f"# sklspark benchmarks ({'quick smoke run' if args.quick else 'default sizes'})",
+        "",
+        f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"Spark local[2] unless noted; whole run {elapsed / 60:.1f} min. Ratio = time / the group's baseline "
+        "(lower is faster); speed-up = baseline time / time.",
+    ]
+    for group in dict.fromkeys(r.group for r in rows):
+        members = [r for r in rows if r.group == group]
+        lines += ["", f"## {group}", ""]
+        if "memory" in group:
+            lines += ["| variant | peak RSS (MB) |", "| --- | ---: |"]
+            lines += [f"| {r.variant} | {r.extra['mb']:.0f} |" for r in members]
+            continue
+        base = members[0].seconds
+        lines += ["| variant | time (s) | ratio to baseline | note |", "| --- | ---: | ---: | --- |"]
+        lines += [f"| {r.variant} | {r.seconds:.2f} | {r.seconds / base:.2f} | {r.note} |" for r in members]
+    lines += ["", "## Targets", "", "| target | measured | met |", "| --- | ---: | :---: |"]
+    lines += [f"| {text} | {value} | {'yes' if ok else '**no**'} |" for text, value, ok in targets(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed_rows = [r for r in rows if "memory" not in r.group]
+    groups = list(dict.fromkeys(r.group for r in timed_rows))
+    fig, axes = plt.subplots(len(groups), 1, figsize=(11, 2.2 + 0.45 * len(timed_rows)), squeeze=False)
+    for ax, group in zip(axes[:, 0], groups):
+        members = [r for r in timed_rows if r.group == group]
+        ratios = [r.seconds / members[0].seconds for r in members]
+        ax.barh([r.variant for r in members][::-1], ratios[::-1], color="#4477aa")
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_title(group, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.set_xlabel("time / baseline (log scale, lower is faster)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to prove the script works")
+    parser.add_argument("--knn-rows", type=int, default=100_000)
+    parser.add_argument("--knn-dim", type=int, default=64)
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--cheap-rows", type=int, default=2_000_000)
+    parser.add_argument("--cheap-dim", type=int, default=32)
+    parser.add_argument("--naive-sample", type=int, default=2_000)
+    parser.add_argument("--memory-rows", type=int, default=100_000)
+    parser.add_argument("--name", default=None, help="results file name (default: default or quick)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.knn_rows, args.cheap_rows, args.naive_sample, args.memory_rows = 2_000, 20_000, 200, 5_000
+    name = args.name or ("quick" if args.quick else "default")
+
+    rows: list[Row] = []
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="sklspark-bench-") as tmp:
+        for bench in (bench_knn, bench_cheap, bench_memory):
+            bench(args, Path(tmp), rows)
+            print(f"[bench] {bench.__name__} done at {time.perf_counter() - start:.0f}s", file=sys.stderr)
+    text = report(rows, args, time.perf_counter() - start)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(text)
+    plot(rows, RESULTS / f"{name}.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""The benchmark script runs end to end at tiny sizes (timings are never asserted)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+
+
+def test_benchmark_script_smoke(tmp_path):
+    name = f"smoke-{tmp_path.name}"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--name", name], capture_output=True, text=True,
+                          timeout=900)
+    results = SCRIPT.parent / "results"
+    try:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        text = (results / f"{name}.md").read_text()
+        for heading in ("## kNN all points", "## Cheap model, many rows: LogisticRegression.predict",
+                        "## Python worker peak memory", "## Targets"):
+            assert heading in text
+        assert (results / f"{name}.png").stat().st_size > 10_000
+    finally:
+        for suffix in (".md", ".png"):
+            (results / f"{name}{suffix}").unlink(missing_ok=True)
