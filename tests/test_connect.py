@@ -1,0 +1,62 @@
+"""distribute() over Spark Connect, where there is no SparkContext and no broadcast (model in the closure).
+
+A Connect session cannot share a process with the classic test session, so the job runs in a subprocess
+against ``SparkSession.builder.remote("local[2]")``, which starts a local Spark Connect server.
+"""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("grpc", reason="Spark Connect needs pyspark[connect]")
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    import numpy as np, pyarrow as pa
+    from pyspark.sql import SparkSession
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import NearestNeighbors
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+    import sklspark
+
+    spark = SparkSession.builder.remote("local[2]").getOrCreate()
+    assert type(spark).__module__.startswith("pyspark.sql.connect")
+    X = np.random.default_rng(0).normal(size=(600, 6))
+    df = spark.createDataFrame(pa.table({"id": np.arange(600), "features": list(X)})).repartition(3)
+
+    nn = NearestNeighbors(n_neighbors=4).fit(X)
+    got = sklspark.distribute(nn, "kneighbors", df, chunk_size=50).toArrow().sort_by("id")
+    dist, ind = nn.kneighbors(X)
+    assert np.array_equal(np.stack(got.column("indices").to_numpy(zero_copy_only=False)), ind)
+    assert np.allclose(np.stack(got.column("distances").to_numpy(zero_copy_only=False)), dist)
+
+    clf = make_pipeline(FunctionTransformer(lambda Z: Z * 2), LogisticRegression()).fit(X, X[:, 0] > 0)
+    got = sklspark.distribute(clf, "predict_proba", df).toArrow().sort_by("id")
+    assert np.allclose(np.stack(got.column("probability").to_numpy(zero_copy_only=False)), clf.predict_proba(X))
+
+    try:
+        sklspark.distribute(nn, "kneighbors", spark.createDataFrame(
+            pa.table({"id": [0, 1], "features": [[float("nan")] * 6, [0.0] * 6]})
+        )).collect()
+    except Exception as exc:
+        assert "NearestNeighbors.kneighbors failed in partition" in str(exc), str(exc)
+        assert "Input X contains NaN" in str(exc), str(exc)
+    else:
+        raise AssertionError("a NaN row did not fail the job")
+    spark.stop()
+    print("CONNECT OK")
+    """
+)
+
+
+def test_distribute_over_spark_connect(tmp_path):
+    script = tmp_path / "connect_job.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert "CONNECT OK" in proc.stdout
