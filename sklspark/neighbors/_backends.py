@@ -1,0 +1,266 @@
+"""Candidate-search backends: a small plugin interface and the ``sklearn``, ``faiss`` and ``annoy`` backends.
+
+A backend only proposes candidates: :func:`sklspark.neighbors._rerank.exact_top_k` recomputes every
+candidate's distance exactly and decides the final order, so a backend's own distances need only be
+close (exact backends) or plausible (approximate ones).
+
+Writing a backend
+-----------------
+Subclass :class:`Backend` and implement four methods::
+
+    class HnswBackend(Backend):
+        name = "hnswlib"
+        metrics = ("euclidean", "cosine")
+        exact = False                      # candidates may miss true neighbours
+        precision = np.dtype(np.float32)   # arithmetic of the distances search() returns
+        ships_as_file = True               # broadcast mode sends save()'s file, not a pickle
+
+        def __init__(self, ef=200, M=16):
+            self.ef, self.M = ef, M
+
+        def build(self, X, metric):
+            import hnswlib
+            self._index = hnswlib.Index(space={"euclidean": "l2", "cosine": "cosine"}[metric], dim=X.shape[1])
+            self._index.init_index(max_elements=len(X), M=self.M)
+            self._index.add_items(X, np.arange(len(X)))
+            self._index.set_ef(self.ef)
+
+        def search(self, Q, n):
+            labels, dist = self._index.knn_query(Q, k=n)
+            return (np.sqrt(dist) if self.space == "l2" else dist), labels.astype(np.int64)
+
+        def save(self, path): ...          # self._index.save_index(path)
+        def load(self, path, metric, n_features): ...
+
+and pass an unbuilt instance: ``kneighbors_join(q, ref, 10, backend=HnswBackend(ef=400))``. The instance is
+copied before it is built, so one instance can serve many calls. ``save``/``load`` are needed only when
+``ships_as_file`` is true; otherwise the built backend is pickled into the broadcast.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+from sklearn.neighbors import NearestNeighbors
+
+
+#: Other names of the metrics the re-rank computes itself.
+METRIC_ALIASES = {"l2": "euclidean", "l1": "manhattan", "cityblock": "manhattan", "infinity": "chebyshev"}
+
+
+class Backend(ABC):
+    """Interface of a candidate-search backend (see the module docstring for an example).
+
+    Attributes
+    ----------
+    name : str
+        Name accepted by ``backend=``.
+    metrics : tuple of str or None
+        Metrics the backend supports; ``None`` means it validates them itself in :meth:`check_metric`.
+    exact : bool
+        Whether :meth:`search` returns the true ``n`` nearest rows (up to rounding in ``precision``).
+        Exact backends get missing ties filled in by widening the search; approximate ones do not.
+    precision : numpy dtype
+        Floating-point type of the arithmetic behind the distances :meth:`search` returns.
+    ships_as_file : bool
+        In broadcast mode, send the index as the file :meth:`save` writes (``SparkContext.addFile``,
+        loaded once per worker process with :meth:`load`, memory-mapped where the format allows)
+        instead of pickling the built backend.
+    """
+
+    name: ClassVar[str]
+    metrics: ClassVar[tuple[str, ...] | None] = None
+    exact: ClassVar[bool] = True
+    precision: ClassVar[np.dtype] = np.dtype(np.float64)
+    ships_as_file: ClassVar[bool] = False
+
+    def check_metric(self, metric: str) -> str:
+        """Return the canonical name of ``metric``, or raise ``ValueError`` if the backend cannot use it."""
+        if self.metrics is not None and metric not in self.metrics:
+            raise ValueError(
+                f"backend {self.name!r} supports metric {' or '.join(repr(m) for m in self.metrics)}, got {metric!r}"
+            )
+        return metric
+
+    def fresh(self) -> "Backend":
+        """An unbuilt copy to build on, leaving this instance untouched."""
+        return copy.deepcopy(self)
+
+    @abstractmethod
+    def build(self, X: np.ndarray, metric: str) -> None:
+        """Index the rows of ``X`` (dense, ``n_ref x n_features``); row ``i`` is position ``i``."""
+
+    @abstractmethod
+    def search(self, Q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` (``<= n_ref``) nearest indexed rows of each row of ``Q``.
+
+        Returns
+        -------
+        distances : ndarray of shape (n_queries, n), ascending along each row
+        positions : ndarray of int of shape (n_queries, n)
+            ``-1`` where fewer than ``n`` rows were found (approximate backends).
+        """
+
+    def save(self, path: str) -> None:
+        """Write the built index to ``path`` (only when ``ships_as_file``)."""
+        raise NotImplementedError(f"backend {self.name!r} does not ship as a file")
+
+    def load(self, path: str, metric: str, n_features: int) -> None:
+        """Load (memory-map where possible) an index that :meth:`save` wrote (only when ``ships_as_file``)."""
+        raise NotImplementedError(f"backend {self.name!r} does not ship as a file")
+
+
+class SklearnBackend(Backend):
+    """Exact brute-force search with :class:`sklearn.neighbors.NearestNeighbors`; any metric it accepts."""
+
+    name = "sklearn"
+
+    def __init__(self) -> None:
+        self._nn: NearestNeighbors | None = None
+
+    @classmethod
+    def from_fitted(cls, nn: NearestNeighbors) -> "SklearnBackend":
+        """Wrap an already fitted ``NearestNeighbors`` (any algorithm) without refitting it."""
+        backend = cls()
+        backend._nn = nn
+        return backend
+
+    def check_metric(self, metric: str) -> str:
+        if not isinstance(metric, str):
+            raise TypeError(f"metric must be a str, got {type(metric).__name__}: {metric!r}")
+        try:  # NearestNeighbors validates the name and resolves minkowski (p=1: manhattan, p=2: euclidean)
+            effective = NearestNeighbors(algorithm="brute", metric=metric).fit(np.zeros((1, 1))).effective_metric_
+        except ValueError as exc:
+            raise ValueError(f"backend 'sklearn' cannot use metric {metric!r}: {exc}") from exc
+        return METRIC_ALIASES.get(effective, effective)
+
+    def build(self, X: np.ndarray, metric: str) -> None:
+        self._nn = NearestNeighbors(algorithm="brute", metric=metric).fit(X)
+
+    def search(self, Q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._nn.kneighbors(Q, n_neighbors=n)
+
+
+def _import_extra(module: str, extra: str, package: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"backend {extra!r} needs the {package} package: pip install 'sklspark[{extra}]' (or pip install {package})"
+        ) from exc
+
+
+class FaissBackend(Backend):
+    """Exact search with a FAISS flat index (``IndexFlatL2``), computed in float32; euclidean only.
+
+    Needs the optional extra: ``pip install 'sklspark[faiss]'`` (``faiss-cpu``).
+    """
+
+    name = "faiss"
+    metrics = ("euclidean",)
+    precision = np.dtype(np.float32)
+    ships_as_file = True
+
+    def __init__(self) -> None:
+        _import_extra("faiss", "faiss", "faiss-cpu")
+        self._index = None
+
+    def build(self, X: np.ndarray, metric: str) -> None:
+        import faiss
+
+        self._index = faiss.IndexFlatL2(X.shape[1])
+        self._index.add(np.ascontiguousarray(X, dtype=np.float32))
+
+    def search(self, Q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        squared, positions = self._index.search(np.ascontiguousarray(Q, dtype=np.float32), n)
+        return np.sqrt(np.maximum(squared, 0, dtype=np.float64)), positions.astype(np.int64)
+
+    def save(self, path: str) -> None:
+        import faiss
+
+        faiss.write_index(self._index, path)
+
+    def load(self, path: str, metric: str, n_features: int) -> None:
+        import faiss
+
+        self._index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+
+
+class AnnoyBackend(Backend):
+    """Approximate search with Annoy random-projection forests (euclidean, manhattan, cosine).
+
+    Needs the optional extra: ``pip install 'sklspark[annoy]'``. The index file is memory-mapped, so the
+    worker processes of one machine share one copy in the page cache.
+
+    Parameters
+    ----------
+    n_trees : int, default=50
+        Trees built; more trees give better recall and a bigger index.
+    search_k : int, default=-1
+        Nodes inspected per query; ``-1`` means Annoy's default (``n_trees * n``).
+    """
+
+    name = "annoy"
+    metrics = ("euclidean", "manhattan", "cosine")
+    exact = False
+    precision = np.dtype(np.float32)
+    ships_as_file = True
+    _ANNOY_METRIC = {"euclidean": "euclidean", "manhattan": "manhattan", "cosine": "angular"}
+
+    def __init__(self, n_trees: int = 50, search_k: int = -1) -> None:
+        _import_extra("annoy", "annoy", "annoy")
+        self.n_trees = n_trees
+        self.search_k = search_k
+        self._index = None
+
+    def _new_index(self, metric: str, n_features: int):
+        from annoy import AnnoyIndex
+
+        return AnnoyIndex(n_features, self._ANNOY_METRIC[metric])
+
+    def build(self, X: np.ndarray, metric: str) -> None:
+        self._index = self._new_index(metric, X.shape[1])
+        for i, row in enumerate(np.asarray(X, dtype=np.float32)):
+            self._index.add_item(i, row)
+        self._index.build(self.n_trees, n_jobs=1)
+
+    def search(self, Q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        positions = np.full((Q.shape[0], n), -1, dtype=np.int64)  # Annoy may find fewer than n: -1 pads
+        distances = np.full((Q.shape[0], n), np.inf)
+        for i, q in enumerate(np.asarray(Q, dtype=np.float32)):
+            found, dist = self._index.get_nns_by_vector(q, n, search_k=self.search_k, include_distances=True)
+            positions[i, : len(found)], distances[i, : len(found)] = found, dist
+        return distances, positions
+
+    def save(self, path: str) -> None:
+        self._index.save(path)
+
+    def load(self, path: str, metric: str, n_features: int) -> None:
+        self._index = self._new_index(metric, n_features)
+        self._index.load(path)  # memory-mapped
+
+
+#: Backends by the name ``backend=`` accepts.
+BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (SklearnBackend, FaissBackend, AnnoyBackend)}
+
+
+def get_backend(backend: str | Backend) -> Backend:
+    """Resolve ``backend=`` (a name from :data:`BACKENDS` or an unbuilt :class:`Backend` instance).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    ImportError
+        If the backend's optional package is not installed.
+    """
+    if isinstance(backend, Backend):
+        return backend.fresh()
+    if isinstance(backend, str) and backend in BACKENDS:
+        return BACKENDS[backend]()
+    raise ValueError(
+        f"unknown backend {backend!r}; use one of {sorted(BACKENDS)} or an instance of sklspark.neighbors.Backend"
+    )

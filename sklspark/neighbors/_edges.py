@@ -1,0 +1,40 @@
+"""``to_edges``: a neighbours result as one row per (query, neighbour) edge."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from ._broadcast import DISTANCES, NEIGHBOR_IDS
+
+
+def to_edges(
+    result: DataFrame,
+    *,
+    id_col: str = "id",
+    neighbors_col: str = NEIGHBOR_IDS,
+    distances_col: str = DISTANCES,
+) -> DataFrame:
+    """Explode a :func:`kneighbors_join` / :func:`all_neighbors` result into a graph's edge list.
+
+    Parameters
+    ----------
+    result : DataFrame
+        One row per query with its ID and the arrays of neighbour IDs and distances.
+    id_col, neighbors_col, distances_col : str
+        Names of those three columns.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``src`` (query ID), ``dst`` (neighbour ID), ``distance`` (double) and ``rank``
+        (int, 1 for the nearest), one row per neighbour.
+    """
+    missing = [c for c in (id_col, neighbors_col, distances_col) if c not in result.columns]
+    if missing:
+        raise ValueError(f"column(s) {missing} not found; the result has columns {result.columns}")
+    pairs = F.zip_with(neighbors_col, distances_col, lambda i, d: F.struct(i.alias("dst"), d.alias("distance")))
+    exploded = result.select(F.col(id_col).alias("src"), F.posexplode(pairs).alias("position", "edge"))
+    return exploded.select(
+        "src", "edge.dst", "edge.distance", (F.col("position") + 1).cast("int").alias("rank")
+    )

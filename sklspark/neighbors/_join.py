@@ -1,0 +1,308 @@
+"""Public entry points :func:`kneighbors_join` and :func:`all_neighbors`: validation and choice of mode."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import ByteType, IntegerType, LongType, ShortType, StringType, StructType
+from sklearn.neighbors import NearestNeighbors
+from sklearn.utils.validation import check_is_fitted
+
+from .._inputs import batch_to_matrix
+from .._validation import FeatureSpec, check_chunk_size, check_features
+from ._backends import Backend, SklearnBackend, get_backend
+from ._broadcast import DISTANCES, NEIGHBOR_IDS, broadcast_join
+from ._sharded import QUERY_BLOCK_MAX_BYTES, SHARD_MAX_BYTES, count_blocks, sharded_join
+
+#: A DataFrame reference whose estimated size (Spark's plan statistics) is at most this many bytes
+#: is collected to the driver and broadcast; a larger one is sharded. Tests may lower it.
+BROADCAST_MAX_BYTES = 256 << 20
+
+_ID_TYPES = (LongType, IntegerType, ShortType, ByteType, StringType)
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k must be a positive int, got {type(k).__name__}: {k!r}")
+    if k <= 0:
+        raise ValueError(f"k must be a positive int, got {k}")
+    return int(k)
+
+
+def _check_k_fits(k: int, n_ref: int, exclude_self: bool) -> None:
+    available = n_ref - 1 if exclude_self else n_ref
+    if k > available:
+        detail = f"{n_ref} rows, minus the query itself with exclude_self=True" if exclude_self else f"{n_ref} rows"
+        raise ValueError(f"k={k} is larger than the reference set ({detail}); use k <= {max(available, 0)}")
+
+
+def _check_id(schema: StructType, id_col: Any, what: str) -> None:
+    if not isinstance(id_col, str):
+        raise TypeError(f"id_col must be a column name, got {type(id_col).__name__}: {id_col!r}")
+    if id_col in (NEIGHBOR_IDS, DISTANCES):
+        raise ValueError(f"id_col cannot be {id_col!r}: that is the name of a result column")
+    if id_col not in schema.fieldNames():
+        raise ValueError(f"id column {id_col!r} not found in the {what}; it has columns {schema.fieldNames()}")
+    if not isinstance(schema[id_col].dataType, _ID_TYPES):
+        raise TypeError(
+            f"id column {id_col!r} of the {what} is {schema[id_col].dataType.simpleString()}; "
+            f"expected an integer or string column"
+        )
+
+
+def _check_spec(schema: StructType, features_col: Any, id_col: str, what: str) -> FeatureSpec:
+    _check_id(schema, id_col, what)
+    spec = check_features(schema, features_col)
+    if id_col in spec.columns:
+        raise ValueError(f"id column {id_col!r} cannot also be a feature column")
+    return spec
+
+
+def _duplicates_error(examples: list) -> ValueError:
+    return ValueError(
+        f"the reference has duplicate IDs (e.g. {examples[:5]}); every reference row needs a unique ID"
+    )
+
+
+def _check_unique(ids: pa.Array) -> None:
+    if ids.null_count:
+        raise ValueError("the reference has null IDs; every reference row needs a unique ID")
+    if pc.count_distinct(ids).as_py() != len(ids):
+        counts = pc.value_counts(ids)
+        raise _duplicates_error(counts.field("values").filter(pc.greater(counts.field("counts"), 1)).to_pylist())
+
+
+def _ids_from_sequence(reference_ids: Any, n_ref: int) -> np.ndarray:
+    if reference_ids is None:
+        return np.arange(n_ref, dtype=np.int64)
+    ids = np.asarray(reference_ids)
+    if ids.ndim != 1 or len(ids) != n_ref:
+        raise ValueError(f"reference_ids must give one ID per row of the fitted NearestNeighbors ({n_ref}), got shape {ids.shape}")
+    if ids.dtype.kind in "iu":
+        ids = ids.astype(np.int64)
+    elif ids.dtype.kind == "U" or (ids.dtype.kind == "O" and all(isinstance(v, str) for v in ids)):
+        ids = ids.astype(object)
+    else:
+        raise TypeError(f"reference_ids must be integers or strings, got values of dtype {ids.dtype}")
+    _check_unique(pa.array(ids.tolist()))
+    return ids
+
+
+def _estimated_bytes(df: DataFrame) -> int | None:
+    """Spark's estimate of the DataFrame's size from its optimised plan (no job), or ``None``."""
+    try:
+        return int(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes().toString())
+    except Exception:  # Spark Connect: no JVM handle; treat as large
+        return None
+
+
+def _width(spec: FeatureSpec) -> Column:
+    if spec.layout == "columns":
+        return F.lit(len(spec.columns))
+    column = F.col(spec.columns[0])
+    return F.size(vector_to_array(column) if spec.layout == "vector" else column)
+
+
+def _fitted_reference(nn: NearestNeighbors, metric: str, reference_ids: Any, shards: Any):
+    check_is_fitted(nn)
+    if shards is not None:
+        raise ValueError("shards= applies to a DataFrame reference; a fitted NearestNeighbors is always broadcast")
+    fitted_metric = SklearnBackend().check_metric(nn.effective_metric_)
+    if fitted_metric != metric:
+        raise ValueError(
+            f"the fitted NearestNeighbors uses metric {fitted_metric!r} but metric={metric!r}; pass metric={fitted_metric!r}"
+        )
+    if any(v is not None for v in nn.effective_metric_params_.values()):
+        raise ValueError(f"NearestNeighbors with metric parameters {nn.effective_metric_params_} is not supported")
+    X = nn._fit_X.toarray() if sp.issparse(nn._fit_X) else np.asarray(nn._fit_X)
+    return X, _ids_from_sequence(reference_ids, X.shape[0])
+
+
+def kneighbors_join(
+    queries: DataFrame,
+    reference: DataFrame | NearestNeighbors,
+    k: int,
+    *,
+    id_col: str = "id",
+    features_col: str | Sequence[str] = "features",
+    exclude_self: bool = False,
+    metric: str = "euclidean",
+    backend: str | Backend = "sklearn",
+    shards: int | None = None,
+    chunk_size: int = 4096,
+    reference_ids: Sequence | None = None,
+) -> DataFrame:
+    """The ``k`` nearest reference rows of every query row, with their IDs and exact distances.
+
+    Exact backends return exactly what ``NearestNeighbors(algorithm="brute", metric=metric)`` would,
+    with ties broken by the smaller reference position (row order of the reference as read, or as
+    given), and the same neighbours and bit-identical distances whatever the mode or backend.
+
+    Parameters
+    ----------
+    queries : DataFrame
+        Rows to find neighbours for: an ``id_col`` column and the features.
+    reference : DataFrame or fitted NearestNeighbors
+        Rows to search: a DataFrame with an ``id_col`` column and the features, or a fitted
+        ``NearestNeighbors`` whose rows are named by ``reference_ids``.
+    k : int
+        Neighbours per query, at most the number of reference rows (minus one with ``exclude_self``).
+    id_col : str, default="id"
+        ID column (integer or string) of both DataFrames. Reference IDs must be unique.
+    features_col : str or list of str, default="features"
+        A ``VectorUDT`` or ``array<numeric>`` column, or a list of numeric columns, as in
+        :func:`sklspark.distribute`.
+    exclude_self : bool, default=False
+        Leave out the reference row whose ID equals the query's ID (and only that row: other rows at
+        distance 0 stay).
+    metric : str, default="euclidean"
+        Any metric ``NearestNeighbors`` accepts with the ``sklearn`` backend; ``euclidean`` with
+        ``faiss``; ``euclidean``, ``manhattan`` or ``cosine`` with ``annoy``.
+    backend : {"sklearn", "faiss", "annoy"} or Backend, default="sklearn"
+        Candidate search (see :mod:`sklspark.neighbors._backends`); ``annoy`` is approximate.
+    shards : int, optional
+        Split a DataFrame reference into this many shards (sharded mode). By default the reference
+        is broadcast if its estimated size is at most ``BROADCAST_MAX_BYTES`` and sharded otherwise.
+    chunk_size : int, default=4096
+        Most query rows searched at once in a task.
+    reference_ids : sequence, optional
+        With a fitted ``NearestNeighbors`` only: the ID of each of its rows (default ``0..n-1``).
+
+    Returns
+    -------
+    DataFrame
+        One row per query row: ``id_col``, ``neighbor_ids`` (array of reference IDs, nearest first)
+        and ``distances`` (array<double>, ascending).
+
+    Raises
+    ------
+    TypeError, ValueError
+        On the driver before the search job: bad ``k``, missing or mistyped columns, unknown backend,
+        metric the backend does not support, duplicate or null reference IDs, ``k`` larger than the
+        reference (knowing the reference's size and IDs takes one small job for a DataFrame).
+    ImportError
+        If the backend's optional package is missing.
+    """
+    k = _check_k(k)
+    chunk_size = check_chunk_size(chunk_size)
+    if not isinstance(exclude_self, bool):
+        raise TypeError(f"exclude_self must be a bool, got {exclude_self!r}")
+    if not isinstance(queries, DataFrame):
+        raise TypeError(f"queries must be a pyspark DataFrame, got {type(queries).__name__}")
+    q_spec = _check_spec(queries.schema, features_col, id_col, "queries")
+    engine = get_backend(backend)
+    metric = engine.check_metric(metric)
+    n = k + 1 if exclude_self else k  # the query itself is dropped afterwards if it is among them
+
+    if isinstance(reference, NearestNeighbors):
+        X, ids = _fitted_reference(reference, metric, reference_ids, shards)
+        _check_k_fits(k, X.shape[0], exclude_self)
+        if isinstance(engine, SklearnBackend):
+            built = SklearnBackend.from_fitted(reference)
+        else:
+            built = engine.fresh()
+            built.build(X, metric)
+        result = broadcast_join(queries, features_col, id_col, engine, built, X, ids, n, metric, chunk_size)
+    elif isinstance(reference, DataFrame):
+        if reference_ids is not None:
+            raise ValueError("reference_ids= applies to a fitted NearestNeighbors; a DataFrame reference has id_col")
+        r_spec = _check_spec(reference.schema, features_col, id_col, "reference")
+        if exclude_self and queries.schema[id_col].dataType != reference.schema[id_col].dataType:
+            raise TypeError(
+                f"exclude_self compares IDs, but id column {id_col!r} is {queries.schema[id_col].dataType.simpleString()} "
+                f"in the queries and {reference.schema[id_col].dataType.simpleString()} in the reference"
+            )
+        if shards is not None and (isinstance(shards, bool) or not isinstance(shards, numbers.Integral) or shards < 1):
+            raise ValueError(f"shards must be a positive int or None, got {shards!r}")
+        size = _estimated_bytes(reference)
+        if shards is None and size is not None and size <= BROADCAST_MAX_BYTES:
+            result = _broadcast_dataframe(queries, reference, k, n, exclude_self, id_col, features_col, r_spec,
+                                          engine, metric, chunk_size)
+        else:
+            result = _shard_dataframe(queries, reference, k, n, exclude_self, id_col, q_spec, r_spec, engine,
+                                      metric, shards, chunk_size)
+    else:
+        raise TypeError(
+            f"reference must be a pyspark DataFrame or a fitted sklearn NearestNeighbors, got {type(reference).__name__}"
+        )
+    return _drop_self(result, id_col, k) if exclude_self else result
+
+
+def _broadcast_dataframe(queries, reference, k, n, exclude_self, id_col, features_col, r_spec, engine, metric, chunk_size):
+    table = reference.select(id_col, *r_spec.columns).toArrow()
+    ids = table.column(id_col).combine_chunks()
+    _check_unique(ids)
+    _check_k_fits(k, table.num_rows, exclude_self)
+    X = batch_to_matrix(pa.concat_batches(table.to_batches()), r_spec, 0, accept_sparse=False)
+    built = engine.fresh()
+    built.build(X, metric)
+    ids = ids.to_numpy(zero_copy_only=False)
+    return broadcast_join(queries, features_col, id_col, engine, built, X, ids, n, metric, chunk_size)
+
+
+def _shard_dataframe(queries, reference, k, n, exclude_self, id_col, q_spec, r_spec, engine, metric, shards, chunk_size):
+    stats = reference.agg(
+        F.count(F.lit(1)), F.count(id_col), F.count_distinct(id_col), F.min(_width(r_spec)), F.max(_width(r_spec))
+    ).first()
+    n_ref, n_ids, n_distinct, width, max_width = stats
+    if n_ids != n_ref:
+        raise ValueError("the reference has null IDs; every reference row needs a unique ID")
+    if n_distinct != n_ids:
+        examples = [r[0] for r in reference.groupBy(id_col).count().where("count > 1").limit(5).collect()]
+        raise _duplicates_error(examples)
+    _check_k_fits(k, n_ref, exclude_self)
+    if width != max_width:
+        raise ValueError(f"the reference's {r_spec.describe()} has rows of {width} and of {max_width} features")
+    n_queries = queries.count()
+    row_bytes = width * r_spec.dtype.itemsize
+    if shards is None:
+        shards = count_blocks(n_ref, row_bytes, SHARD_MAX_BYTES)
+    blocks = count_blocks(n_queries, width * q_spec.dtype.itemsize, QUERY_BLOCK_MAX_BYTES)
+    parallelism = queries.sparkSession.sparkContext.defaultParallelism
+    blocks = max(blocks, min(max(n_queries, 1), -(-parallelism // shards)))
+    return sharded_join(queries, reference, n, id_col=id_col, q_spec=q_spec, r_spec=r_spec, backend=engine,
+                        metric=metric, shards=int(shards), blocks=blocks, chunk_size=chunk_size)
+
+
+def _drop_self(result: DataFrame, id_col: str, k: int) -> DataFrame:
+    """Remove the query's own ID from its ``k + 1`` neighbours, keeping the first ``k`` of the rest."""
+    pairs = F.zip_with(NEIGHBOR_IDS, DISTANCES, lambda i, d: F.struct(i.alias("id"), d.alias("distance")))
+    kept = F.slice(F.filter(pairs, lambda p: ~p["id"].eqNullSafe(F.col(id_col))), 1, k)
+    return result.select(
+        id_col,
+        F.transform(kept, lambda p: p["id"]).alias(NEIGHBOR_IDS),
+        F.transform(kept, lambda p: p["distance"]).alias(DISTANCES),
+    )
+
+
+def all_neighbors(df: DataFrame, k: int, *, exclude_self: bool = True, **options: Any) -> DataFrame:
+    """The ``k`` nearest other rows of every row of ``df``: ``kneighbors_join(df, df, k, ...)``.
+
+    Parameters
+    ----------
+    df : DataFrame
+        Rows with a unique ``id_col`` column and the features.
+    k : int
+        Neighbours per row, at most ``len(df) - 1`` (``len(df)`` with ``exclude_self=False``).
+    exclude_self : bool, default=True
+        Leave each row out of its own neighbours (rows that are exact duplicates of it stay).
+    **options
+        Any other keyword argument of :func:`kneighbors_join` (``id_col``, ``features_col``,
+        ``metric``, ``backend``, ``shards``, ``chunk_size``).
+
+    Returns
+    -------
+    DataFrame
+        ``id_col``, ``neighbor_ids``, ``distances``: one row per row of ``df``.
+    """
+    if "reference_ids" in options:
+        raise TypeError("all_neighbors() takes no reference_ids: the reference is df itself")
+    return kneighbors_join(df, df, k, exclude_self=exclude_self, **options)

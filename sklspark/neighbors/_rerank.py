@@ -1,0 +1,169 @@
+"""Exact re-rank: recompute candidate distances pair by pair and apply the tie rule.
+
+Distances from matrix products (BLAS, FAISS) differ in their last bits with the shapes of the
+batches they are computed in, so they cannot be compared across execution modes. Here each
+candidate pair's distance is recomputed in float64 from that pair's two rows alone, with the
+same arithmetic whatever the batch, and rows are ordered by ``(distance, reference position)``:
+the nearest first, ties to the smaller position. Broadcast and sharded modes, and every exact
+backend, therefore return identical neighbours and identical distances.
+
+Completeness: an exact backend returns the ``n_cand`` rows nearest by *its* distances, which may
+be off by a rounding error ``e``. A row outside the candidates is at least ``horizon - e`` away,
+``horizon`` being the farthest candidate's backend distance, so the re-ranked top ``n`` is the
+true one when the ``n``-th exact distance is below ``horizon - e``. Rows where that fails (ties
+or near-ties at the boundary) are searched again with twice as many candidates, and in the end
+against every reference row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._backends import Backend
+
+#: Extra candidates asked for beyond the ``n`` wanted: ``2 * n + CANDIDATE_MARGIN``.
+CANDIDATE_MARGIN = 16
+
+#: Most (query, candidate) pairs scored at once when every reference row is a candidate.
+_EXHAUSTIVE_PAIRS = 1 << 22
+
+_EUCLIDEAN = "euclidean"
+_MANHATTAN = "manhattan"
+_COSINE = "cosine"
+_CHEBYSHEV = "chebyshev"
+
+
+def _cosine(q: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Cosine distance of paired rows, as scikit-learn defines it (zero vectors have similarity 0)."""
+    norms = np.sqrt((q * q).sum(axis=1)) * np.sqrt((r * r).sum(axis=1))
+    dot = (q * r).sum(axis=1)
+    similarity = np.divide(dot, norms, out=np.zeros_like(dot), where=norms > 0)
+    return np.clip(1.0 - similarity, 0.0, 2.0)
+
+
+_PAIRED = {
+    _EUCLIDEAN: lambda q, r: np.sqrt(np.square(q - r).sum(axis=1)),
+    _MANHATTAN: lambda q, r: np.abs(q - r).sum(axis=1),
+    _CHEBYSHEV: lambda q, r: np.abs(q - r).max(axis=1),
+    _COSINE: _cosine,
+}
+
+
+def paired_distances(Q: np.ndarray, R: np.ndarray, candidates: np.ndarray, metric: str) -> np.ndarray:
+    """Exact float64 distance from each row of ``Q`` to each of its candidate rows of ``R``.
+
+    Every value depends only on the pair's two rows (row-wise reductions), never on the batch.
+
+    Parameters
+    ----------
+    Q : ndarray of shape (n_queries, n_features)
+    R : ndarray of shape (n_ref, n_features)
+    candidates : ndarray of int of shape (n_queries, n_cand)
+        Row positions in ``R``.
+    metric : str
+        A canonical metric name (see :meth:`Backend.check_metric`).
+
+    Returns
+    -------
+    ndarray of float64 of shape (n_queries, n_cand)
+    """
+    Q = np.asarray(Q, dtype=np.float64)
+    out = np.empty(candidates.shape, dtype=np.float64)
+    paired = _PAIRED.get(metric)
+    if paired is not None:
+        for j in range(candidates.shape[1]):
+            out[:, j] = paired(Q, np.asarray(R[candidates[:, j]], dtype=np.float64))
+        return out
+    from sklearn.metrics import pairwise_distances  # other metrics: one exact call per query row
+
+    for i in range(Q.shape[0]):
+        out[i] = pairwise_distances(Q[i : i + 1], np.asarray(R[candidates[i]], dtype=np.float64), metric=metric)[0]
+    return out
+
+
+def _rounding(backend: Backend, Q: np.ndarray, R: np.ndarray) -> float:
+    """Relative rounding error of the backend's distances: a few ulps per feature in its precision."""
+    precision = np.float32 if np.float32 in (backend.precision, Q.dtype, R.dtype) else np.float64
+    return 8.0 * (Q.shape[1] + 2) * float(np.finfo(precision).eps)
+
+
+def _complete(
+    backend: Backend, metric: str, Q: np.ndarray, R: np.ndarray, nth: np.ndarray, horizon: np.ndarray
+) -> np.ndarray:
+    """Rows whose ``n``-th exact distance ``nth`` is safely below the backend's candidate ``horizon``."""
+    gamma = _rounding(backend, Q, R)
+    Q = np.asarray(Q, dtype=np.float64)
+    if metric == _EUCLIDEAN:  # compare squares: the error of |q|^2 + |r|^2 - 2 q.r scales with the norms
+        r_max = float(np.max(np.square(R, dtype=np.float64).sum(axis=1)))
+        slack = gamma * (np.square(Q).sum(axis=1) + r_max)
+        return nth * nth < horizon * horizon - slack
+    scale = 1.0 if metric == _COSINE else np.abs(Q).sum(axis=1) + float(np.max(np.abs(R).sum(axis=1)))
+    return nth < horizon - gamma * (np.abs(horizon) + scale)
+
+
+def _ranked(Q, R, keys, candidates, metric, n):
+    """Re-rank candidates by (exact distance, key); the first ``n`` as (candidate columns, distances)."""
+    exact = paired_distances(Q, R, candidates, metric)
+    order = np.lexsort((keys[candidates], exact), axis=-1)[:, :n]
+    return np.take_along_axis(candidates, order, axis=1), np.take_along_axis(exact, order, axis=1)
+
+
+def _exhaustive(Q, R, keys, metric, n):
+    """Top ``n`` with every reference row as a candidate, in slices of bounded size."""
+    step = max(1, _EXHAUSTIVE_PAIRS // R.shape[0])
+    every = np.arange(R.shape[0], dtype=np.int64)
+    parts = [
+        _ranked(Q[i : i + step], R, keys, np.broadcast_to(every, (len(Q[i : i + step]), len(every))), metric, n)
+        for i in range(0, Q.shape[0], step)
+    ]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def exact_top_k(
+    backend: Backend, R: np.ndarray, keys: np.ndarray, Q: np.ndarray, n: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` nearest rows of ``R`` to each row of ``Q``, by exact distance then smaller key.
+
+    Parameters
+    ----------
+    backend : Backend
+        Built on ``R``; proposes candidates.
+    R : ndarray of shape (n_ref, n_features)
+        The indexed rows, in the backend's position order.
+    keys : ndarray of int of shape (n_ref,)
+        Tie-break key of each row of ``R``: its global reference position.
+    Q : ndarray of shape (n_queries, n_features)
+    n : int
+        Neighbours wanted, ``1 <= n <= n_ref``.
+    metric : str
+
+    Returns
+    -------
+    positions : ndarray of int64 of shape (n_queries, n)
+        Rows of ``R``, nearest first.
+    distances : ndarray of float64 of shape (n_queries, n)
+        Exact distances, ascending.
+    """
+    n_ref = R.shape[0]
+    positions = np.empty((Q.shape[0], n), dtype=np.int64)
+    distances = np.empty((Q.shape[0], n), dtype=np.float64)
+    pending = np.arange(Q.shape[0])
+    n_cand = min(n_ref, 2 * n + CANDIDATE_MARGIN)
+    while pending.size:
+        q = Q[pending]
+        if n_cand >= n_ref:
+            positions[pending], distances[pending] = _exhaustive(q, R, keys, metric, n)
+            break
+        approx, candidates = backend.search(q, n_cand)
+        found = candidates >= 0
+        candidates = np.where(found, candidates, 0)
+        top, top_distances = _ranked(q, R, keys, candidates, metric, n)
+        done = found.all(axis=1)
+        if backend.exact:
+            horizon = np.where(found, approx, -np.inf).max(axis=1)
+            done &= _complete(backend, metric, q, R, top_distances[:, -1], horizon)
+        positions[pending[done]], distances[pending[done]] = top[done], top_distances[done]
+        pending = pending[~done]
+        n_cand = min(n_ref, 2 * n_cand)
+    return positions, distances
+
