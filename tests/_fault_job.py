@@ -1,0 +1,82 @@
+"""A driver program for the fault tests: runs distribute() on a standalone cluster and saves the result.
+
+    python _fault_job.py MASTER_URL {rdd,df} OUT_FILE MARKER_DIR {none,crash-once,raise-once}
+
+The model sleeps a little per chunk and leaves a marker file per chunk in MARKER_DIR, so the test can
+inject a fault while the job runs. With ``crash-once`` the first chunk to run kills its Python worker
+(``os._exit``); with ``raise-once`` it raises. Either way only once across the whole cluster.
+"""
+
+import os
+import sys
+import time
+import uuid
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import SparkSession
+from sklearn.base import BaseEstimator, TransformerMixin
+
+import sklspark
+
+N_ROWS, N_FEATURES, N_PARTITIONS = 20_000, 8, 40
+
+
+class SlowProjection(TransformerMixin, BaseEstimator):
+    def __init__(self, marker_dir, fault):
+        self.marker_dir = marker_dir
+        self.fault = fault
+
+    def fit(self, X, y=None):
+        self.weights_ = np.random.default_rng(0).normal(size=(X.shape[1], 3))
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def transform(self, X):
+        if len(X) > 2:  # not the driver-side probe
+            self._maybe_fail()
+            time.sleep(0.1)
+            open(os.path.join(self.marker_dir, f"chunk-{uuid.uuid4().hex}"), "w").close()
+        return X @ self.weights_
+
+    def _maybe_fail(self):
+        if self.fault == "none":
+            return
+        try:
+            fd = os.open(os.path.join(self.marker_dir, "fault-done"), os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            return
+        os.close(fd)
+        if self.fault == "crash-once":
+            os._exit(1)
+        raise RuntimeError("injected failure (raise-once)")
+
+
+def main(master, kind, out_file, marker_dir, fault):
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    spark = (
+        SparkSession.builder.master(master)
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.task.maxFailures", "8")
+        .config("spark.executor.memory", "1g")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    X = np.random.default_rng(1).normal(size=(N_ROWS, N_FEATURES))
+    model = SlowProjection(marker_dir, fault).fit(X)
+    if kind == "rdd":
+        rdd = spark.sparkContext.parallelize(list(X), N_PARTITIONS)
+        got = np.array(sklspark.distribute(model, "transform", rdd, chunk_size=250).collect())
+        ids = np.arange(N_ROWS)
+    else:
+        df = spark.createDataFrame(pa.table({"id": np.arange(N_ROWS), "features": list(X)})).repartition(N_PARTITIONS)
+        table = sklspark.distribute(model, "transform", df, chunk_size=250).select("id", "transform").toArrow()
+        ids = table.column("id").to_numpy()
+        got = np.stack(table.column("transform").to_numpy(zero_copy_only=False))
+    np.savez(out_file, ids=ids, got=got, expected=X @ model.weights_)
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

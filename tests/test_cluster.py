@@ -1,0 +1,93 @@
+"""Fault tests on a real standalone cluster (1 master, 2 workers of 1 core, separate JVMs on 127.0.0.1).
+
+Each test runs a driver program in a subprocess, injects a fault while the job runs, and checks the
+complete, exact output: every row once, equal to the in-process result.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _cluster import StandaloneCluster
+
+pytestmark = pytest.mark.cluster
+
+JOB = Path(__file__).with_name("_fault_job.py")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cluster = StandaloneCluster(tmp_path_factory.mktemp("cluster")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _start_job(cluster, tmp_path, kind, fault="none"):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    out = tmp_path / "result.npz"
+    proc = subprocess.Popen([sys.executable, str(JOB), cluster.url, kind, str(out), str(markers), fault],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, markers, out
+
+
+def _wait_for_chunks(markers, n, proc, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len([p for p in os.listdir(markers) if p.startswith("chunk-")]) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the job ended before the fault was injected: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError("the job made no progress")
+
+
+def _check_complete(proc, out):
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-5000:]
+    result = np.load(out)
+    ids, got, expected = result["ids"], result["got"], result["expected"]
+    assert len(ids) == len(expected) and len(np.unique(ids)) == len(ids), "rows lost or duplicated"
+    np.testing.assert_allclose(got[np.argsort(ids)], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["rdd", "df"])
+def test_executor_killed_mid_job(cluster, tmp_path, kind):
+    proc, markers, out = _start_job(cluster, tmp_path, kind)
+    _wait_for_chunks(markers, 10, proc)
+    executors = cluster.executor_pids()
+    assert executors, "no executor JVM found"
+    os.kill(executors[0], signal.SIGKILL)
+    _check_complete(proc, out)
+
+
+def test_python_worker_crash_in_one_chunk_is_retried(cluster, tmp_path):
+    proc, markers, out = _start_job(cluster, tmp_path, "df", fault="crash-once")
+    _check_complete(proc, out)
+    assert (markers / "fault-done").exists()
+
+
+def test_exception_in_one_chunk_is_retried(cluster, tmp_path):
+    proc, markers, out = _start_job(cluster, tmp_path, "rdd", fault="raise-once")
+    _check_complete(proc, out)
+    assert (markers / "fault-done").exists()
+
+
+def test_worker_stopped_for_good_mid_job(tmp_path):
+    """Last: it takes a worker away for good (on its own cluster, so the other tests keep two)."""
+    cluster = StandaloneCluster(tmp_path / "cluster").start()
+    try:
+        proc, markers, out = _start_job(cluster, tmp_path, "rdd")
+        _wait_for_chunks(markers, 10, proc)
+        cluster.stop_worker(1)
+        _check_complete(proc, out)
+        assert cluster.alive_workers() == 1
+    finally:
+        cluster.stop()
