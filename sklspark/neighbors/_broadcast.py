@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 from pyspark import SparkFiles
 from pyspark.sql import DataFrame
+from sklearn.base import BaseEstimator
 
 from .._distribute import _spark_context, distribute
 from ._backends import Backend
@@ -66,66 +67,66 @@ class IndexFile:
         return self._loaded
 
 
-class ReferenceIndex:
-    """A fitted search over the reference, in the shape ``distribute()`` runs: ``search(X)`` per chunk.
+class ReferenceIndex(BaseEstimator):
+    """A search over the reference in the shape ``distribute()`` runs: fitted on the driver, ``search(X)`` per chunk.
 
     Parameters
     ----------
     backend : Backend
-        Built on ``X``, or an :class:`IndexFile` holding it.
-    X : ndarray of shape (n_ref, n_features)
-        The reference rows, in reference position order (used for the exact re-rank).
+        Unbuilt backend, built by :meth:`fit`.
     ids : ndarray of shape (n_ref,)
-        The reference IDs, integers or strings.
+        The reference IDs, integers or strings, in reference position order.
     n_neighbors : int
     metric : str
     """
 
-    def __init__(self, backend: Backend | IndexFile, X: np.ndarray, ids: np.ndarray, n_neighbors: int, metric: str):
-        self.index_ = backend
+    def __init__(self, backend: Backend, ids: np.ndarray, n_neighbors: int, metric: str) -> None:
+        self.backend = backend
+        self.ids = ids
+        self.n_neighbors = n_neighbors
+        self.metric = metric
+
+    def fit(self, X: np.ndarray, y: None = None, built: Backend | None = None) -> "ReferenceIndex":
+        """Index the reference rows ``X`` (in position order), or adopt ``built``, a backend already built on them."""
+        if built is None:
+            built = self.backend.fresh()
+            built.build(X, self.metric)
+        self.index_: Backend | IndexFile = built
         self.X_ = X
-        self.ids_ = ids
-        self.n_neighbors_ = n_neighbors
-        self.metric_ = metric
         self.n_features_in_ = X.shape[1]
+        return self
+
+    def ship(self, spark_context: Any) -> None:
+        """Make a ``ships_as_file`` index travel as a file (``addFile``) instead of inside the pickle."""
+        if self.index_.ships_as_file:
+            self.index_ = IndexFile(self.backend, self.index_, self.metric, self.n_features_in_, spark_context)
 
     def search(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The IDs and exact distances of each row's ``n_neighbors_`` nearest reference rows, nearest first."""
+        """The IDs and exact distances of each row's ``n_neighbors`` nearest reference rows, nearest first."""
         backend = self.index_.get() if isinstance(self.index_, IndexFile) else self.index_
         keys = np.arange(self.X_.shape[0], dtype=np.int64)
-        positions, distances = exact_top_k(backend, self.X_, keys, X, self.n_neighbors_, self.metric_)
-        return self.ids_[positions], distances
+        positions, distances = exact_top_k(backend, self.X_, keys, X, self.n_neighbors, self.metric)
+        return self.ids[positions], distances
 
 
 def broadcast_join(
-    queries: DataFrame,
-    features: str | Sequence[str],
-    id_col: str,
-    template: Backend,
-    built: Backend,
-    X: np.ndarray,
-    ids: np.ndarray,
-    n_neighbors: int,
-    metric: str,
-    chunk_size: int,
+    queries: DataFrame, features: str | Sequence[str], id_col: str, index: ReferenceIndex, chunk_size: int
 ) -> DataFrame:
-    """Score the queries against a reference held on the driver.
+    """Score the queries against a fitted :class:`ReferenceIndex`, shipped once to every executor.
 
     Returns
     -------
     DataFrame
-        ``id_col``, ``neighbor_ids`` and ``distances`` (``n_neighbors`` each), one row per query row.
+        ``id_col``, ``neighbor_ids`` and ``distances`` (``index.n_neighbors`` each), one row per query row.
     """
-    backend: Backend | IndexFile = built
-    if built.ships_as_file:
+    if index.index_.ships_as_file:
         spark_context = _spark_context(queries)
         if spark_context is None:
             raise ValueError(
-                f"backend {built.name!r} ships its index as a file (SparkContext.addFile), which a Spark Connect "
-                f"session cannot do; use backend='sklearn'"
+                f"backend {index.backend.name!r} ships its index as a file (SparkContext.addFile), which a Spark "
+                f"Connect session cannot do; use backend='sklearn'"
             )
-        backend = IndexFile(template, built, metric, X.shape[1], spark_context)
-    index = ReferenceIndex(backend, X, ids, n_neighbors, metric)
+        index.ship(spark_context)
     feature_cols = [features] if isinstance(features, str) else list(features)
     scored = distribute(
         index,

@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._inputs import batch_to_matrix
 from .._validation import FeatureSpec, check_chunk_size, check_features
 from ._backends import Backend, SklearnBackend, get_backend
-from ._broadcast import DISTANCES, NEIGHBOR_IDS, broadcast_join
+from ._broadcast import DISTANCES, NEIGHBOR_IDS, ReferenceIndex, broadcast_join
 from ._sharded import QUERY_BLOCK_MAX_BYTES, SHARD_MAX_BYTES, count_blocks, sharded_join
 
 #: A DataFrame reference whose estimated size (Spark's plan statistics) is at most this many bytes
@@ -68,7 +68,7 @@ def _check_spec(schema: StructType, features_col: Any, id_col: str, what: str) -
 
 def _duplicates_error(examples: list) -> ValueError:
     return ValueError(
-        f"the reference has duplicate IDs (e.g. {examples[:5]}); every reference row needs a unique ID"
+        f"the reference has duplicate IDs (e.g. {sorted(examples)[:5]}); every reference row needs a unique ID"
     )
 
 
@@ -99,7 +99,7 @@ def _ids_from_sequence(reference_ids: Any, n_ref: int) -> np.ndarray:
 def _estimated_bytes(df: DataFrame) -> int | None:
     """Spark's estimate of the DataFrame's size from its optimised plan (no job), or ``None``."""
     try:
-        return int(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes().toString())
+        return int(str(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()))
     except Exception:  # Spark Connect: no JVM handle; treat as large
         return None
 
@@ -205,12 +205,9 @@ def kneighbors_join(
     if isinstance(reference, NearestNeighbors):
         X, ids = _fitted_reference(reference, metric, reference_ids, shards)
         _check_k_fits(k, X.shape[0], exclude_self)
-        if isinstance(engine, SklearnBackend):
-            built = SklearnBackend.from_fitted(reference)
-        else:
-            built = engine.fresh()
-            built.build(X, metric)
-        result = broadcast_join(queries, features_col, id_col, engine, built, X, ids, n, metric, chunk_size)
+        built = SklearnBackend.from_fitted(reference) if isinstance(engine, SklearnBackend) else None
+        index = ReferenceIndex(engine, ids, n, metric).fit(X, built=built)
+        result = broadcast_join(queries, features_col, id_col, index, chunk_size)
     elif isinstance(reference, DataFrame):
         if reference_ids is not None:
             raise ValueError("reference_ids= applies to a fitted NearestNeighbors; a DataFrame reference has id_col")
@@ -242,10 +239,8 @@ def _broadcast_dataframe(queries, reference, k, n, exclude_self, id_col, feature
     _check_unique(ids)
     _check_k_fits(k, table.num_rows, exclude_self)
     X = batch_to_matrix(pa.concat_batches(table.to_batches()), r_spec, 0, accept_sparse=False)
-    built = engine.fresh()
-    built.build(X, metric)
-    ids = ids.to_numpy(zero_copy_only=False)
-    return broadcast_join(queries, features_col, id_col, engine, built, X, ids, n, metric, chunk_size)
+    index = ReferenceIndex(engine, ids.to_numpy(zero_copy_only=False), n, metric).fit(X)
+    return broadcast_join(queries, features_col, id_col, index, chunk_size)
 
 
 def _shard_dataframe(queries, reference, k, n, exclude_self, id_col, q_spec, r_spec, engine, metric, shards, chunk_size):

@@ -1,0 +1,254 @@
+"""sklspark.neighbors: exact kNN joins agree with in-process brute force and with each other, in every mode."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from numpy.testing import assert_allclose
+from pyspark.ml.linalg import Vectors, VectorUDT
+from pyspark.sql.types import LongType, StructField, StructType
+from sklearn.metrics import pairwise_distances
+from sklearn.neighbors import NearestNeighbors
+
+import sklspark.neighbors._join as join_module
+from sklspark.neighbors import AnnoyBackend, all_neighbors, kneighbors_join, to_edges
+
+RNG = np.random.default_rng(0)
+#: Integer coordinates: many exact duplicates (distance 0) and ties.
+GRID = RNG.integers(0, 4, size=(240, 3)).astype(np.float64)
+
+
+def array_df(spark, X, ids, n_partitions=3):
+    """``id`` + ``features`` (array<double or float>) DataFrame, in a deterministic partitioning."""
+    n, width = X.shape
+    values = pa.array(X.ravel())
+    features = pa.ListArray.from_arrays(pa.array(np.arange(n + 1) * width, type=pa.int32()), values)
+    table = pa.table({"id": pa.array(ids), "features": features})
+    return spark.createDataFrame(table).repartition(n_partitions)
+
+
+def truth(Q, R, k, metric="euclidean", query_ids=None, ref_ids=None):
+    """Brute force in-process: the whole distance matrix, ties to the smaller reference position."""
+    D = pairwise_distances(Q, R, metric=metric)
+    if query_ids is not None:  # exclude_self
+        D[np.asarray(query_ids)[:, None] == np.asarray(ref_ids)[None, :]] = np.inf
+    positions = np.broadcast_to(np.arange(R.shape[0]), D.shape)
+    order = np.lexsort((positions, D), axis=-1)[:, :k]
+    return order, np.take_along_axis(D, order, axis=1)
+
+
+def collect(result, id_col="id"):
+    """(query ids, neighbour ids, distances) in query id order."""
+    table = result.toArrow()
+    table = table.take(np.argsort(table.column(id_col).to_numpy(zero_copy_only=False), kind="stable"))
+    rows = lambda name: table.column(name).to_pylist()  # noqa: E731
+    return np.array(rows(id_col)), np.array(rows("neighbor_ids")), np.array(rows("distances"))
+
+
+def reference_order(df):
+    """The reference's rows in the order the join reads them (its positions)."""
+    table = df.toArrow()
+    return table.column("id").to_numpy(zero_copy_only=False), np.array(table.column("features").to_pylist())
+
+
+def assert_matches_truth(got, Q, R, ref_ids, k, metric="euclidean", exclude_self=False, query_ids=None):
+    _, neighbor_ids, distances = got
+    excl = (query_ids, ref_ids) if exclude_self else (None, None)
+    positions, expected = truth(Q, R, k, metric, *excl)
+    np.testing.assert_array_equal(neighbor_ids, np.asarray(ref_ids)[positions])
+    assert_allclose(distances, expected, rtol=1e-9, atol=1e-12)
+
+
+def assert_identical(a, b):
+    for x, y in zip(a, b):
+        assert np.array_equal(x, y)
+
+
+@contextlib.contextmanager
+def no_spark_job(sc):
+    group = f"sklspark-no-job-{uuid.uuid4().hex}"
+    sc.setJobGroup(group, "must stay empty")
+    try:
+        yield
+    finally:
+        jobs = sc.statusTracker().getJobIdsForGroup(group)
+        sc.setLocalProperty("spark.jobGroup.id", None)
+        assert list(jobs) == [], f"a Spark job ran: {jobs}"
+
+
+@pytest.fixture(scope="module")
+def grid(spark):
+    df = array_df(spark, GRID, np.arange(len(GRID)) * 7 + 3).cache()
+    ids, X = reference_order(df)
+    return df, ids, X
+
+
+def test_all_modes_and_faiss_identical_and_exact(grid, monkeypatch):
+    df, ids, X = grid
+    broadcast = collect(all_neighbors(df, 6))
+    sharded = collect(all_neighbors(df, 6, shards=3))
+    faiss = collect(all_neighbors(df, 6, backend="faiss"))
+    monkeypatch.setattr(join_module, "BROADCAST_MAX_BYTES", 0)
+    auto_sharded = collect(all_neighbors(df, 6))
+    for other in (sharded, faiss, auto_sharded):
+        assert_identical(broadcast, other)
+    query_ids = broadcast[0]
+    order = np.argsort(ids)
+    assert_matches_truth(broadcast, X[order], X, ids, 6, exclude_self=True, query_ids=query_ids)
+    # exclude_self drops the query's own ID only: exact duplicates at distance 0 stay
+    assert not (broadcast[1] == query_ids[:, None]).any()
+    assert (broadcast[2][:, 0] == 0).sum() > 100
+
+
+def test_string_ids_and_join_without_exclude(spark):
+    R, Q = GRID[:150], GRID[150:200] + 0.5
+    ref = array_df(spark, R, [f"r{i:03d}" for i in range(len(R))], n_partitions=2)
+    queries = array_df(spark, Q, [f"q{i:03d}" for i in range(len(Q))], n_partitions=2)
+    ref_ids, R_order = reference_order(ref)
+    broadcast = collect(kneighbors_join(queries, ref, 4))
+    sharded = collect(kneighbors_join(queries, ref, 4, shards=2, chunk_size=7))
+    assert_identical(broadcast, sharded)
+    assert broadcast[1].dtype.kind in "UO"
+    assert_matches_truth(broadcast, Q, R_order, ref_ids, 4)
+
+
+@pytest.mark.parametrize("k", [1, 29])
+def test_k_extremes(spark, k):
+    X = GRID[:30]
+    df = array_df(spark, X, np.arange(30), n_partitions=2)
+    ids, R = reference_order(df)
+    got = collect(all_neighbors(df, k, shards=2))
+    assert_identical(got, collect(all_neighbors(df, k)))
+    assert_matches_truth(got, R[np.argsort(ids)], R, ids, k, exclude_self=True, query_ids=got[0])
+    if k == 1:  # and k = reference size without exclude_self
+        full = collect(kneighbors_join(df, df, 30))
+        assert_matches_truth(full, R[np.argsort(ids)], R, ids, 30)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "manhattan"])
+def test_other_metrics(spark, metric):
+    X = RNG.normal(size=(200, 5))
+    X[10] = X[20]  # a duplicate pair
+    df = array_df(spark, X, np.arange(200), n_partitions=2)
+    ids, R = reference_order(df)
+    broadcast = collect(all_neighbors(df, 5, metric=metric))
+    assert_identical(broadcast, collect(all_neighbors(df, 5, metric=metric, shards=3)))
+    assert_matches_truth(broadcast, R[np.argsort(ids)], R, ids, 5, metric, exclude_self=True, query_ids=broadcast[0])
+
+
+def test_vector_and_column_layouts_long_ids(spark):
+    X = GRID[:80]
+    schema = StructType([StructField("id", LongType()), StructField("features", VectorUDT())])
+    vectors = spark.createDataFrame([(i, Vectors.dense(x)) for i, x in enumerate(X)], schema).repartition(2)
+    columns = spark.createDataFrame(pa.table({"id": np.arange(80), "a": X[:, 0], "b": X[:, 1], "c": X[:, 2]}))
+    # positions follow the row order of select(id, features): a round-robin repartition orders rows by content
+    ids = vectors.select("id", "features").toArrow().column("id").to_numpy()
+    from_vectors = collect(all_neighbors(vectors, 3, shards=2))
+    assert_matches_truth(from_vectors, X, X[ids], ids, 3, exclude_self=True, query_ids=from_vectors[0])
+    from_columns = collect(kneighbors_join(columns, columns, 3, features_col=["a", "b", "c"]))
+    assert_matches_truth(from_columns, X, X, np.arange(80), 3)
+
+
+def test_annoy_recall_on_clusters(spark):
+    centers = RNG.normal(scale=10, size=(20, 16))
+    X = (centers[RNG.integers(0, 20, size=3000)] + RNG.normal(size=(3000, 16))).astype(np.float32)
+    df = array_df(spark, X, np.arange(3000), n_partitions=2)
+    ids, R = reference_order(df)
+    exact = collect(all_neighbors(df, 10, backend="faiss"))
+    recalls = {}
+    for backend in ("annoy", AnnoyBackend(n_trees=5)):  # by name (50 trees), and a configured instance
+        got = collect(all_neighbors(df, 10, backend=backend))
+        label = backend if isinstance(backend, str) else f"n_trees={backend.n_trees}"
+        recalls[label] = recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got[1], exact[1])])
+        assert recall >= 0.9
+    print(f"annoy recall@10: {recalls}")
+    # the distances of what annoy found are exact nonetheless
+    by_id = dict(zip(ids.tolist(), R.astype(np.float64)))
+    q = np.stack([by_id[i] for i in got[0]])
+    found = np.stack([[by_id[j] for j in row] for row in got[1][:50]])
+    assert_allclose(got[2][:50], np.sqrt(((q[:50, None] - found) ** 2).sum(-1)), rtol=1e-12)
+
+
+def test_fitted_nearest_neighbors_reference(spark):
+    R, Q = GRID[:100], GRID[100:140]
+    queries = array_df(spark, Q, np.arange(100, 140), n_partitions=2)
+    nn = NearestNeighbors(algorithm="kd_tree").fit(R)
+    names = [f"item-{i}" for i in range(100)]
+    got = collect(kneighbors_join(queries, nn, 5, reference_ids=names))
+    assert_matches_truth(got, Q, R, names, 5)
+    positions = collect(kneighbors_join(queries, nn, 5, backend="faiss"))
+    assert_matches_truth(positions, Q, R, np.arange(100), 5)
+
+
+def test_to_edges(grid):
+    df, ids, X = grid
+    result = all_neighbors(df, 3)
+    _, neighbor_ids, distances = collect(result)
+    edges = to_edges(result).toArrow()
+    assert edges.column_names == ["src", "dst", "distance", "rank"]
+    assert edges.num_rows == 3 * len(ids)
+    table = edges.sort_by([("src", "ascending"), ("rank", "ascending")])
+    assert table.column("rank").to_pylist()[:3] == [1, 2, 3]
+    np.testing.assert_array_equal(table.column("dst").to_numpy().reshape(-1, 3), neighbor_ids)
+    np.testing.assert_array_equal(table.column("distance").to_numpy().reshape(-1, 3), distances)
+
+
+def test_errors_before_any_job(spark, grid):
+    df, _, _ = grid
+    nn = NearestNeighbors().fit(GRID[:10])
+    sc = spark.sparkContext
+    with no_spark_job(sc):
+        with pytest.raises(ValueError, match="k must be a positive int"):
+            all_neighbors(df, 0)
+        with pytest.raises(ValueError, match="k must be a positive int"):
+            kneighbors_join(df, df, -2)
+        with pytest.raises(TypeError, match="k must be a positive int"):
+            kneighbors_join(df, df, 2.0)
+        with pytest.raises(ValueError, match="larger than the reference set"):
+            kneighbors_join(df, nn, 11)
+        with pytest.raises(ValueError, match="larger than the reference set"):
+            kneighbors_join(df, nn, 10, exclude_self=True)
+        with pytest.raises(ValueError, match="unknown backend 'hnsw'"):
+            all_neighbors(df, 3, backend="hnsw")
+        with pytest.raises(ValueError, match="backend 'faiss' supports metric 'euclidean', got 'manhattan'"):
+            all_neighbors(df, 3, backend="faiss", metric="manhattan")
+        with pytest.raises(ValueError, match="cannot use metric 'nonsense'"):
+            all_neighbors(df, 3, metric="nonsense")
+        with pytest.raises(ValueError, match="duplicate IDs"):
+            kneighbors_join(df, nn, 3, reference_ids=[1, 2, 3, 4, 5, 6, 7, 8, 9, 1])
+        with pytest.raises(ValueError, match="id column 'key' not found in the queries"):
+            all_neighbors(df, 3, id_col="key")
+        with pytest.raises(ValueError, match="metric 'euclidean' but metric='cosine'"):
+            kneighbors_join(df, nn, 3, metric="cosine")
+        with pytest.raises(ValueError, match="feature column"):
+            all_neighbors(df, 3, features_col="vec")
+
+
+@pytest.mark.parametrize("shards", [None, 2])
+def test_duplicate_and_too_few_reference_rows(spark, shards):
+    dupes = array_df(spark, GRID[:20], [1, 2] * 10, n_partitions=2)
+    with pytest.raises(ValueError, match=r"duplicate IDs \(e.g. \[1, 2\]"):
+        all_neighbors(dupes, 3, shards=shards)
+    small = array_df(spark, GRID[:20], np.arange(20), n_partitions=2)
+    with pytest.raises(ValueError, match="k=20 is larger than the reference set"):
+        all_neighbors(small, 20, shards=shards)
+
+
+@pytest.mark.slow
+def test_all_neighbors_100k_x_64_matches_sklearn(spark):
+    X = np.random.default_rng(1).normal(size=(100_000, 64)).astype(np.float32)
+    ids = np.arange(len(X)) * 2
+    df = spark.createDataFrame(
+        pa.table({"id": ids, "features": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), 64).cast(pa.list_(pa.float32()))})
+    )
+    start = time.perf_counter()
+    got = collect(all_neighbors(df, 10))
+    print(f"all_neighbors 100,000 x 64, k=10: {time.perf_counter() - start:.1f} s")
+    _, positions = NearestNeighbors(n_neighbors=11, algorithm="brute").fit(X).kneighbors(X)
+    expected = np.array([[p for p in row if p != i][:10] for i, row in enumerate(positions)]) * 2
+    np.testing.assert_array_equal(got[1], expected)
