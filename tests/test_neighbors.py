@@ -81,6 +81,21 @@ def no_spark_job(sc):
         assert list(jobs) == [], f"a Spark job ran: {jobs}"
 
 
+@pytest.fixture
+def modes(monkeypatch):
+    """The execution modes the joins of a test ran in, in call order."""
+    seen = []
+    for name in ("broadcast_join", "sharded_join"):
+        original = getattr(join_module, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            seen.append(_name.split("_")[0])
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(join_module, name, spy)
+    return seen
+
+
 @pytest.fixture(scope="module")
 def grid(spark):
     df = array_df(spark, GRID, np.arange(len(GRID)) * 7 + 3).cache()
@@ -88,13 +103,14 @@ def grid(spark):
     return df, ids, X
 
 
-def test_all_modes_and_faiss_identical_and_exact(grid, monkeypatch):
+def test_all_modes_and_faiss_identical_and_exact(grid, monkeypatch, modes):
     df, ids, X = grid
     broadcast = collect(all_neighbors(df, 6))
     sharded = collect(all_neighbors(df, 6, shards=3))
     faiss = collect(all_neighbors(df, 6, backend="faiss"))
     monkeypatch.setattr(join_module, "BROADCAST_MAX_BYTES", 0)
     auto_sharded = collect(all_neighbors(df, 6))
+    assert modes == ["broadcast", "sharded", "broadcast", "sharded"]
     for other in (sharded, faiss, auto_sharded):
         assert_identical(broadcast, other)
     query_ids = broadcast[0]
@@ -105,7 +121,7 @@ def test_all_modes_and_faiss_identical_and_exact(grid, monkeypatch):
     assert (broadcast[2][:, 0] == 0).sum() > 100
 
 
-def test_string_ids_and_join_without_exclude(spark):
+def test_string_ids_and_join_without_exclude(spark, modes):
     R, Q = GRID[:150], GRID[150:200] + 0.5
     ref = array_df(spark, R, [f"r{i:03d}" for i in range(len(R))], n_partitions=2)
     queries = array_df(spark, Q, [f"q{i:03d}" for i in range(len(Q))], n_partitions=2)
@@ -113,6 +129,7 @@ def test_string_ids_and_join_without_exclude(spark):
     broadcast = collect(kneighbors_join(queries, ref, 4))
     sharded = collect(kneighbors_join(queries, ref, 4, shards=2, chunk_size=7))
     assert_identical(broadcast, sharded)
+    assert modes == ["broadcast", "sharded"]
     assert broadcast[1].dtype.kind in "UO"
     assert_matches_truth(broadcast, Q, R_order, ref_ids, 4)
 

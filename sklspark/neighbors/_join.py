@@ -256,7 +256,14 @@ def _shard_dataframe(queries, reference, k, n, exclude_self, id_col, q_spec, r_s
     _check_k_fits(k, n_ref, exclude_self)
     if width != max_width:
         raise ValueError(f"the reference's {r_spec.describe()} has rows of {width} and of {max_width} features")
-    n_queries = queries.count()
+    n_queries, q_width, q_max_width = queries.agg(
+        F.count(F.lit(1)), F.min(_width(q_spec)), F.max(_width(q_spec))
+    ).first()
+    if n_queries and (q_width, q_max_width) != (width, width):
+        raise ValueError(
+            f"the queries' {q_spec.describe()} has rows of {q_width} to {q_max_width} features, but the "
+            f"reference's has {width}"
+        )
     row_bytes = width * r_spec.dtype.itemsize
     if shards is None:
         shards = count_blocks(n_ref, row_bytes, SHARD_MAX_BYTES)
