@@ -260,9 +260,8 @@ def test_duplicate_and_too_few_reference_rows(spark, shards):
 def test_all_neighbors_100k_x_64_matches_sklearn(spark):
     X = np.random.default_rng(1).normal(size=(100_000, 64)).astype(np.float32)
     ids = np.arange(len(X)) * 2
-    df = spark.createDataFrame(
-        pa.table({"id": ids, "features": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), 64).cast(pa.list_(pa.float32()))})
-    )
+    features = pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), 64).cast(pa.list_(pa.float32()))
+    df = spark.createDataFrame(pa.table({"id": ids, "features": features}))
     start = time.perf_counter()
     got = collect(all_neighbors(df, 10))
     print(f"all_neighbors 100,000 x 64, k=10: {time.perf_counter() - start:.1f} s")

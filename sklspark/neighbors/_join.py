@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,6 +28,26 @@ from ._sharded import QUERY_BLOCK_MAX_BYTES, SHARD_MAX_BYTES, count_blocks, shar
 BROADCAST_MAX_BYTES = 256 << 20
 
 _ID_TYPES = (LongType, IntegerType, ShortType, ByteType, StringType)
+
+
+@dataclass(frozen=True)
+class _Join:
+    """The validated arguments of one :func:`kneighbors_join` call."""
+
+    queries: DataFrame
+    k: int
+    exclude_self: bool
+    id_col: str
+    features_col: str | Sequence[str]
+    q_spec: FeatureSpec
+    engine: Backend
+    metric: str
+    chunk_size: int
+
+    @property
+    def n(self) -> int:
+        """Neighbours to search for: one more with ``exclude_self``, the query itself being dropped afterwards."""
+        return self.k + 1 if self.exclude_self else self.k
 
 
 def _check_k(k: Any) -> int:
@@ -85,7 +106,9 @@ def _ids_from_sequence(reference_ids: Any, n_ref: int) -> np.ndarray:
         return np.arange(n_ref, dtype=np.int64)
     ids = np.asarray(reference_ids)
     if ids.ndim != 1 or len(ids) != n_ref:
-        raise ValueError(f"reference_ids must give one ID per row of the fitted NearestNeighbors ({n_ref}), got shape {ids.shape}")
+        raise ValueError(
+            f"reference_ids must give one ID per row of the fitted NearestNeighbors ({n_ref}), got shape {ids.shape}"
+        )
     if ids.dtype.kind in "iu":
         ids = ids.astype(np.int64)
     elif ids.dtype.kind == "U" or (ids.dtype.kind == "O" and all(isinstance(v, str) for v in ids)):
@@ -118,7 +141,8 @@ def _fitted_reference(nn: NearestNeighbors, metric: str, reference_ids: Any, sha
     fitted_metric = SklearnBackend().check_metric(nn.effective_metric_)
     if fitted_metric != metric:
         raise ValueError(
-            f"the fitted NearestNeighbors uses metric {fitted_metric!r} but metric={metric!r}; pass metric={fitted_metric!r}"
+            f"the fitted NearestNeighbors uses metric {fitted_metric!r} but metric={metric!r}; "
+            f"pass metric={fitted_metric!r}"
         )
     if any(v is not None for v in nn.effective_metric_params_.values()):
         raise ValueError(f"NearestNeighbors with metric parameters {nn.effective_metric_params_} is not supported")
@@ -200,50 +224,53 @@ def kneighbors_join(
     q_spec = _check_spec(queries.schema, features_col, id_col, "queries")
     engine = get_backend(backend)
     metric = engine.check_metric(metric)
-    n = k + 1 if exclude_self else k  # the query itself is dropped afterwards if it is among them
+    job = _Join(queries, k, exclude_self, id_col, features_col, q_spec, engine, metric, chunk_size)
 
     if isinstance(reference, NearestNeighbors):
         X, ids = _fitted_reference(reference, metric, reference_ids, shards)
         _check_k_fits(k, X.shape[0], exclude_self)
         built = SklearnBackend.from_fitted(reference) if isinstance(engine, SklearnBackend) else None
-        index = ReferenceIndex(engine, ids, n, metric).fit(X, built=built)
+        index = ReferenceIndex(engine, ids, job.n, metric).fit(X, built=built)
         result = broadcast_join(queries, features_col, id_col, index, chunk_size)
     elif isinstance(reference, DataFrame):
         if reference_ids is not None:
             raise ValueError("reference_ids= applies to a fitted NearestNeighbors; a DataFrame reference has id_col")
         r_spec = _check_spec(reference.schema, features_col, id_col, "reference")
-        if exclude_self and queries.schema[id_col].dataType != reference.schema[id_col].dataType:
+        q_type, r_type = queries.schema[id_col].dataType, reference.schema[id_col].dataType
+        if exclude_self and q_type != r_type:
             raise TypeError(
-                f"exclude_self compares IDs, but id column {id_col!r} is {queries.schema[id_col].dataType.simpleString()} "
-                f"in the queries and {reference.schema[id_col].dataType.simpleString()} in the reference"
+                f"exclude_self compares IDs, but id column {id_col!r} is {q_type.simpleString()} in the queries "
+                f"and {r_type.simpleString()} in the reference"
             )
         if shards is not None and (isinstance(shards, bool) or not isinstance(shards, numbers.Integral) or shards < 1):
             raise ValueError(f"shards must be a positive int or None, got {shards!r}")
         size = _estimated_bytes(reference)
         if shards is None and size is not None and size <= BROADCAST_MAX_BYTES:
-            result = _broadcast_dataframe(queries, reference, k, n, exclude_self, id_col, features_col, r_spec,
-                                          engine, metric, chunk_size)
+            result = _broadcast_dataframe(job, reference, r_spec)
         else:
-            result = _shard_dataframe(queries, reference, k, n, exclude_self, id_col, q_spec, r_spec, engine,
-                                      metric, shards, chunk_size)
+            result = _shard_dataframe(job, reference, r_spec, shards)
     else:
         raise TypeError(
-            f"reference must be a pyspark DataFrame or a fitted sklearn NearestNeighbors, got {type(reference).__name__}"
+            f"reference must be a pyspark DataFrame or a fitted sklearn NearestNeighbors, "
+            f"got {type(reference).__name__}"
         )
     return _drop_self(result, id_col, k) if exclude_self else result
 
 
-def _broadcast_dataframe(queries, reference, k, n, exclude_self, id_col, features_col, r_spec, engine, metric, chunk_size):
-    table = reference.select(id_col, *r_spec.columns).toArrow()
-    ids = table.column(id_col).combine_chunks()
+def _broadcast_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec) -> DataFrame:
+    """Collect the reference to the driver (Arrow), check its IDs and size, index it and broadcast it."""
+    table = reference.select(job.id_col, *r_spec.columns).toArrow()
+    ids = table.column(job.id_col).combine_chunks()
     _check_unique(ids)
-    _check_k_fits(k, table.num_rows, exclude_self)
+    _check_k_fits(job.k, table.num_rows, job.exclude_self)
     X = batch_to_matrix(pa.concat_batches(table.to_batches()), r_spec, 0, accept_sparse=False)
-    index = ReferenceIndex(engine, ids.to_numpy(zero_copy_only=False), n, metric).fit(X)
-    return broadcast_join(queries, features_col, id_col, index, chunk_size)
+    index = ReferenceIndex(job.engine, ids.to_numpy(zero_copy_only=False), job.n, job.metric).fit(X)
+    return broadcast_join(job.queries, job.features_col, job.id_col, index, job.chunk_size)
 
 
-def _shard_dataframe(queries, reference, k, n, exclude_self, id_col, q_spec, r_spec, engine, metric, shards, chunk_size):
+def _shard_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec, shards: int | None) -> DataFrame:
+    """Check the reference's IDs and size with one aggregate job, size the shards and blocks, and shard it."""
+    queries, id_col, q_spec, k, exclude_self = job.queries, job.id_col, job.q_spec, job.k, job.exclude_self
     stats = reference.agg(
         F.count(F.lit(1)), F.count(id_col), F.count_distinct(id_col), F.min(_width(r_spec)), F.max(_width(r_spec))
     ).first()
@@ -270,8 +297,8 @@ def _shard_dataframe(queries, reference, k, n, exclude_self, id_col, q_spec, r_s
     blocks = count_blocks(n_queries, width * q_spec.dtype.itemsize, QUERY_BLOCK_MAX_BYTES)
     parallelism = queries.sparkSession.sparkContext.defaultParallelism
     blocks = max(blocks, min(max(n_queries, 1), -(-parallelism // shards)))
-    return sharded_join(queries, reference, n, id_col=id_col, q_spec=q_spec, r_spec=r_spec, backend=engine,
-                        metric=metric, shards=int(shards), blocks=blocks, chunk_size=chunk_size)
+    return sharded_join(queries, reference, job.n, id_col=id_col, q_spec=q_spec, r_spec=r_spec, backend=job.engine,
+                        metric=job.metric, shards=int(shards), blocks=blocks, chunk_size=job.chunk_size)
 
 
 def _drop_self(result: DataFrame, id_col: str, k: int) -> DataFrame:

@@ -92,7 +92,8 @@ def _partial_top(
             positions, distances = exact_top_k(backend, R, keys, Q, n, metric)
             flat = positions.ravel()
             candidates = pa.StructArray.from_arrays(
-                [pa.array(distances.ravel()), pa.array(keys[flat]), ids.take(flat)], fields=list(schema.field(2).type.value_type)
+                [pa.array(distances.ravel()), pa.array(keys[flat]), ids.take(flat)],
+                fields=list(schema.field(_CANDIDATES).type.value_type),
             )
             offsets = pa.array(np.arange(Q.shape[0] + 1, dtype=np.int32) * n)
             out.append(
