@@ -20,14 +20,15 @@ Subclass :class:`Backend` and implement four methods::
 
         def build(self, X, metric):
             import hnswlib
-            self._index = hnswlib.Index(space={"euclidean": "l2", "cosine": "cosine"}[metric], dim=X.shape[1])
+            self._space = {"euclidean": "l2", "cosine": "cosine"}[metric]
+            self._index = hnswlib.Index(space=self._space, dim=X.shape[1])
             self._index.init_index(max_elements=len(X), M=self.M)
             self._index.add_items(X, np.arange(len(X)))
             self._index.set_ef(self.ef)
 
         def search(self, Q, n):
             labels, dist = self._index.knn_query(Q, k=n)
-            return (np.sqrt(dist) if self.space == "l2" else dist), labels.astype(np.int64)
+            return (np.sqrt(dist) if self._space == "l2" else dist), labels.astype(np.int64)
 
         def save(self, path): ...          # self._index.save_index(path)
         def load(self, path, metric, n_features): ...
