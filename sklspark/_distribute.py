@@ -171,7 +171,10 @@ def _head_matrix(df: DataFrame, spec: FeatureSpec):
     table = df.select(*spec.columns).limit(2).toArrow()
     if table.num_rows == 0:
         return None
-    return batch_to_matrix(table.combine_chunks().to_batches()[0], spec, 0, accept_sparse=False)
+    try:
+        return batch_to_matrix(table.combine_chunks().to_batches()[0], spec, 0, accept_sparse=False)
+    except ValueError as exc:
+        raise ValueError(f"the DataFrame's first rows, read on the driver to check the feature width: {exc}") from exc
 
 
 def _distribute_dataframe(
