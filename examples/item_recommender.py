@@ -66,7 +66,24 @@ def main(argv=None) -> None:
     result = spark.read.parquet(output)
     print(result.orderBy("item_id", "rank").limit(2 * args.k).toPandas().to_string(index=False))
     print(f"\n{result.count():,} recommendations for {items.count():,} items in {elapsed:.1f} s, written to {output}")
+    same = _check_first_items(source, result.orderBy("item_id", "rank").limit(100 * args.k).toArrow(), args.k)
+    print(f"recommendations of the first 100 items equal in-process scikit-learn: {same}")
     spark.stop()
+    if args.backend == "sklearn" and not same:
+        raise SystemExit(1)
+
+
+def _check_first_items(source: str, edges: pa.Table, k: int) -> bool:
+    """Compare the first 100 items' recommendations with scikit-learn's exact cosine neighbours."""
+    from sklearn.neighbors import NearestNeighbors
+
+    table = pq.read_table(source).sort_by("item_id")
+    ids = np.asarray(table.column("item_id").to_pylist())
+    X = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float64)
+    nn = NearestNeighbors(metric="cosine", algorithm="brute").fit(X)
+    expected = ids[nn.kneighbors(X[:100], k + 1, return_distance=False)[:, 1:]]
+    got = np.asarray(edges.column("recommended_id").to_pylist()).reshape(-1, k)
+    return bool(np.array_equal(got, expected))
 
 
 if __name__ == "__main__":
