@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
@@ -140,3 +143,16 @@ def assert_same(got, expected, *, check_dtype=True, rtol=None):
         assert_allclose(got, expected, rtol=tol, atol=tol * 1e-2)
     else:
         np.testing.assert_array_equal(got, expected)
+
+
+@contextlib.contextmanager
+def no_spark_job(sc):
+    """Assert that the block starts no Spark job."""
+    group = f"sklspark-no-job-{uuid.uuid4().hex}"
+    sc.setJobGroup(group, "must stay empty")
+    try:
+        yield
+    finally:
+        jobs = sc.statusTracker().getJobIdsForGroup(group)
+        sc.setLocalProperty("spark.jobGroup.id", None)
+        assert list(jobs) == [], f"a Spark job ran: {jobs}"

@@ -2,12 +2,13 @@
 
 import operator
 import os
-import shutil
 import subprocess
 import sys
+import time
 
 import joblib
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -122,3 +123,81 @@ def test_no_java_is_explained_before_spark_starts(files, tmp_path):
                        "--features", "a,b,c,d", env=env)
     assert code == 1
     assert "Java not found" in err and "needs Java 17 or newer" in err
+
+
+@pytest.fixture(scope="module")
+def points(tmp_path_factory):
+    d = tmp_path_factory.mktemp("knn")
+    P = np.round(np.random.default_rng(3).normal(size=(400, 5)), 1)  # rounded: duplicates and ties
+    ids = [f"p{i:04d}" for i in range(len(P))]
+    pq.write_table(pa.table({"pid": ids, "features": list(P)}), d / "points.parquet")
+    pd.DataFrame({"pid": ids, **{f"x{j}": P[:, j] for j in range(5)}}).to_csv(d / "points.csv", index=False)
+    return d, P, np.array(ids)
+
+
+def _expected_ids(P, ids, k):
+    """Brute-force neighbours with the documented tie rule (distance, then position), self excluded."""
+    D = np.sqrt(((P[:, None, :] - P[None, :, :]) ** 2).sum(-1))
+    order = np.lexsort((np.broadcast_to(np.arange(len(P)), D.shape), D), axis=1)
+    return np.array([[ids[j] for j in row if j != i][:k] for i, row in enumerate(order)])
+
+
+@pytest.mark.parametrize("extra", [[], ["--shards", "3"], ["--backend", "faiss"]])
+def test_knn_writes_every_points_neighbours(points, tmp_path, extra):
+    d, P, ids = points
+    code, _, err = run("knn", str(d / "points.parquet"), "-o", str(tmp_path / "nn"), "-k", "4", "--id-col", "pid", *extra)
+    assert code == 0, err
+    table = pq.read_table(tmp_path / "nn").sort_by("pid")
+    assert table.column("pid").to_pylist() == list(ids)
+    got = np.array(table.column("neighbor_ids").to_pylist())
+    np.testing.assert_array_equal(got, _expected_ids(P, ids, 4))
+
+
+def test_knn_reads_csv_with_feature_columns(points, tmp_path):
+    d, P, ids = points
+    code, _, err = run("knn", str(d / "points.csv"), "-o", str(tmp_path / "nn"), "-k", "3", "--id-col", "pid",
+                       "--features", ",".join(f"x{j}" for j in range(5)), "--format", "json")
+    assert code == 0, err
+    result = pd.concat([pd.read_json(f, lines=True) for f in (tmp_path / "nn").glob("part-*.json")])
+    result = result.sort_values("pid")
+    np.testing.assert_array_equal(np.array(result["neighbor_ids"].tolist()), _expected_ids(P, ids, 3))
+
+
+def test_knn_bad_arguments(points, tmp_path):
+    d, _, _ = points
+    code, _, err = run("knn", str(d / "points.parquet"), "-o", str(tmp_path / "nn.csv"), "--id-col", "pid", "--format", "csv")
+    assert code == 2 and "CSV cannot hold the array/vector columns" in err
+    code, _, err = run("knn", str(d / "points.parquet"), "-o", str(tmp_path / "nn"), "--id-col", "nope")
+    assert code == 2 and "id column 'nope' not found" in err
+    code, _, err = run("knn", str(d / "points.parquet"), "-o", str(tmp_path / "nn"), "--id-col", "pid", "-k", "400")
+    assert code == 2 and "k=400 is larger than the reference set" in err
+    assert not (tmp_path / "nn").exists()
+
+
+def test_demo_shows_a_result_quickly():
+    start = time.monotonic()
+    code, out, err = run("demo", "--n-points", "5000")
+    assert code == 0, err
+    assert "neighbor_ids" in out and "done: knn k=5: 5,000 rows in, 5,000 rows out" in err
+    assert time.monotonic() - start < 120
+
+
+def test_killed_job_leaves_no_partial_output(files, tmp_path):
+    """SIGKILL the CLI (the driver) mid-write: the destination never holds a partial result."""
+    big = tmp_path / "big.parquet"
+    Xb = np.random.default_rng(5).normal(size=(200_000, 4))
+    pq.write_table(pa.table({"id": np.arange(len(Xb)), **{c: Xb[:, j] for j, c in enumerate("abcd")}}), big,
+                   row_group_size=5_000)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*SKLSPARK, "apply", str(files / "nn.skops"), str(big), "-o", str(out), "--features",
+                             "a,b,c,d", "--method", "kneighbors", "--chunk-size", "100", "--master", "local[2]"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list(tmp_path.glob("out.sklspark-tmp-*")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.2)
+    assert list(tmp_path.glob("out.sklspark-tmp-*")), "the job never started writing"
+    time.sleep(2)
+    proc.kill()
+    proc.wait()
+    assert not out.exists()

@@ -2,7 +2,6 @@
 
 import warnings
 
-import numpy as np
 import pytest
 from _estimators import EXCLUDED, METHODS, NOT_ROW_WISE, fitted, make_data, sweep_cases
 from _helpers import assert_same, collect_df, collect_rdd, make_input

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +11,7 @@ from numpy.testing import assert_allclose
 from pyspark.ml.linalg import Vectors, VectorUDT
 from pyspark.sql.types import LongType, StructField, StructType
 from sklearn.metrics import pairwise_distances
+from _helpers import no_spark_job
 from sklearn.neighbors import NearestNeighbors
 
 import sklspark.neighbors._join as join_module
@@ -67,18 +66,6 @@ def assert_matches_truth(got, Q, R, ref_ids, k, metric="euclidean", exclude_self
 def assert_identical(a, b):
     for x, y in zip(a, b):
         assert np.array_equal(x, y)
-
-
-@contextlib.contextmanager
-def no_spark_job(sc):
-    group = f"sklspark-no-job-{uuid.uuid4().hex}"
-    sc.setJobGroup(group, "must stay empty")
-    try:
-        yield
-    finally:
-        jobs = sc.statusTracker().getJobIdsForGroup(group)
-        sc.setLocalProperty("spark.jobGroup.id", None)
-        assert list(jobs) == [], f"a Spark job ran: {jobs}"
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ row is among those it reads, else from the task); never a shorter output."""
 
 import numpy as np
 import pyarrow as pa
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyspark.errors import PythonException

@@ -1,12 +1,10 @@
 """Bad input gets a clear error: on the driver before any job where it can be known there, else from the task."""
 
-import contextlib
-import uuid
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from _helpers import make_input
+from _helpers import make_input, no_spark_job
 from pyspark.errors import PythonException
 from pyspark.ml.linalg import Vectors, VectorUDT
 from pyspark.sql import functions as F
@@ -23,19 +21,6 @@ RNG = np.random.default_rng(0)
 X = RNG.normal(size=(40, 4))
 Y = (X[:, 0] > 0).astype(int)
 NN = NearestNeighbors(n_neighbors=3).fit(X)
-
-
-@contextlib.contextmanager
-def no_spark_job(sc):
-    """Assert that the block starts no Spark job."""
-    group = f"sklspark-no-job-{uuid.uuid4().hex}"
-    sc.setJobGroup(group, "must stay empty")
-    try:
-        yield
-    finally:
-        jobs = sc.statusTracker().getJobIdsForGroup(group)
-        sc.setLocalProperty("spark.jobGroup.id", None)
-        assert list(jobs) == [], f"a Spark job ran: {jobs}"
 
 
 @pytest.fixture(scope="module")

@@ -81,46 +81,43 @@ def _split_columns(_ctx: Any, _param: Any, value: str | None) -> list[str] | Non
     return columns
 
 
-def spark_options(command: Callable) -> Callable:
-    """Options every command has: where Spark runs, its configuration, and how much to say."""
-    options = [
-        click.option("--master", default="local[*]", show_default=True,
-                     help="Spark master: local[N] (embedded, no cluster needed), spark://host:port, yarn, k8s://..."),
-        click.option("--conf", "conf", multiple=True, callback=_parse_conf, metavar="KEY=VALUE",
-                     help="Spark configuration, repeatable, e.g. --conf spark.executor.memory=4g"),
-        click.option("--spark-connect", metavar="sc://HOST:PORT", default=None,
-                     help="Connect to a Spark Connect server instead of starting Spark (--master is then ignored)."),
-        click.option("--verbose", is_flag=True, help="Show Spark's log and full stack traces on failure."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+def _options(*options: Callable) -> Callable:
+    """Apply several click options as one decorator, in the order given (as they show in --help)."""
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
-def output_options(command: Callable) -> Callable:
-    options = [
-        click.option("-o", "--output", required=True, help="Where to write the result (any path Spark can write)."),
-        click.option("--format", "output_format", type=click.Choice(FORMATS), default="parquet", show_default=True,
-                     help="Output format. CSV cannot hold array columns."),
-        click.option("--input-format", type=click.Choice(FORMATS), default=None,
-                     help="Input format; default: from the input's extension, else parquet."),
-        click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+#: Options every command has: where Spark runs, its configuration, and how much to say.
+spark_options = _options(
+    click.option("--master", default="local[*]", show_default=True,
+                 help="Spark master: local[N] (embedded, no cluster needed), spark://host:port, yarn, k8s://..."),
+    click.option("--conf", "conf", multiple=True, callback=_parse_conf, metavar="KEY=VALUE",
+                 help="Spark configuration, repeatable, e.g. --conf spark.executor.memory=4g"),
+    click.option("--spark-connect", metavar="sc://HOST:PORT", default=None,
+                 help="Connect to a Spark Connect server instead of starting Spark (--master is then ignored)."),
+    click.option("--verbose", is_flag=True, help="Show Spark's log and full stack traces on failure."),
+)
 
+output_options = _options(
+    click.option("-o", "--output", required=True, help="Where to write the result (any path Spark can write)."),
+    click.option("--format", "output_format", type=click.Choice(FORMATS), default="parquet", show_default=True,
+                 help="Output format. CSV cannot hold array columns."),
+    click.option("--input-format", type=click.Choice(FORMATS), default=None,
+                 help="Input format; default: from the input's extension, else parquet."),
+    click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists."),
+)
 
-def feature_options(command: Callable) -> Callable:
-    options = [
-        click.option("--features-col", default="features", show_default=True,
-                     help="The feature column: a vector or an array of numbers."),
-        click.option("--features", "feature_list", callback=_split_columns, metavar="C1,C2,...",
-                     help="Numeric feature columns, instead of --features-col."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+feature_options = _options(
+    click.option("--features-col", default="features", show_default=True,
+                 help="The feature column: a vector or an array of numbers."),
+    click.option("--features", "feature_list", callback=_split_columns, metavar="C1,C2,...",
+                 help="Numeric feature columns, instead of --features-col."),
+)
 
 
 @contextlib.contextmanager
@@ -216,23 +213,19 @@ def cli() -> None:
     """
 
 
-def _knn_options(command: Callable) -> Callable:
-    options = [
-        click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
-                     help="Neighbours per point."),
-        click.option("--id-col", default="id", show_default=True, help="The column of point ids."),
-        click.option("--metric", default="euclidean", show_default=True,
-                     help="Distance metric (any NearestNeighbors metric with the sklearn backend)."),
-        click.option("--backend", type=click.Choice(["sklearn", "faiss", "annoy"]), default="sklearn",
-                     show_default=True, help="sklearn and faiss are exact; annoy is approximate."),
-        click.option("--shards", type=click.IntRange(min=1), default=None,
-                     help="Split the reference into S shards (default: automatic, by size)."),
-        click.option("--exclude-self/--include-self", default=True, show_default=True,
-                     help="Leave each point's own id out of its neighbours."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+_knn_options = _options(
+    click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
+                 help="Neighbours per point."),
+    click.option("--id-col", default="id", show_default=True, help="The column of point ids."),
+    click.option("--metric", default="euclidean", show_default=True,
+                 help="Distance metric (any NearestNeighbors metric with the sklearn backend)."),
+    click.option("--backend", type=click.Choice(["sklearn", "faiss", "annoy"]), default="sklearn",
+                 show_default=True, help="sklearn and faiss are exact; annoy is approximate."),
+    click.option("--shards", type=click.IntRange(min=1), default=None,
+                 help="Split the reference into S shards (default: automatic, by size)."),
+    click.option("--exclude-self/--include-self", default=True, show_default=True,
+                 help="Leave each point's own id out of its neighbours."),
+)
 
 
 def _run_knn(spark: Any, input_path: str, output: str, *, input_format_: str | None, output_format: str,
