@@ -208,7 +208,7 @@ def _distribute_dataframe(
             f"the estimator does not record n_features_in_"
         )
     columns = output_columns(method, sample, output_cols, df.columns)
-    model = ShippedModel(estimator, _spark_context(df))
+    model = ShippedModel(estimator, df)
     names = df.columns + [c.name for c in columns]
 
     def apply(batches):
@@ -222,9 +222,3 @@ def _distribute_dataframe(
 
     return df.mapInArrow(apply, StructType(df.schema.fields + [c.field for c in columns]))
 
-
-def _spark_context(df: DataFrame):
-    """The SparkContext to broadcast through, or ``None`` under Spark Connect (no SparkContext there)."""
-    if type(df).__module__.startswith("pyspark.sql.connect"):
-        return None
-    return df.sparkSession.sparkContext

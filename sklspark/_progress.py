@@ -15,6 +15,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ._session import spark_context_of
+
 
 class SparkProgress:
     """Context manager showing the progress of the Spark jobs started inside it.
@@ -36,7 +38,7 @@ class SparkProgress:
     """
 
     def __init__(self, spark: Any, description: str, *, console: Console | None = None, plain_interval: float = 5.0):
-        self._sc = _spark_context(spark)
+        self._sc = spark_context_of(spark)
         self._description = description
         self._console = console or Console(stderr=True)
         self._plain_interval = plain_interval
@@ -114,9 +116,3 @@ class SparkProgress:
                 highlight=False,
             )
 
-
-def _spark_context(spark: Any):
-    try:
-        return spark.sparkContext
-    except Exception:  # Spark Connect: no SparkContext on the client
-        return None

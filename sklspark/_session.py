@@ -6,7 +6,8 @@ import os
 import sys
 from typing import Mapping
 
-from pyspark.sql import SparkSession
+from pyspark import SparkContext
+from pyspark.sql import DataFrame, SparkSession
 
 
 def spark_session(
@@ -47,3 +48,18 @@ def spark_session(
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def spark_context_of(spark: SparkSession | DataFrame | SparkContext) -> SparkContext | None:
+    """The ``SparkContext`` behind a session, a DataFrame or a context; ``None`` under Spark Connect.
+
+    A Spark Connect client has no JVM and no ``SparkContext`` (asking for one raises), so callers fall
+    back to what Connect offers: task closures and uploaded artifacts.
+    """
+    if isinstance(spark, SparkContext):
+        return spark
+    if isinstance(spark, DataFrame):
+        spark = spark.sparkSession
+    if type(spark).__module__.startswith("pyspark.sql.connect"):
+        return None
+    return spark.sparkContext

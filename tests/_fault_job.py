@@ -1,10 +1,12 @@
-"""A driver program for the fault tests: runs distribute() on a standalone cluster and saves the result.
+"""A driver program for the fault tests: runs sklspark on a standalone cluster and saves the result.
 
-    python _fault_job.py MASTER_URL {rdd,df} OUT_FILE MARKER_DIR {none,crash-once,raise-once}
+    python _fault_job.py MASTER_URL KIND OUT_FILE MARKER_DIR {none,crash-once,raise-once}
 
-The model sleeps a little per chunk and leaves a marker file per chunk in MARKER_DIR, so the test can
-inject a fault while the job runs. With ``crash-once`` the first chunk to run kills its Python worker
-(``os._exit``); with ``raise-once`` it raises. Either way only once across the whole cluster.
+KIND is ``rdd`` or ``df`` (``distribute()`` of a projection), or ``knn-broadcast`` or ``knn-sharded``
+(``all_neighbors`` with k=5 in that mode). The model (or the neighbours backend) sleeps a little per
+chunk and leaves a marker file per chunk in MARKER_DIR, so the test can inject a fault while the job
+runs. With ``crash-once`` the first chunk to run kills its Python worker (``os._exit``); with
+``raise-once`` it raises. Either way only once across the whole cluster.
 """
 
 import os
@@ -18,6 +20,8 @@ from pyspark.sql import SparkSession
 from sklearn.base import BaseEstimator, TransformerMixin
 
 import sklspark
+from sklearn.neighbors import NearestNeighbors
+from sklspark.neighbors import SklearnBackend, all_neighbors
 
 N_ROWS, N_FEATURES, N_PARTITIONS = 20_000, 8, 40
 
@@ -52,6 +56,20 @@ class SlowProjection(TransformerMixin, BaseEstimator):
         raise RuntimeError("injected failure (raise-once)")
 
 
+class SlowSklearnBackend(SklearnBackend):
+    """The exact sklearn backend, slowed down and leaving a marker per searched chunk."""
+
+    def __init__(self, marker_dir):
+        super().__init__()
+        self.marker_dir = marker_dir
+
+    def search(self, Q, n):
+        if len(Q) > 2:
+            time.sleep(0.1)
+            open(os.path.join(self.marker_dir, f"chunk-{uuid.uuid4().hex}"), "w").close()
+        return super().search(Q, n)
+
+
 def main(master, kind, out_file, marker_dir, fault):
     os.environ["PYSPARK_PYTHON"] = sys.executable
     spark = (
@@ -65,6 +83,15 @@ def main(master, kind, out_file, marker_dir, fault):
     spark.sparkContext.setLogLevel("ERROR")
     X = np.random.default_rng(1).normal(size=(N_ROWS, N_FEATURES))
     model = SlowProjection(marker_dir, fault).fit(X)
+    if kind.startswith("knn-"):
+        df = spark.createDataFrame(pa.table({"id": np.arange(N_ROWS), "features": list(X)})).repartition(N_PARTITIONS)
+        shards = 4 if kind == "knn-sharded" else None
+        table = all_neighbors(df, 5, backend=SlowSklearnBackend(marker_dir), shards=shards, chunk_size=250).toArrow()
+        expected = NearestNeighbors(n_neighbors=6, algorithm="brute").fit(X).kneighbors(X)[1][:, 1:]
+        np.savez(out_file, ids=table.column("id").to_numpy(), expected=expected,
+                 got=np.stack(table.column("neighbor_ids").to_numpy(zero_copy_only=False)))
+        spark.stop()
+        return
     if kind == "rdd":
         rdd = spark.sparkContext.parallelize(list(X), N_PARTITIONS)
         got = np.array(sklspark.distribute(model, "transform", rdd, chunk_size=250).collect())

@@ -58,7 +58,7 @@ def _check_complete(proc, out):
     np.testing.assert_allclose(got[np.argsort(ids)], expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["rdd", "df"])
+@pytest.mark.parametrize("kind", ["rdd", "df", "knn-broadcast", "knn-sharded"])
 def test_executor_killed_mid_job(cluster, tmp_path, kind):
     proc, markers, out = _start_job(cluster, tmp_path, kind)
     _wait_for_chunks(markers, 10, proc)

@@ -1,4 +1,6 @@
-"""distribute() over Spark Connect, where there is no SparkContext and no broadcast (model in the closure).
+"""distribute() and all_neighbors over Spark Connect, where there is no SparkContext and no broadcast.
+
+The model travels in the closure, or as an uploaded artifact when large; ANN index files as artifacts.
 
 A Connect session cannot share a process with the classic test session, so the job runs in a subprocess
 against ``SparkSession.builder.remote("local[2]")``, which starts a local Spark Connect server.
@@ -48,6 +50,24 @@ SCRIPT = textwrap.dedent(
         assert "Input X contains NaN" in str(exc), str(exc)
     else:
         raise AssertionError("a NaN row did not fail the job")
+
+    # A model too big for the closure travels as an uploaded artifact (threshold lowered to force it).
+    import sklspark._shipping as shipping
+    shipping.CLOSURE_MAX_BYTES = 1000
+    assert shipping.ShippedModel(nn, df).via == "artifact"
+    got = sklspark.distribute(nn, "kneighbors", df, n_neighbors=2).toArrow().sort_by("id")
+    assert np.array_equal(np.stack(got.column("indices").to_numpy(zero_copy_only=False)), ind[:, :2])
+
+    # all_neighbors: broadcast (size from a count, no plan statistics here), sharded, and file-shipped indexes.
+    from sklspark.neighbors import all_neighbors
+    expected = NearestNeighbors(n_neighbors=6, algorithm="brute").fit(X).kneighbors(X)[1][:, 1:]
+    for options in ({}, {"shards": 3}, {"backend": "faiss"}, {"backend": "annoy"}):
+        got = all_neighbors(df, 5, **options).toArrow().sort_by("id")
+        found = np.stack(got.column("neighbor_ids").to_numpy(zero_copy_only=False))
+        if options.get("backend") == "annoy":
+            assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(found, expected)]) > 0.9, options
+        else:
+            assert np.array_equal(found, expected), options
     spark.stop()
     print("CONNECT OK")
     """

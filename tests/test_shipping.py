@@ -72,3 +72,10 @@ def test_lambda_inside_a_pipeline_travels(spark):
     np.testing.assert_array_equal(np.array([g[1] for g in got]), expected[1])
     transformed = distribute(est[:-1], "transform", spark.sparkContext.parallelize(list(X), 3)).collect()
     np.testing.assert_allclose(np.array(transformed), np.abs(X))
+
+
+def test_classic_sessions_broadcast_the_model(spark):
+    from sklspark._shipping import ShippedModel
+
+    for where in (spark, spark.sparkContext, spark.range(1)):
+        assert ShippedModel(NearestNeighbors().fit(X), where).via == "broadcast"

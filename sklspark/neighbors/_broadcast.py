@@ -1,19 +1,16 @@
 """Broadcast mode: the whole reference on every executor, queries scored by :func:`sklspark.distribute`.
 
 The reference (matrix, IDs) is built once on the driver into a :class:`ReferenceIndex`, which
-``distribute()`` pickles once, broadcasts once and loads once per Python worker process. Backends
+``distribute()`` pickles once, ships once and loads once per Python worker process. Backends
 with ``ships_as_file`` (``faiss``, ``annoy``) leave their index out of that pickle: it is written
-to a file on the driver, distributed with ``SparkContext.addFile`` and loaded (memory-mapped)
-from ``SparkFiles.get`` the first time a worker process needs it; the loaded index then lives as
-long as the ``ReferenceIndex`` in ``distribute()``'s per-process model cache (keyed by a token).
+to a file on the driver, shipped with :func:`sklspark._shipping.ship_file` (``SparkContext.addFile``,
+or an uploaded artifact under Spark Connect) and loaded (memory-mapped) from ``SparkFiles.get`` the
+first time a worker process needs it; the loaded index then lives as long as the ``ReferenceIndex``
+in ``distribute()``'s per-process model cache (keyed by a token).
 """
 
 from __future__ import annotations
 
-import atexit
-import os
-import shutil
-import tempfile
 import uuid
 from typing import Any, Sequence
 
@@ -22,7 +19,8 @@ from pyspark import SparkFiles
 from pyspark.sql import DataFrame
 from sklearn.base import BaseEstimator
 
-from .._distribute import _spark_context, distribute
+from .._distribute import distribute
+from .._shipping import ship_file
 from ._backends import Backend
 from ._rerank import exact_top_k
 
@@ -39,19 +37,16 @@ class IndexFile:
     template : Backend
         An unbuilt copy of the backend, pickled and used to :meth:`Backend.load` the file on workers.
     built : Backend
-        The backend built on the driver; written to a temporary file and added to the SparkContext.
+        The backend built on the driver; written to a temporary file and shipped to every executor.
     metric : str
     n_features : int
-    spark_context : SparkContext
+    spark : SparkSession or DataFrame
+        The session to ship the file in.
     """
 
-    def __init__(self, template: Backend, built: Backend, metric: str, n_features: int, spark_context: Any) -> None:
-        directory = tempfile.mkdtemp(prefix="sklspark-neighbors-")
-        atexit.register(shutil.rmtree, directory, ignore_errors=True)
-        self.file_name = f"{uuid.uuid4().hex}.{template.name}"
-        path = os.path.join(directory, self.file_name)
-        built.save(path)
-        spark_context.addFile(path)
+    def __init__(self, template: Backend, built: Backend, metric: str, n_features: int, spark: Any) -> None:
+        self.file_name = f"sklspark-index-{uuid.uuid4().hex}.{template.name}"
+        ship_file(spark, self.file_name, built.save)
         self.template, self.metric, self.n_features = template, metric, n_features
         self._loaded: Backend | None = built
 
@@ -96,10 +91,10 @@ class ReferenceIndex(BaseEstimator):
         self.n_features_in_ = X.shape[1]
         return self
 
-    def ship(self, spark_context: Any) -> None:
-        """Make a ``ships_as_file`` index travel as a file (``addFile``) instead of inside the pickle."""
+    def ship(self, spark: Any) -> None:
+        """Make a ``ships_as_file`` index travel as a file instead of inside the pickle."""
         if self.index_.ships_as_file:
-            self.index_ = IndexFile(self.backend, self.index_, self.metric, self.n_features_in_, spark_context)
+            self.index_ = IndexFile(self.backend, self.index_, self.metric, self.n_features_in_, spark)
 
     def search(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The IDs and exact distances of each row's ``n_neighbors`` nearest reference rows, nearest first."""
@@ -119,14 +114,7 @@ def broadcast_join(
     DataFrame
         ``id_col``, ``neighbor_ids`` and ``distances`` (``index.n_neighbors`` each), one row per query row.
     """
-    if index.index_.ships_as_file:
-        spark_context = _spark_context(queries)
-        if spark_context is None:
-            raise ValueError(
-                f"backend {index.backend.name!r} ships its index as a file (SparkContext.addFile), which a Spark "
-                f"Connect session cannot do; use backend='sklearn'"
-            )
-        index.ship(spark_context)
+    index.ship(queries)
     feature_cols = [features] if isinstance(features, str) else list(features)
     scored = distribute(
         index,

@@ -18,6 +18,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.validation import check_is_fitted
 
 from .._inputs import batch_to_matrix
+from .._session import spark_context_of
 from .._validation import FeatureSpec, check_chunk_size, check_features
 from ._backends import Backend, SklearnBackend, get_backend
 from ._broadcast import DISTANCES, NEIGHBOR_IDS, ReferenceIndex, broadcast_join
@@ -194,7 +195,8 @@ def kneighbors_join(
         Candidate search (see :mod:`sklspark.neighbors._backends`); ``annoy`` is approximate.
     shards : int, optional
         Split a DataFrame reference into this many shards (sharded mode). By default the reference
-        is broadcast if its estimated size is at most ``BROADCAST_MAX_BYTES`` and sharded otherwise.
+        is broadcast if its size is at most ``BROADCAST_MAX_BYTES`` and sharded otherwise (the size is
+        Spark's plan estimate; under Spark Connect, which has none, rows x features from a count).
     chunk_size : int, default=4096
         Most query rows searched at once in a task.
     reference_ids : sequence, optional
@@ -248,7 +250,7 @@ def kneighbors_join(
         if shards is None and size is not None and size <= BROADCAST_MAX_BYTES:
             result = _broadcast_dataframe(job, reference, r_spec)
         else:
-            result = _shard_dataframe(job, reference, r_spec, shards)
+            result = _shard_dataframe(job, reference, r_spec, shards, size_known=size is not None)
     else:
         raise TypeError(
             f"reference must be a pyspark DataFrame or a fitted sklearn NearestNeighbors, "
@@ -268,8 +270,14 @@ def _broadcast_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec) 
     return broadcast_join(job.queries, job.features_col, job.id_col, index, job.chunk_size)
 
 
-def _shard_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec, shards: int | None) -> DataFrame:
-    """Check the reference's IDs and size with one aggregate job, size the shards and blocks, and shard it."""
+def _shard_dataframe(
+    job: _Join, reference: DataFrame, r_spec: FeatureSpec, shards: int | None, size_known: bool
+) -> DataFrame:
+    """Check the reference's IDs and size with one aggregate job, size the shards and blocks, and shard it.
+
+    Without a size estimate from the plan (Spark Connect), a reference that the aggregate shows to be at
+    most ``BROADCAST_MAX_BYTES`` is broadcast after all, unless ``shards`` was given.
+    """
     queries, id_col, q_spec, k, exclude_self = job.queries, job.id_col, job.q_spec, job.k, job.exclude_self
     stats = reference.agg(
         F.count(F.lit(1)), F.count(id_col), F.count_distinct(id_col), F.min(_width(r_spec)), F.max(_width(r_spec))
@@ -283,19 +291,24 @@ def _shard_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec, shar
     _check_k_fits(k, n_ref, exclude_self)
     if width != max_width:
         raise ValueError(f"the reference's {r_spec.describe()} has rows of {width} and of {max_width} features")
-    n_queries, q_width, q_max_width = queries.agg(
-        F.count(F.lit(1)), F.min(_width(q_spec)), F.max(_width(q_spec))
-    ).first()
+    n_queries, q_width, q_max_width, q_partitions = (
+        queries.select(_width(q_spec).alias("width"), F.spark_partition_id().alias("partition"))
+        .agg(F.count(F.lit(1)), F.min("width"), F.max("width"), F.max("partition") + 1)
+        .first()
+    )
     if n_queries and (q_width, q_max_width) != (width, width):
         raise ValueError(
             f"the queries' {q_spec.describe()} has rows of {q_width} to {q_max_width} features, but the "
             f"reference's has {width}"
         )
     row_bytes = width * r_spec.dtype.itemsize
+    if shards is None and not size_known and n_ref * row_bytes <= BROADCAST_MAX_BYTES:
+        return _broadcast_dataframe(job, reference, r_spec)
     if shards is None:
         shards = count_blocks(n_ref, row_bytes, SHARD_MAX_BYTES)
     blocks = count_blocks(n_queries, width * q_spec.dtype.itemsize, QUERY_BLOCK_MAX_BYTES)
-    parallelism = queries.sparkSession.sparkContext.defaultParallelism
+    spark_context = spark_context_of(queries)  # Spark Connect: as many blocks as the queries have partitions
+    parallelism = spark_context.defaultParallelism if spark_context is not None else (q_partitions or 1)
     blocks = max(blocks, min(max(n_queries, 1), -(-parallelism // shards)))
     return sharded_join(queries, reference, job.n, id_col=id_col, q_spec=q_spec, r_spec=r_spec, backend=job.engine,
                         metric=job.metric, shards=int(shards), blocks=blocks, chunk_size=job.chunk_size)
