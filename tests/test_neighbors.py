@@ -16,6 +16,7 @@ from sklearn.neighbors import NearestNeighbors
 
 import sklspark.neighbors._join as join_module
 from sklspark.neighbors import AnnoyBackend, all_neighbors, kneighbors_join, to_edges
+from sklspark.neighbors._sharded import stable_order
 
 RNG = np.random.default_rng(0)
 #: Integer coordinates: many exact duplicates (distance 0) and ties.
@@ -50,8 +51,8 @@ def collect(result, id_col="id"):
 
 
 def reference_order(df):
-    """The reference's rows in the order the join reads them (its positions)."""
-    table = df.toArrow()
+    """The reference's rows in the order the join reads them (its positions): partition, then id."""
+    table = stable_order(df, "id", ["features"]).toArrow()
     return table.column("id").to_numpy(zero_copy_only=False), np.array(table.column("features").to_pylist())
 
 
@@ -134,6 +135,24 @@ def test_k_extremes(spark, k):
         assert_matches_truth(full, R[np.argsort(ids)], R, ids, 30)
 
 
+def test_sharded_groups_meet_across_many_shuffle_partitions(spark):
+    """Without adaptive coalescing, the (block, shard) groups spread over 200 shuffle partitions.
+
+    Query and reference sides must hash their group keys alike (both long): an int key on one side
+    and a long on the other sent a group's halves to different partitions (found at 20,000 rows).
+    """
+    X = RNG.normal(size=(400, 4))
+    df = array_df(spark, X, np.arange(400), n_partitions=4)
+    ids, R = reference_order(df)
+    spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")
+    try:
+        got = collect(all_neighbors(df, 3, shards=3))
+    finally:
+        spark.conf.unset("spark.sql.adaptive.coalescePartitions.enabled")
+    assert len(got[0]) == 400
+    assert_matches_truth(got, R[np.argsort(ids)], R, ids, 3, exclude_self=True, query_ids=got[0])
+
+
 @pytest.mark.parametrize("metric", ["cosine", "manhattan"])
 def test_other_metrics(spark, metric):
     X = RNG.normal(size=(200, 5))
@@ -150,8 +169,7 @@ def test_vector_and_column_layouts_long_ids(spark):
     schema = StructType([StructField("id", LongType()), StructField("features", VectorUDT())])
     vectors = spark.createDataFrame([(i, Vectors.dense(x)) for i, x in enumerate(X)], schema).repartition(2)
     columns = spark.createDataFrame(pa.table({"id": np.arange(80), "a": X[:, 0], "b": X[:, 1], "c": X[:, 2]}))
-    # positions follow the row order of select(id, features): a round-robin repartition orders rows by content
-    ids = vectors.select("id", "features").toArrow().column("id").to_numpy()
+    ids, _ = reference_order(vectors)
     from_vectors = collect(all_neighbors(vectors, 3, shards=2))
     assert_matches_truth(from_vectors, X, X[ids], ids, 3, exclude_self=True, query_ids=from_vectors[0])
     from_columns = collect(kneighbors_join(columns, columns, 3, features_col=["a", "b", "c"]))

@@ -22,7 +22,7 @@ from .._session import spark_context_of
 from .._validation import FeatureSpec, check_chunk_size, check_features
 from ._backends import Backend, SklearnBackend, get_backend
 from ._broadcast import DISTANCES, NEIGHBOR_IDS, ReferenceIndex, broadcast_join
-from ._sharded import QUERY_BLOCK_MAX_BYTES, SHARD_MAX_BYTES, count_blocks, sharded_join
+from ._sharded import QUERY_BLOCK_MAX_BYTES, SHARD_MAX_BYTES, count_blocks, sharded_join, stable_order
 
 #: A DataFrame reference whose estimated size (Spark's plan statistics) is at most this many bytes
 #: is collected to the driver and broadcast; a larger one is sharded. Tests may lower it.
@@ -168,8 +168,9 @@ def kneighbors_join(
     """The ``k`` nearest reference rows of every query row, with their IDs and exact distances.
 
     Exact backends return exactly what ``NearestNeighbors(algorithm="brute", metric=metric)`` would,
-    with ties broken by the smaller reference position (row order of the reference as read, or as
-    given), and the same neighbours and bit-identical distances whatever the mode or backend.
+    with ties broken by the smaller reference position (a DataFrame's partition, then ID within the
+    partition; a fitted ``NearestNeighbors``'s row number), and the same neighbours and bit-identical
+    distances whatever the mode or backend.
 
     Parameters
     ----------
@@ -261,7 +262,7 @@ def kneighbors_join(
 
 def _broadcast_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec) -> DataFrame:
     """Collect the reference to the driver (Arrow), check its IDs and size, index it and broadcast it."""
-    table = reference.select(job.id_col, *r_spec.columns).toArrow()
+    table = stable_order(reference, job.id_col, r_spec.columns).select(job.id_col, *r_spec.columns).toArrow()
     ids = table.column(job.id_col).combine_chunks()
     _check_unique(ids)
     _check_k_fits(job.k, table.num_rows, job.exclude_self)

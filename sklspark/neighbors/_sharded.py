@@ -3,9 +3,11 @@
 Plan
 ----
 1. Every reference row gets its global position ``monotonically_increasing_id()`` (partition index,
-   then row within the partition: the order in which ``toArrow()`` would read it, which broadcast
-   mode uses) and shard ``position mod S``. Every query row gets a key of its own the same way and
-   block ``key mod B``.
+   then row within the partition, the partition sorted by :func:`stable_order`: the order in which
+   broadcast mode reads the reference too) and shard ``position mod S``. Every query row gets a key of
+   its own the same way and block ``key mod B``. The sort matters when Spark retries a task (a lost
+   executor): a retried task may read its shuffled input in another order, and positions taken in
+   arrival order would then differ between attempts, mixing up queries and shards.
 2. Queries are replicated once per shard and reference rows once per query block, and both are
    co-grouped on ``(block, shard)``: shuffle volume ``S x |queries| + B x |reference|``. No row of
    the reference is gathered on the driver.
@@ -55,6 +57,16 @@ _QUERY = "__sklspark_query"
 _BLOCK = "__sklspark_block"
 _SHARD = "__sklspark_shard"
 _CANDIDATES = "__sklspark_candidates"
+
+
+def stable_order(df: DataFrame, id_col: str, feature_cols: list[str]) -> DataFrame:
+    """``df`` sorted within each partition by ID, then by a hash of the features (no shuffle).
+
+    Whichever order a (retried) task reads its partition in, the rows come out in the same order, so
+    ``monotonically_increasing_id()`` taken after it gives every row the same value in every attempt
+    (rows equal in ID and hash are equal, up to a 64-bit hash collision, so their order does not matter).
+    """
+    return df.sortWithinPartitions(id_col, F.xxhash64(*feature_cols))
 
 
 def count_blocks(n_rows: int, row_bytes: int, max_bytes: int) -> int:
@@ -126,13 +138,17 @@ def sharded_join(
     DataFrame
         ``id_col``, ``neighbor_ids`` and ``distances`` (``n`` each), one row per query row.
     """
-    ref = reference.select(F.monotonically_increasing_id().alias(_POSITION), id_col, *r_spec.columns)
+    ref = stable_order(reference, id_col, r_spec.columns)
+    ref = ref.select(F.monotonically_increasing_id().alias(_POSITION), id_col, *r_spec.columns)
+    # Both sides' group keys must have the same types (long): rows are hashed to partitions by them, and
+    # an int 1 and a long 1 hash differently, so mixed types would send a group's halves apart.
     ref = ref.withColumn(_SHARD, F.pmod(_POSITION, F.lit(shards))).withColumn(
-        _BLOCK, F.explode(F.sequence(F.lit(0), F.lit(blocks - 1)))
+        _BLOCK, F.explode(F.sequence(F.lit(0), F.lit(blocks - 1)).cast("array<bigint>"))
     )
-    qry = queries.select(F.monotonically_increasing_id().alias(_QUERY), id_col, *q_spec.columns)
+    qry = stable_order(queries, id_col, q_spec.columns)
+    qry = qry.select(F.monotonically_increasing_id().alias(_QUERY), id_col, *q_spec.columns)
     qry = qry.withColumn(_BLOCK, F.pmod(_QUERY, F.lit(blocks))).withColumn(
-        _SHARD, F.explode(F.sequence(F.lit(0), F.lit(shards - 1)))
+        _SHARD, F.explode(F.sequence(F.lit(0), F.lit(shards - 1)).cast("array<bigint>"))
     )
     ref_id_type: DataType = reference.schema[id_col].dataType
     candidate = StructType(
