@@ -16,11 +16,11 @@ from ._runner import one_row_per_input, run_chunks
 from ._shipping import ShippedModel
 from ._validation import (
     FeatureSpec,
-    accepts_sparse,
     check_chunk_size,
     check_features,
     check_method,
     check_width,
+    declares_sparse,
     n_features_of,
 )
 
@@ -148,14 +148,15 @@ def _kwargs_repr(method_kwargs: dict) -> str:
 
 def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, method_kwargs: dict) -> RDD:
     width = n_features_of(estimator)
-    sparse_ok = accepts_sparse(estimator, method, method_kwargs, width)
+    sparse_ok = declares_sparse(estimator)
 
     def head_rows():
         head = rdd.take(2)
-        return stack_rows(head, 0, sparse_ok) if head else None
+        return stack_rows(head, 0, accept_sparse=False) if head else None
 
     if width is not None:
-        _probe(estimator, method, method_kwargs, width, np.dtype(np.float64), head_rows)
+        # float32 zeros: a float32-fitted model (a large NearestNeighbors) is not upcast to score them
+        _probe(estimator, method, method_kwargs, width, np.dtype(np.float32), head_rows)
     model = ShippedModel(estimator, rdd.context)
 
     def apply(index, rows):
@@ -200,7 +201,7 @@ def _distribute_dataframe(
         width = rows.shape[1] if rows is not None else n_features_of(estimator)
     if width is not None:
         check_width(estimator, width, f"The DataFrame's {spec.describe()}")
-    sparse_ok = spec.layout == "vector" and accepts_sparse(estimator, method, method_kwargs, width)
+    sparse_ok = spec.layout == "vector" and declares_sparse(estimator)
     sample = _probe(estimator, method, method_kwargs, width, spec.dtype, head_rows)
     if sample is None:
         raise ValueError(

@@ -10,6 +10,10 @@ from pyspark import TaskContext
 from threadpoolctl import threadpool_limits
 
 from ._shipping import ShippedModel
+from ._validation import accepts_sparse
+
+#: Per worker process: whether a shipped model's method took CSR input, learnt on its first sparse chunk.
+_takes_sparse: dict[tuple[str, str], bool] = {}
 
 
 class ChunkError(RuntimeError):
@@ -51,6 +55,16 @@ def one_row_per_input(output: Any, n_input: int) -> Any:
     return output
 
 
+def _densify_if_refused(model: ShippedModel, estimator: Any, method: str, method_kwargs: dict, X: Any) -> Any:
+    """``X``, made dense if it is CSR and the method refuses sparse input (probed once per process)."""
+    if not sp.issparse(X):
+        return X
+    key = (model.token, method)
+    if key not in _takes_sparse:
+        _takes_sparse[key] = accepts_sparse(estimator, method, method_kwargs, X.shape[1])
+    return X if _takes_sparse[key] else X.toarray()
+
+
 def run_chunks(
     model: ShippedModel,
     method: str,
@@ -61,8 +75,10 @@ def run_chunks(
     """Run ``method`` on every chunk, yielding each chunk's items followed by the output.
 
     ``chunks`` yields tuples whose first item is the chunk's first row in the partition and
-    whose last item is the feature matrix. BLAS/OpenMP pools are capped at the task's CPUs
-    (``spark.task.cpus``) so concurrent tasks on an executor do not oversubscribe its cores.
+    whose last item is the feature matrix (CSR chunks are made dense for methods that refuse
+    sparse input, see :func:`~sklspark._validation.accepts_sparse`). BLAS/OpenMP pools are
+    capped at the task's CPUs (``spark.task.cpus``) so concurrent tasks on an executor do not
+    oversubscribe its cores.
     """
     context = TaskContext.get()
     if partition is None:
@@ -79,7 +95,7 @@ def run_chunks(
                 return
             except Exception as exc:
                 raise ChunkError(f"sklspark: bad input for {label} in partition {partition}: {exc}") from exc
-            first_row, X = item[0], item[-1]
+            first_row, X = item[0], _densify_if_refused(model, estimator, method, method_kwargs, item[-1])
             rows = f"rows {first_row}-{first_row + X.shape[0] - 1}"
             try:
                 output = one_row_per_input(fn(X, **method_kwargs), X.shape[0])

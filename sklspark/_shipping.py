@@ -1,12 +1,16 @@
 """Model shipping: serialise the fitted estimator once on the driver, load it once per worker process.
 
-How the cloudpickle bytes travel depends on the session:
+How the cloudpickle bytes travel depends on the session and the model's size:
 
-* classic Spark: a broadcast variable (BitTorrent-like, each executor fetches it once however many
-  tasks run, whatever the model's size);
-* Spark Connect, where there is no ``SparkContext`` and no broadcast: inside the task's closure for
-  models up to :data:`CLOSURE_MAX_BYTES`, as an uploaded session artifact (a file every executor
-  fetches once, read with ``SparkFiles.get``) for larger ones.
+* classic Spark, up to :data:`BROADCAST_MAX_BYTES`: a broadcast variable (BitTorrent-like, each
+  executor fetches it once however many tasks run);
+* Spark Connect, where there is no ``SparkContext`` and no broadcast, up to :data:`CLOSURE_MAX_BYTES`:
+  inside the task's closure;
+* larger models: a file (``SparkContext.addFile``, or an uploaded session artifact under Spark
+  Connect) that every executor fetches once and each Python worker unpickles straight from disk. A
+  broadcast would also hold the bytes in the driver's and every executor's JVM block manager, and a
+  worker would hold the bytes and the model at once; the file path needs neither (measured in
+  ``benchmarks/large_model.py``).
 
 Either way, a Python worker process deserialises a given model once and keeps it for every later task
 and chunk (Spark reuses Python workers by default, ``spark.python.worker.reuse=true``).
@@ -33,32 +37,39 @@ _CACHE_SIZE = 2
 
 #: Largest model sent inside a task closure (Spark Connect): the plan carrying it must fit in one gRPC
 #: message, ``spark.connect.grpc.maxInboundMessageSize`` (128 MiB by default), with room for the rest.
-#: Larger models travel as an uploaded artifact file.
 CLOSURE_MAX_BYTES = 96 << 20
+
+#: Largest model broadcast on classic Spark; larger ones travel as a file.
+BROADCAST_MAX_BYTES = 256 << 20
 _cache: OrderedDict[str, Any] = OrderedDict()
 _cache_lock = threading.Lock()
-_ship_dir: str | None = None
+_staging_dir: str | None = None
 
 
-def ship_file(spark: Any, name: str, write: Any) -> None:
-    """Make a file the driver writes readable on every executor as ``SparkFiles.get(name)``.
+def staging_path(name: str) -> str:
+    """A path for a file to ship, in a temporary directory of the driver's removed when it exits.
+
+    ``name`` must be unique for the application (e.g. built from a UUID): executors find the file
+    under it with ``SparkFiles.get(name)``.
+    """
+    global _staging_dir
+    if _staging_dir is None:
+        _staging_dir = tempfile.mkdtemp(prefix="sklspark-ship-")
+        atexit.register(shutil.rmtree, _staging_dir, ignore_errors=True)
+    return os.path.join(_staging_dir, name)
+
+
+def ship_file(spark: Any, path: str) -> None:
+    """Make the driver's file ``path`` readable on every executor as ``SparkFiles.get(basename)``.
 
     Parameters
     ----------
     spark : SparkSession, DataFrame or SparkContext
         Where to ship: ``SparkContext.addFile`` on classic Spark, ``SparkSession.addArtifacts(file=True)``
         under Spark Connect (uploaded to the server in chunks, so no message-size limit applies).
-    name : str
-        File name, unique for the application (e.g. built from a UUID).
-    write : callable
-        ``write(path)`` creates the file; it lives in a temporary directory removed when the driver exits.
+    path : str
+        The file, usually from :func:`staging_path`.
     """
-    global _ship_dir
-    if _ship_dir is None:
-        _ship_dir = tempfile.mkdtemp(prefix="sklspark-ship-")
-        atexit.register(shutil.rmtree, _ship_dir, ignore_errors=True)
-    path = os.path.join(_ship_dir, name)
-    write(path)
     spark_context = spark_context_of(spark)
     if spark_context is not None:
         spark_context.addFile(path)
@@ -75,6 +86,7 @@ class ShippedModel:
     estimator : object
         The fitted estimator. It is serialised with cloudpickle, so lambdas and
         locally defined functions inside it (e.g. ``FunctionTransformer(lambda x: ...)``) work.
+        It is pickled straight to a file, so the driver never holds a second copy of a large model.
     spark : SparkSession, DataFrame or SparkContext
         The session the model is used in; decides how the bytes travel (see the module docstring).
 
@@ -82,23 +94,26 @@ class ShippedModel:
     ----------
     nbytes : int
         Size of the serialised model.
-    via : {"broadcast", "closure", "artifact"}
+    via : {"broadcast", "closure", "file"}
         How it travels.
     """
 
     def __init__(self, estimator: Any, spark: Any) -> None:
-        payload = cloudpickle.dumps(estimator)
         self.token = uuid.uuid4().hex
-        self.nbytes = len(payload)
-        self._broadcast = self._payload = self._file_name = None
+        self._file_name = f"sklspark-model-{self.token}.pkl"
+        path = staging_path(self._file_name)
+        with open(path, "wb") as f:
+            cloudpickle.dump(estimator, f)
+        self.nbytes = os.path.getsize(path)
+        self._broadcast = self._payload = None
         spark_context = spark_context_of(spark)
-        if spark_context is not None:
-            self.via, self._broadcast = "broadcast", spark_context.broadcast(payload)
-        elif self.nbytes <= CLOSURE_MAX_BYTES:
-            self.via, self._payload = "closure", payload
+        if spark_context is not None and self.nbytes <= BROADCAST_MAX_BYTES:
+            self.via, self._broadcast = "broadcast", spark_context.broadcast(_read_and_remove(path))
+        elif spark_context is None and self.nbytes <= CLOSURE_MAX_BYTES:
+            self.via, self._payload = "closure", _read_and_remove(path)
         else:
-            self.via, self._file_name = "artifact", f"sklspark-model-{self.token}.pkl"
-            ship_file(spark, self._file_name, lambda path: _write_bytes(path, payload))
+            self.via = "file"
+            ship_file(spark, path)
 
     def get(self) -> Any:
         """The estimator, deserialised at most once per process."""
@@ -106,7 +121,7 @@ class ShippedModel:
             if self.token in _cache:
                 _cache.move_to_end(self.token)
                 return _cache[self.token]
-            if self._file_name is not None:
+            if self.via == "file":
                 with open(SparkFiles.get(self._file_name), "rb") as f:
                     estimator = cloudpickle.load(f)
             else:
@@ -117,6 +132,8 @@ class ShippedModel:
             return estimator
 
 
-def _write_bytes(path: str, payload: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(payload)
+def _read_and_remove(path: str) -> bytes:
+    with open(path, "rb") as f:
+        payload = f.read()
+    os.remove(path)
+    return payload

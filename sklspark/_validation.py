@@ -91,20 +91,24 @@ def check_chunk_size(chunk_size: Any) -> int:
     return int(chunk_size)
 
 
-def accepts_sparse(estimator: Any, method: str, method_kwargs: dict, width: int | None) -> bool:
-    """Whether the method takes sparse (CSR) input.
-
-    The estimator must declare it through scikit-learn tags and, when the feature width is known,
-    the method must accept two rows of CSR zeros on the driver: a fitted state can refuse sparse
-    input that the class accepts (``NearestNeighbors`` fitted with a KD-tree, for one).
-    """
+def declares_sparse(estimator: Any) -> bool:
+    """Whether the estimator declares sparse input through scikit-learn tags (a cheap driver-side check)."""
     try:
-        if not get_tags(estimator).input_tags.sparse:
-            return False
+        return bool(get_tags(estimator).input_tags.sparse)
     except Exception:  # third-party objects without tags: give them dense input
         return False
-    if width is None:
-        return True
+
+
+def accepts_sparse(estimator: Any, method: str, method_kwargs: dict, width: int) -> bool:
+    """Whether the method takes sparse (CSR) input of ``width`` features.
+
+    The estimator must declare it through scikit-learn tags, and the method must accept two rows of CSR
+    zeros: a fitted state can refuse sparse input that the class accepts (``NearestNeighbors`` fitted
+    with a KD-tree, for one). The call can cost as much as scoring against the whole model (a brute
+    ``NearestNeighbors`` over millions of rows), so it runs only where sparse rows are met.
+    """
+    if not declares_sparse(estimator):
+        return False
     try:
         getattr(estimator, method)(sp.csr_matrix((2, width)), **method_kwargs)
     except Exception:

@@ -22,3 +22,17 @@ def test_benchmark_script_smoke(tmp_path):
     finally:
         for suffix in (".md", ".png"):
             (results / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+def test_large_model_script_smoke(tmp_path):
+    script = SCRIPT.with_name("large_model.py")
+    name = f"smoke-{tmp_path.name}"
+    proc = subprocess.run([sys.executable, str(script), "--rows", "20000", "--queries", "500", "--name", name],
+                          capture_output=True, text=True, timeout=600)
+    result = SCRIPT.parent / "results" / f"{name}.md"
+    try:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        rows = [line for line in result.read_text().splitlines() if line.startswith(("| broadcast", "| file"))]
+        assert len(rows) == 2
+    finally:
+        result.unlink(missing_ok=True)

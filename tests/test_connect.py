@@ -54,7 +54,7 @@ SCRIPT = textwrap.dedent(
     # A model too big for the closure travels as an uploaded artifact (threshold lowered to force it).
     import sklspark._shipping as shipping
     shipping.CLOSURE_MAX_BYTES = 1000
-    assert shipping.ShippedModel(nn, df).via == "artifact"
+    assert shipping.ShippedModel(nn, df).via == "file"
     got = sklspark.distribute(nn, "kneighbors", df, n_neighbors=2).toArrow().sort_by("id")
     assert np.array_equal(np.stack(got.column("indices").to_numpy(zero_copy_only=False)), ind[:, :2])
 

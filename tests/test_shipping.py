@@ -7,7 +7,9 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import FunctionTransformer
 
+import sklspark._shipping as shipping
 from sklspark import distribute
+from sklspark._shipping import ShippedModel
 
 X = np.random.default_rng(1).normal(size=(200, 8))
 
@@ -75,7 +77,13 @@ def test_lambda_inside_a_pipeline_travels(spark):
 
 
 def test_classic_sessions_broadcast_the_model(spark):
-    from sklspark._shipping import ShippedModel
-
     for where in (spark, spark.sparkContext, spark.range(1)):
         assert ShippedModel(NearestNeighbors().fit(X), where).via == "broadcast"
+
+
+def test_models_over_the_broadcast_limit_travel_as_a_file(spark, monkeypatch):
+    monkeypatch.setattr(shipping, "BROADCAST_MAX_BYTES", 1000)
+    nn = NearestNeighbors(n_neighbors=3).fit(X)
+    assert ShippedModel(nn, spark).via == "file"
+    got = distribute(nn, "kneighbors", spark.sparkContext.parallelize(list(X), 3)).collect()
+    np.testing.assert_array_equal(np.array([g[1] for g in got]), nn.kneighbors(X)[1])

@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame
 from sklearn.base import BaseEstimator
 
 from .._distribute import distribute
-from .._shipping import ship_file
+from .._shipping import ship_file, staging_path
 from ._backends import Backend
 from ._rerank import exact_top_k
 
@@ -46,7 +46,9 @@ class IndexFile:
 
     def __init__(self, template: Backend, built: Backend, metric: str, n_features: int, spark: Any) -> None:
         self.file_name = f"sklspark-index-{uuid.uuid4().hex}.{template.name}"
-        ship_file(spark, self.file_name, built.save)
+        path = staging_path(self.file_name)
+        built.save(path)
+        ship_file(spark, path)
         self.template, self.metric, self.n_features = template, metric, n_features
         self._loaded: Backend | None = built
 
