@@ -134,6 +134,19 @@ def test_width_mismatch_in_array_column(spark):
         distribute(NN, "kneighbors", df)
 
 
+def test_zero_column_vectors(spark):
+    empty = spark.createDataFrame(pa.table({"id": np.arange(4), "features": [[]] * 4}).cast(
+        pa.schema([("id", pa.int64()), ("features", pa.list_(pa.float64()))])))
+    with pytest.raises(ValueError, match="array column 'features' has 0 features, but NearestNeighbors was fitted on 4"):
+        distribute(NN, "kneighbors", empty)
+    vectors = spark.createDataFrame([(0, Vectors.dense([]))], ["id", "features"])
+    with pytest.raises(ValueError, match="vector column 'features' has 0 features, but NearestNeighbors was fitted on 4"):
+        distribute(NN, "kneighbors", vectors)
+    rows = spark.sparkContext.parallelize([np.zeros(0)] * 4, 2)
+    assert "NearestNeighbors.kneighbors failed in partition 0, rows 0-1: ValueError: Found array with 0 feature(s)" in \
+        _task_error(distribute(NN, "kneighbors", rows))
+
+
 def test_output_cols_errors(spark):
     df = make_input(spark, X, "df-columns")
     features = ["x0", "x1", "x2", "x3"]
