@@ -190,6 +190,7 @@ def bench_cheap(args, tmp: Path, rows: list[Row]) -> None:
 
         df = spark.read.parquet(str(path))
         schema = StructType([*df.schema.fields, StructField("out", spark_type)])
+        noop(df.mapInArrow(expert, schema))  # warm-up, untimed: file cache, imports in the Python workers
         rows.append(Row(group, "hand-written expert mapInArrow", timed(lambda: noop(df.mapInArrow(expert, schema)))))
 
         def make_predict_fn(bc=bc, method=method):
