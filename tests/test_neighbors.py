@@ -262,14 +262,18 @@ def test_duplicate_and_too_few_reference_rows(spark, shards):
 
 
 @pytest.mark.slow
-def test_all_neighbors_100k_x_64_matches_sklearn(spark):
+def test_all_neighbors_100k_x_64_matches_sklearn(spark, modes):
     X = np.random.default_rng(1).normal(size=(100_000, 64)).astype(np.float32)
     ids = np.arange(len(X)) * 2
     features = pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), 64).cast(pa.list_(pa.float32()))
     df = spark.createDataFrame(pa.table({"id": ids, "features": features}))
-    start = time.perf_counter()
-    got = collect(all_neighbors(df, 10))
-    print(f"all_neighbors 100,000 x 64, k=10: {time.perf_counter() - start:.1f} s")
     _, positions = NearestNeighbors(n_neighbors=11, algorithm="brute").fit(X).kneighbors(X)
     expected = np.array([[p for p in row if p != i][:10] for i, row in enumerate(positions)]) * 2
-    np.testing.assert_array_equal(got[1], expected)
+    results = []
+    for shards in (None, 4):  # broadcast, then sharded: the reference never reaches the driver
+        start = time.perf_counter()
+        results.append(collect(all_neighbors(df, 10, shards=shards)))
+        print(f"all_neighbors 100,000 x 64, k=10, shards={shards}: {time.perf_counter() - start:.1f} s")
+        np.testing.assert_array_equal(results[-1][1], expected)
+    assert modes == ["broadcast", "sharded"]
+    assert_identical(*results)
