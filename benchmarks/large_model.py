@@ -52,7 +52,9 @@ def measure(way: str, rows: int, queries: int, k: int) -> dict:
     R = rng.standard_normal((rows, 64), dtype=np.float32)
     Q = rng.standard_normal((queries, 64), dtype=np.float32)
     nn = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(R)
-    spark = sklspark.spark_session("local[2]", conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"})
+    spark = sklspark.spark_session(
+        "local[2]", conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}
+    )
     spark.sparkContext.setLogLevel("FATAL")
     before = _peak_mb()
 
@@ -102,10 +104,10 @@ def report(results: list[dict], rows: int, queries: int, k: int) -> str:
         "",
         f"Pickled size {model:.0f} MiB; {queries:,} queries, k={k}, `local[2]` (default 1 GiB driver memory), "
         f"{os.cpu_count()} cores. Peak resident memory (MB); in local mode the driver and the executor share one JVM. "
-        "\"driver Python before\" is the driver's peak with the data and the fitted model, before sklspark runs.",
+        '"driver Python before" is the driver\'s peak with the data and the fitted model, before sklspark runs.',
         "",
-        "| shipping | serialise to disk (s) | distribute() call: check, serialise, ship (s) | job (s) | driver Python before | driver Python peak | "
-        "JVM peak | Python worker peaks |",
+        "| shipping | serialise to disk (s) | distribute() call: check, serialise, ship (s) | job (s) "
+        "| driver Python before | driver Python peak | JVM peak | Python worker peaks |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
@@ -131,9 +133,21 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for way in WAYS:
         proc = subprocess.run(
-            [sys.executable, __file__, "--way", way, "--rows", str(args.rows), "--queries", str(args.queries),
-             "-k", str(args.k)],
-            capture_output=True, text=True, check=False,
+            [
+                sys.executable,
+                __file__,
+                "--way",
+                way,
+                "--rows",
+                str(args.rows),
+                "--queries",
+                str(args.queries),
+                "-k",
+                str(args.k),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if proc.returncode:
             raise SystemExit(f"measuring {way} failed:\n{proc.stderr[-4000:]}")

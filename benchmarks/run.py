@@ -21,9 +21,9 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -61,7 +61,12 @@ def session(master: str, **conf: str):
     spark = sklspark.spark_session(
         master,
         app_name="sklspark-benchmarks",
-        conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", "spark.driver.memory": "6g", **conf},
+        conf={
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.driver.memory": "6g",
+            **conf,
+        },
     )
     spark.sparkContext.setLogLevel("FATAL")
     spark.range(100, numPartitions=4).rdd.map(lambda r: r).count()  # start the Python workers
@@ -89,7 +94,9 @@ def bench_knn(args, tmp: Path, rows: list[Row]) -> None:
     group = f"kNN all points ({args.knn_rows:,} x {args.knn_dim} float32, k={args.k}, Euclidean)"
     rng = np.random.default_rng(0)
     centres = rng.normal(scale=4.0, size=(50, args.knn_dim))
-    X = (centres[rng.integers(0, 50, args.knn_rows)] + rng.normal(size=(args.knn_rows, args.knn_dim))).astype(np.float32)
+    X = (centres[rng.integers(0, 50, args.knn_rows)] + rng.normal(size=(args.knn_rows, args.knn_dim))).astype(
+        np.float32
+    )
     path = tmp / "knn.parquet"
     write_features(path, X, partitions=8)
 
@@ -118,34 +125,64 @@ def bench_knn(args, tmp: Path, rows: list[Row]) -> None:
     naive = vectors(spark.read.parquet(str(path)).limit(args.naive_sample).repartition(8))
     naive = naive.map(lambda x: bc.value.kneighbors(x.reshape(1, -1)))
     t = timed(naive.count) * len(X) / args.naive_sample
-    rows.append(Row(group, "naive Spark: rdd.map(bc.value.kneighbors), one row per call", t,
-                    f"measured on {args.naive_sample:,} rows, extrapolated"))
+    rows.append(
+        Row(
+            group,
+            "naive Spark: rdd.map(bc.value.kneighbors), one row per call",
+            t,
+            f"measured on {args.naive_sample:,} rows, extrapolated",
+        )
+    )
     rdd = vectors(spark.read.parquet(str(path)))
-    rows.append(Row(group, "sklspark distribute() on an RDD",
-                    timed(lambda: sklspark.distribute(nn, "kneighbors", rdd, n_neighbors=args.k).count())))
+    rows.append(
+        Row(
+            group,
+            "sklspark distribute() on an RDD",
+            timed(lambda: sklspark.distribute(nn, "kneighbors", rdd, n_neighbors=args.k).count()),
+        )
+    )
     df = spark.read.parquet(str(path))
-    rows.append(Row(group, "sklspark distribute() on a DataFrame",
-                    timed(lambda: noop(sklspark.distribute(nn, "kneighbors", df, n_neighbors=args.k)))))
+    rows.append(
+        Row(
+            group,
+            "sklspark distribute() on a DataFrame",
+            timed(lambda: noop(sklspark.distribute(nn, "kneighbors", df, n_neighbors=args.k))),
+        )
+    )
     try:
         from sklspark.neighbors import all_neighbors
     except ImportError:
         all_neighbors = None
     if all_neighbors is not None:
         for backend in ("sklearn", "faiss"):
-            t = timed(lambda: noop(all_neighbors(spark.read.parquet(str(path)), args.k, backend=backend,
-                                                 exclude_self=False)))
-            rows.append(Row(group, f"sklspark all_neighbors, broadcast, {backend} backend", t,
-                            "end to end: reads and collects the reference"))
+            t = timed(
+                lambda: noop(all_neighbors(spark.read.parquet(str(path)), args.k, backend=backend, exclude_self=False))
+            )
+            rows.append(
+                Row(
+                    group,
+                    f"sklspark all_neighbors, broadcast, {backend} backend",
+                    t,
+                    "end to end: reads and collects the reference",
+                )
+            )
         t = timed(lambda: noop(all_neighbors(spark.read.parquet(str(path)), args.k, shards=4, exclude_self=False)))
         rows.append(Row(group, "sklspark all_neighbors, sharded (4 shards), sklearn backend", t))
         result = {}
-        t = timed(lambda: result.setdefault("t", all_neighbors(
-            spark.read.parquet(str(path)), args.k, backend="annoy", exclude_self=False
-        ).select("id", "neighbor_ids").toArrow()))
+        t = timed(
+            lambda: result.setdefault(
+                "t",
+                all_neighbors(spark.read.parquet(str(path)), args.k, backend="annoy", exclude_self=False)
+                .select("id", "neighbor_ids")
+                .toArrow(),
+            )
+        )
         got = np.stack(result["t"].sort_by("id").column("neighbor_ids").to_numpy(zero_copy_only=False))
         exact = nn.kneighbors(X, return_distance=False)
         recall = np.mean([len(set(g) & set(e)) / args.k for g, e in zip(got, exact)])
-        rows.append(Row(group, "sklspark all_neighbors, annoy backend (approximate)", t, f"recall@{args.k} = {recall:.3f}"))
+        rows.append(
+            Row(group, "sklspark all_neighbors, annoy backend (approximate)", t, f"recall@{args.k} = {recall:.3f}")
+        )
 
     # Scaling: the same job on one core.
     spark = session("local[1]")
@@ -184,8 +221,13 @@ def bench_cheap(args, tmp: Path, rows: list[Row]) -> None:
                 col = batch.column("features")
                 values = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), width)
                 out = fn(values)
-                arr = (pa.array(out) if out.ndim == 1 else pa.ListArray.from_arrays(
-                    pa.array(np.arange(len(out) + 1) * out.shape[1], type=pa.int32()), pa.array(out.ravel())))
+                arr = (
+                    pa.array(out)
+                    if out.ndim == 1
+                    else pa.ListArray.from_arrays(
+                        pa.array(np.arange(len(out) + 1) * out.shape[1], type=pa.int32()), pa.array(out.ravel())
+                    )
+                )
                 yield pa.RecordBatch.from_arrays([*batch.columns, arr], names=[*batch.schema.names, "out"])
 
         df = spark.read.parquet(str(path))
@@ -197,12 +239,19 @@ def bench_cheap(args, tmp: Path, rows: list[Row]) -> None:
             fn = getattr(bc.value, method)
             return lambda inputs: fn(inputs)
 
-        batch_udf = predict_batch_udf(make_predict_fn, return_type=spark_type, batch_size=4096,
-                                      input_tensor_shapes=[[width]])
-        rows.append(Row(group, "pyspark predict_batch_udf",
-                        timed(lambda: noop(df.withColumn("out", batch_udf("features"))))))
-        rows.append(Row(group, "sklspark distribute() on the DataFrame",
-                        timed(lambda: noop(sklspark.distribute(model, method, df)))))
+        batch_udf = predict_batch_udf(
+            make_predict_fn, return_type=spark_type, batch_size=4096, input_tensor_shapes=[[width]]
+        )
+        rows.append(
+            Row(group, "pyspark predict_batch_udf", timed(lambda: noop(df.withColumn("out", batch_udf("features")))))
+        )
+        rows.append(
+            Row(
+                group,
+                "sklspark distribute() on the DataFrame",
+                timed(lambda: noop(sklspark.distribute(model, method, df))),
+            )
+        )
 
         def one_row(v, bc=bc, method=method):
             out = getattr(bc.value, method)(np.asarray(v, dtype=np.float32).reshape(1, -1))[0]
@@ -241,7 +290,9 @@ def bench_memory(args, tmp: Path, rows: list[Row]) -> None:
     group = "Python worker peak memory (RSS, MB) vs chunk_size, one partition"
     n_rows = args.memory_rows
     for chunk_size in (256, 1024, 4096, 16384, 65536):
-        rows.append(Row(group, f"chunk_size={chunk_size:,}, {n_rows:,} rows", 0.0, extra={"mb": peak_mb(n_rows, chunk_size)}))
+        rows.append(
+            Row(group, f"chunk_size={chunk_size:,}, {n_rows:,} rows", 0.0, extra={"mb": peak_mb(n_rows, chunk_size)})
+        )
     group = "Python worker peak memory (RSS, MB) vs rows, chunk_size=4,096, one partition"
     for factor in (1, 10):
         rows.append(Row(group, f"{n_rows * factor:,} rows", 0.0, extra={"mb": peak_mb(n_rows * factor, 4096)}))
@@ -265,25 +316,48 @@ def targets(rows: list[Row]) -> list[tuple[str, str, bool]]:
             out.append((text, f"{value:.2f}", ok(value)))
 
     base = find(rows, "kNN", "in-process scikit-learn")
-    add("all_neighbors (sklearn, broadcast) time / in-process scikit-learn time <= 1.10",
-        ratio(find(rows, "kNN", "sklspark all_neighbors, broadcast, sklearn"), base), lambda v: v <= 1.10)
-    add("all_neighbors (faiss) time / in-process scikit-learn time < 1",
-        ratio(find(rows, "kNN", "sklspark all_neighbors, broadcast, faiss"), base), lambda v: v < 1)
-    add("row-per-call time / distribute() time >= 15",
-        ratio(find(rows, "kNN", "naive Spark"), find(rows, "kNN", "sklspark distribute() on an RDD")), lambda v: v >= 15)
-    add("local[1] time / local[2] time >= 1.7 (distribute() kNN)",
-        ratio(find(rows, "kNN", "sklspark distribute() on a DataFrame, local[1]"),
-              find(rows, "kNN", "sklspark distribute() on a DataFrame")), lambda v: v >= 1.7)
+    add(
+        "all_neighbors (sklearn, broadcast) time / in-process scikit-learn time <= 1.10",
+        ratio(find(rows, "kNN", "sklspark all_neighbors, broadcast, sklearn"), base),
+        lambda v: v <= 1.10,
+    )
+    add(
+        "all_neighbors (faiss) time / in-process scikit-learn time < 1",
+        ratio(find(rows, "kNN", "sklspark all_neighbors, broadcast, faiss"), base),
+        lambda v: v < 1,
+    )
+    add(
+        "row-per-call time / distribute() time >= 15",
+        ratio(find(rows, "kNN", "naive Spark"), find(rows, "kNN", "sklspark distribute() on an RDD")),
+        lambda v: v >= 15,
+    )
+    add(
+        "local[1] time / local[2] time >= 1.7 (distribute() kNN)",
+        ratio(
+            find(rows, "kNN", "sklspark distribute() on a DataFrame, local[1]"),
+            find(rows, "kNN", "sklspark distribute() on a DataFrame"),
+        ),
+        lambda v: v >= 1.7,
+    )
     for model in ("LogisticRegression.predict", "StandardScaler.transform"):
         group = f"Cheap model, many rows: {model}"
-        add(f"{model}: distribute() throughput / hand-written mapInArrow throughput >= 0.9",
-            ratio(find(rows, group, "hand-written"), find(rows, group, "sklspark")), lambda v: v >= 0.9)
-        add(f"{model}: predict_batch_udf time / distribute() time > 1",
-            ratio(find(rows, group, "pyspark predict_batch_udf"), find(rows, group, "sklspark")), lambda v: v > 1)
+        add(
+            f"{model}: distribute() throughput / hand-written mapInArrow throughput >= 0.9",
+            ratio(find(rows, group, "hand-written"), find(rows, group, "sklspark")),
+            lambda v: v >= 0.9,
+        )
+        add(
+            f"{model}: predict_batch_udf time / distribute() time > 1",
+            ratio(find(rows, group, "pyspark predict_batch_udf"), find(rows, group, "sklspark")),
+            lambda v: v > 1,
+        )
     mem = [r for r in rows if r.group.startswith("Python worker peak memory (RSS, MB) vs rows")]
     if len(mem) == 2:
-        add("worker peak memory at 10x rows / at 1x rows <= 1.10", mem[1].extra["mb"] / mem[0].extra["mb"],
-            lambda v: v <= 1.10)
+        add(
+            "worker peak memory at 10x rows / at 1x rows <= 1.10",
+            mem[1].extra["mb"] / mem[0].extra["mb"],
+            lambda v: v <= 1.10,
+        )
     return out
 
 

@@ -43,7 +43,9 @@ def main(argv=None) -> None:
     approx, t_approx = neighbour_ids(df, args.k, AnnoyBackend(n_trees=args.n_trees))
     exact, t_exact = neighbour_ids(df, args.k, "sklearn")
     recall = np.mean([len(set(a) & set(e)) for a, e in zip(approx, exact)]) / args.k
-    print(f"{args.n_points:,} points x {args.dim}: annoy ({args.n_trees} trees) {t_approx:.1f} s, exact {t_exact:.1f} s")
+    print(
+        f"{args.n_points:,} points x {args.dim}: annoy ({args.n_trees} trees) {t_approx:.1f} s, exact {t_exact:.1f} s"
+    )
     print(f"recall@{args.k} of annoy against exact search: {recall:.4f}")
     spark.stop()
 

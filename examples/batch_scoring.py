@@ -62,7 +62,8 @@ def main(argv=None) -> None:
             result.column("churn").to_numpy(), model.predict(X)
         )
         print(result.slice(0, 5).to_pandas().to_string(index=False))
-        print(f"\nscored {result.num_rows:,} customers; {int(result.column('churn').to_numpy().sum()):,} predicted to churn")
+        churners = int(result.column("churn").to_numpy().sum())
+        print(f"\nscored {result.num_rows:,} customers; {churners:,} predicted to churn")
         print(f"equals in-process scikit-learn: {same}")
     spark.stop()
     if not same:

@@ -26,7 +26,7 @@ def main(argv=None) -> None:
 
     rng = np.random.default_rng(0)
     latent = rng.normal(size=(args.n_rows, 5)) + rng.integers(0, 4, (args.n_rows, 1)) * 4.0
-    X = (latent @ rng.normal(size=(5, args.n_features)) + 0.1 * rng.normal(size=(args.n_rows, args.n_features)))
+    X = latent @ rng.normal(size=(5, args.n_features)) + 0.1 * rng.normal(size=(args.n_rows, args.n_features))
     pca = PCA(n_components=5, random_state=0).fit(X[:20_000])
 
     spark = sklspark.spark_session(args.master, app_name="sklspark-pca")
@@ -42,8 +42,10 @@ def main(argv=None) -> None:
     projected = np.stack(sample.column("pca").to_numpy(zero_copy_only=False))
     same = np.allclose(projected, pca.transform(X[:1000].astype(np.float32)), atol=1e-4)
     print(counts.to_string(index=False))
-    print(f"\nprojected {args.n_rows:,} rows from {args.n_features} to 5 dimensions; Spark ML KMeans found "
-          f"{len(counts)} clusters")
+    print(
+        f"\nprojected {args.n_rows:,} rows from {args.n_features} to 5 dimensions; Spark ML KMeans found "
+        f"{len(counts)} clusters"
+    )
     print(f"PCA.transform equals in-process scikit-learn (first 1,000 rows): {same}")
     spark.stop()
     if not same:

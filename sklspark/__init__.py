@@ -6,4 +6,4 @@ from ._session import spark_session
 
 __version__ = "0.1.0"
 
-__all__ = ["ChunkError", "distribute", "spark_session", "__version__"]
+__all__ = ["ChunkError", "__version__", "distribute", "spark_session"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -123,7 +124,7 @@ def _probe(
     if width is not None:
         try:
             return one_row_per_input(fn(np.zeros((2, width), dtype=dtype), **method_kwargs), 2)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any refusal of zeros means: probe on real rows
             zero_error = exc
     X = head_rows()
     if X is None:
@@ -222,4 +223,3 @@ def _distribute_dataframe(
             yield pa.RecordBatch.from_arrays(arrays, names=names)
 
     return df.mapInArrow(apply, StructType(df.schema.fields + [c.field for c in columns]))
-

@@ -9,7 +9,8 @@ the partition; the chunk runner adds the method and partition.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,9 +32,7 @@ def _row_to_array(row: Any, position: int) -> np.ndarray | sp.csr_matrix:
     if isinstance(row, DenseVector):
         return row.toArray()
     if isinstance(row, SparseVector):
-        return sp.csr_matrix(
-            (row.values, row.indices, np.array([0, len(row.indices)])), shape=(1, row.size)
-        )
+        return sp.csr_matrix((row.values, row.indices, np.array([0, len(row.indices)])), shape=(1, row.size))
     if sp.issparse(row):
         if row.shape[0] != 1:
             raise ValueError(f"row {position} is a sparse matrix of shape {row.shape}; expected one row")

@@ -19,8 +19,9 @@ For an RDD, the output is cut into one element per input row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -39,7 +40,7 @@ _DEFAULT_NAMES = {
 }
 
 #: NumPy dtypes Spark has no type for, and the dtype they are widened to.
-_WIDEN = {
+_WIDEN: dict[np.dtype, np.dtype] = {
     np.dtype(np.uint8): np.dtype(np.int16),
     np.dtype(np.uint16): np.dtype(np.int32),
     np.dtype(np.uint32): np.dtype(np.int64),
@@ -195,7 +196,9 @@ def to_arrow(part: Any, column: OutputColumn) -> pa.Array:
     # A 1-D object array of 1-D arrays of different lengths (radius_neighbors).
     lengths = np.fromiter((len(row) for row in part), dtype=np.int64, count=len(part))
     values = np.concatenate(part) if len(part) else np.empty(0, dtype=np.float64)
-    return _list_array(np.concatenate([[0], np.cumsum(lengths)]), _scalar_array(values, arrow_type.value_type), arrow_type)
+    return _list_array(
+        np.concatenate([[0], np.cumsum(lengths)]), _scalar_array(values, arrow_type.value_type), arrow_type
+    )
 
 
 def split_rows(output: Any) -> list:

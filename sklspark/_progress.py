@@ -57,11 +57,12 @@ class SparkProgress:
 
     def __exit__(self, *exc_info: Any) -> None:
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._sc is not None:
             self._thread.join()
-            self._sc.setLocalProperty("spark.jobGroup.id", None)
+            self._sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]  # None clears it
 
     def _counts(self) -> tuple[int, int]:
+        assert self._sc is not None  # the watcher thread runs only with a SparkContext
         tracker = self._sc.statusTracker()
         done = total = 0
         for job_id in tracker.getJobIdsForGroup(self._group):
@@ -115,4 +116,3 @@ class SparkProgress:
                 f"{rate:.2f} tasks/s, elapsed {elapsed:.0f}s, ETA {eta}",
                 highlight=False,
             )
-

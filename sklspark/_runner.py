@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -51,7 +52,9 @@ def one_row_per_input(output: Any, n_input: int) -> Any:
     if got != n_input and n_input == 1 and isinstance(output, np.ndarray):
         return output[np.newaxis]
     if got != n_input:
-        raise ValueError(f"returned {got} rows for {n_input} input rows; distribute() needs one output row per input row")
+        raise ValueError(
+            f"returned {got} rows for {n_input} input rows; distribute() needs one output row per input row"
+        )
     return output
 
 

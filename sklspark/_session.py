@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 from pyspark import SparkContext
 from pyspark.sql import DataFrame, SparkSession

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -86,7 +87,7 @@ def check_chunk_size(chunk_size: Any) -> int:
     """Return ``chunk_size`` as an int after checking it is an integer in ``[1, MAX_CHUNK_SIZE]``."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
         raise TypeError(f"chunk_size must be a positive int, got {type(chunk_size).__name__}: {chunk_size!r}")
-    if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+    if not 1 <= int(chunk_size) <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE} rows, got {chunk_size}")
     return int(chunk_size)
 
@@ -95,7 +96,7 @@ def declares_sparse(estimator: Any) -> bool:
     """Whether the estimator declares sparse input through scikit-learn tags (a cheap driver-side check)."""
     try:
         return bool(get_tags(estimator).input_tags.sparse)
-    except Exception:  # third-party objects without tags: give them dense input
+    except Exception:  # noqa: BLE001 - third-party objects without tags: give them dense input
         return False
 
 
@@ -111,7 +112,7 @@ def accepts_sparse(estimator: Any, method: str, method_kwargs: dict, width: int)
         return False
     try:
         getattr(estimator, method)(sp.csr_matrix((2, width)), **method_kwargs)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any refusal means: give this method dense input
         return False
     return True
 

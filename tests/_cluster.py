@@ -6,6 +6,7 @@ stopped by PID (its whole process group) when the cluster is closed, also after 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -50,21 +51,43 @@ class StandaloneCluster:
             "SPARK_WORKER_DIR": str(self.workdir / f"{name}-work"),
             "SPARK_LOCAL_DIRS": str(self.workdir / f"{name}-local"),
         }
-        log = open(self.workdir / f"{name}.log", "w")
+        log = open(self.workdir / f"{name}.log", "w")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
         proc = subprocess.Popen(
             [str(SPARK_HOME / "bin" / "spark-class"), *args],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.processes.append(proc)
         return proc
 
     def start(self, timeout: float = 120.0) -> StandaloneCluster:
-        self._spawn("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                    "--port", str(self.port), "--webui-port", str(self.ui_port))
+        self._spawn(
+            "master",
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--webui-port",
+            str(self.ui_port),
+        )
         for i in range(self.n_workers):
-            self._spawn(f"worker{i}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                        "--cores", "1", "--memory", self.worker_memory, "--webui-port", str(_free_port()), self.url)
+            self._spawn(
+                f"worker{i}",
+                "org.apache.spark.deploy.worker.Worker",
+                "--host",
+                "127.0.0.1",
+                "--cores",
+                "1",
+                "--memory",
+                self.worker_memory,
+                "--webui-port",
+                str(_free_port()),
+                self.url,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.alive_workers() == self.n_workers:
@@ -101,15 +124,11 @@ class StandaloneCluster:
 
     def stop(self) -> None:
         for proc in reversed(self.processes):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait(timeout=30)
         for pid in self.executor_pids():  # executors are children of the workers' sessions; be sure
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         for log in self._logs:
             log.close()

@@ -77,7 +77,10 @@ PARAMS = {
     "SequentialFeatureSelector": {"estimator": _CLF, "n_features_to_select": 2},
     "StackingClassifier": {"estimators": [("lr", _CLF), ("dt", DecisionTreeClassifier(random_state=0))]},
     "StackingRegressor": {"estimators": [("lr", _REG)]},
-    "VotingClassifier": {"estimators": [("lr", _CLF), ("dt", DecisionTreeClassifier(random_state=0))], "voting": "soft"},
+    "VotingClassifier": {
+        "estimators": [("lr", _CLF), ("dt", DecisionTreeClassifier(random_state=0))],
+        "voting": "soft",
+    },
     "VotingRegressor": {"estimators": [("lr", _REG)]},
     "FrozenEstimator": {"estimator": LogisticRegression(max_iter=500).fit(np.eye(6), [0, 1, 2, 0, 1, 2])},
     "TunedThresholdClassifierCV": {"estimator": _CLF},
@@ -145,7 +148,5 @@ def sweep_cases():
         if isinstance(est, str):
             cases.append((name, None))
             continue
-        cases.extend(
-            (name, m) for m in METHODS if callable(getattr(est, m, None)) and (name, m) not in NOT_ROW_WISE
-        )
+        cases.extend((name, m) for m in METHODS if callable(getattr(est, m, None)) and (name, m) not in NOT_ROW_WISE)
     return cases

@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import SparkSession
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.neighbors import NearestNeighbors
 
 import sklspark
-from sklearn.neighbors import NearestNeighbors
 from sklspark.neighbors import SklearnBackend, all_neighbors
 
 N_ROWS, N_FEATURES, N_PARTITIONS = 20_000, 8, 40
@@ -88,8 +88,12 @@ def main(master, kind, out_file, marker_dir, fault):
         shards = 4 if kind == "knn-sharded" else None
         table = all_neighbors(df, 5, backend=SlowSklearnBackend(marker_dir), shards=shards, chunk_size=250).toArrow()
         expected = NearestNeighbors(n_neighbors=6, algorithm="brute").fit(X).kneighbors(X)[1][:, 1:]
-        np.savez(out_file, ids=table.column("id").to_numpy(), expected=expected,
-                 got=np.stack(table.column("neighbor_ids").to_numpy(zero_copy_only=False)))
+        np.savez(
+            out_file,
+            ids=table.column("id").to_numpy(),
+            expected=expected,
+            got=np.stack(table.column("neighbor_ids").to_numpy(zero_copy_only=False)),
+        )
         spark.stop()
         return
     if kind == "rdd":

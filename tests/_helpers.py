@@ -15,8 +15,12 @@ from pyspark.sql.types import LongType, StructField, StructType
 DENSE_KINDS = ("rdd-ndarray", "rdd-list", "rdd-densevector", "df-vector", "df-array", "df-columns")
 SPARSE_KINDS = ("rdd-sparsevector", "rdd-scipy", "df-sparsevector")
 
-_UNSIGNED_TO_SIGNED = {np.dtype(np.uint8): np.dtype(np.int16), np.dtype(np.uint16): np.dtype(np.int32),
-                       np.dtype(np.uint32): np.dtype(np.int64), np.dtype(np.uint64): np.dtype(np.int64)}
+_UNSIGNED_TO_SIGNED = {
+    np.dtype(np.uint8): np.dtype(np.int16),
+    np.dtype(np.uint16): np.dtype(np.int32),
+    np.dtype(np.uint32): np.dtype(np.int64),
+    np.dtype(np.uint64): np.dtype(np.int64),
+}
 
 
 _VECTOR_SCHEMA = StructType([StructField("id", LongType()), StructField("features", VectorUDT())])
@@ -75,7 +79,7 @@ def _stack(rows, like):
     if isinstance(like, (tuple, list)):
         assert all(isinstance(r, type(like)) and len(r) == len(like) for r in rows)
         parts = list(zip(*rows)) if rows else [[] for _ in like]
-        return type(like)(_stack(list(p), l) for p, l in zip(parts, like))
+        return type(like)(_stack(list(p), part) for p, part in zip(parts, like))
     if sp.issparse(like):
         assert all(sp.issparse(r) and r.shape[0] == 1 for r in rows)
         return sp.vstack(rows).tocsr()

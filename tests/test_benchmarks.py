@@ -9,14 +9,19 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
 
 def test_benchmark_script_smoke(tmp_path):
     name = f"smoke-{tmp_path.name}"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--name", name], capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--name", name], capture_output=True, text=True, timeout=900
+    )
     results = SCRIPT.parent / "results"
     try:
         assert proc.returncode == 0, proc.stderr[-4000:]
         text = (results / f"{name}.md").read_text()
-        for heading in ("## kNN all points", "## Cheap model, many rows: LogisticRegression.predict",
-                        "## Python worker peak memory", "## Targets"):
+        for heading in (
+            "## kNN all points",
+            "## Cheap model, many rows: LogisticRegression.predict",
+            "## Python worker peak memory",
+            "## Targets",
+        ):
             assert heading in text
         assert (results / f"{name}.png").stat().st_size > 10_000
     finally:
@@ -27,8 +32,12 @@ def test_benchmark_script_smoke(tmp_path):
 def test_large_model_script_smoke(tmp_path):
     script = SCRIPT.with_name("large_model.py")
     name = f"smoke-{tmp_path.name}"
-    proc = subprocess.run([sys.executable, str(script), "--rows", "20000", "--queries", "500", "--name", name],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(script), "--rows", "20000", "--queries", "500", "--name", name],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     result = SCRIPT.parent / "results" / f"{name}.md"
     try:
         assert proc.returncode == 0, proc.stderr[-4000:]

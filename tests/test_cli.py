@@ -24,8 +24,13 @@ Y = (X[:, 0] > 0).astype(int)
 
 
 def run(*args, env=None, timeout=300):
-    proc = subprocess.run([*SKLSPARK, *args, "--master", "local[2]"] if args[0] != "--help" else [*SKLSPARK, *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(
+        [*SKLSPARK, *args, "--master", "local[2]"] if args[0] != "--help" else [*SKLSPARK, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -35,7 +40,9 @@ def files(tmp_path_factory):
     pq.write_table(pa.table({"id": np.arange(len(X)), **{c: X[:, j] for j, c in enumerate("abcd")}}), d / "in.parquet")
     bad = X.copy()
     bad[123, 1] = np.nan
-    pq.write_table(pa.table({"id": np.arange(len(X)), **{c: bad[:, j] for j, c in enumerate("abcd")}}), d / "nan.parquet")
+    pq.write_table(
+        pa.table({"id": np.arange(len(X)), **{c: bad[:, j] for j, c in enumerate("abcd")}}), d / "nan.parquet"
+    )
     model = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, Y)
     sio.dump(model, d / "model.skops")
     joblib.dump(model, d / "model.joblib")
@@ -48,9 +55,11 @@ def files(tmp_path_factory):
 def test_help_is_complete(command):
     proc = subprocess.run([*SKLSPARK, *command, "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
-    for option in {"apply": ["--method", "--kwarg", "--trust", "--trust-pickle", "--chunk-size", "--features"],
-                   "knn": ["-k", "--id-col", "--metric", "--backend", "--shards", "--exclude-self"],
-                   "demo": ["--n-points"]}.get(command[0] if command else "", ["apply", "knn", "demo", "Exit codes"]):
+    for option in {
+        "apply": ["--method", "--kwarg", "--trust", "--trust-pickle", "--chunk-size", "--features"],
+        "knn": ["-k", "--id-col", "--metric", "--backend", "--shards", "--exclude-self"],
+        "demo": ["--n-points"],
+    }.get(command[0] if command else "", ["apply", "knn", "demo", "Exit codes"]):
         assert option in proc.stdout
     if command:
         for option in ("--master", "--conf", "--spark-connect", "--verbose"):
@@ -58,25 +67,61 @@ def test_help_is_complete(command):
 
 
 def test_apply_writes_the_in_process_result(files, tmp_path):
-    code, _, err = run("apply", str(files / "model.skops"), str(files / "in.parquet"), "-o", str(tmp_path / "out"),
-                       "--features", "a,b,c,d", "--method", "predict_proba", "--chunk-size", "64")
+    code, _, err = run(
+        "apply",
+        str(files / "model.skops"),
+        str(files / "in.parquet"),
+        "-o",
+        str(tmp_path / "out"),
+        "--features",
+        "a,b,c,d",
+        "--method",
+        "predict_proba",
+        "--chunk-size",
+        "64",
+    )
     assert code == 0, err
     assert "done:" in err and "300 rows out" in err
     table = pq.read_table(tmp_path / "out").sort_by("id")
     model = sio.load(files / "model.skops")
-    np.testing.assert_allclose(np.stack(table.column("probability").to_numpy(zero_copy_only=False)), model.predict_proba(X))
+    np.testing.assert_allclose(
+        np.stack(table.column("probability").to_numpy(zero_copy_only=False)), model.predict_proba(X)
+    )
     assert not [p for p in os.listdir(tmp_path) if "sklspark-tmp" in p]
 
 
 def test_apply_with_kwargs_and_trusted_type(files, tmp_path):
-    code, _, err = run("apply", str(files / "nn.skops"), str(files / "in.parquet"), "-o", str(tmp_path / "nn"),
-                       "--features", "a,b,c,d", "--method", "kneighbors", "--kwarg", "n_neighbors=2",
-                       "--kwarg", "return_distance=False")
+    code, _, err = run(
+        "apply",
+        str(files / "nn.skops"),
+        str(files / "in.parquet"),
+        "-o",
+        str(tmp_path / "nn"),
+        "--features",
+        "a,b,c,d",
+        "--method",
+        "kneighbors",
+        "--kwarg",
+        "n_neighbors=2",
+        "--kwarg",
+        "return_distance=False",
+    )
     assert code == 0, err
     indices = np.stack(pq.read_table(tmp_path / "nn").sort_by("id").column("indices").to_numpy(zero_copy_only=False))
     np.testing.assert_array_equal(indices, NearestNeighbors().fit(X).kneighbors(X, 2, return_distance=False))
-    code, _, err = run("apply", str(files / "neg.skops"), str(files / "in.parquet"), "-o", str(tmp_path / "neg"),
-                       "--features", "a,b,c,d", "--method", "transform", "--trust", "_operator.neg")
+    code, _, err = run(
+        "apply",
+        str(files / "neg.skops"),
+        str(files / "in.parquet"),
+        "-o",
+        str(tmp_path / "neg"),
+        "--features",
+        "a,b,c,d",
+        "--method",
+        "transform",
+        "--trust",
+        "_operator.neg",
+    )
     assert code == 0, err
 
 
@@ -84,14 +129,32 @@ def test_apply_with_kwargs_and_trusted_type(files, tmp_path):
     ("args", "message"),
     [
         (["apply", "{d}/model.joblib", "{d}/in.parquet", "-o", "{o}"], "is a pickle/joblib file: loading it runs code"),
-        (["apply", "{d}/neg.skops", "{d}/in.parquet", "-o", "{o}"], "types skops does not trust by default: _operator.neg. If you trust this file, pass --trust _operator.neg"),
+        (
+            ["apply", "{d}/neg.skops", "{d}/in.parquet", "-o", "{o}"],
+            "types skops does not trust by default: _operator.neg. If you trust this file, pass --trust _operator.neg",
+        ),
         (["apply", "{d}/missing.skops", "{d}/in.parquet", "-o", "{o}"], "model file {d}/missing.skops does not exist"),
-        (["apply", "{d}/model.skops", "{d}/nowhere.parquet", "-o", "{o}", "--features", "a,b,c,d"], "input {d}/nowhere.parquet does not exist"),
-        (["apply", "{d}/model.skops", "{d}/in.parquet", "-o", "{o}", "--features", "a,b,zz"], "feature column(s) ['zz'] not found"),
-        (["apply", "{d}/model.skops", "{d}/in.parquet", "-o", "{d}", "--features", "a,b,c,d"], "exists; pass --overwrite to replace it"),
-        (["apply", "{d}/model.skops", "{d}/in.parquet", "-o", "{o}", "--features", "a,b,c,d", "--method", "fit"], "'fit' is not a prediction-time method"),
+        (
+            ["apply", "{d}/model.skops", "{d}/nowhere.parquet", "-o", "{o}", "--features", "a,b,c,d"],
+            "input {d}/nowhere.parquet does not exist",
+        ),
+        (
+            ["apply", "{d}/model.skops", "{d}/in.parquet", "-o", "{o}", "--features", "a,b,zz"],
+            "feature column(s) ['zz'] not found",
+        ),
+        (
+            ["apply", "{d}/model.skops", "{d}/in.parquet", "-o", "{d}", "--features", "a,b,c,d"],
+            "exists; pass --overwrite to replace it",
+        ),
+        (
+            ["apply", "{d}/model.skops", "{d}/in.parquet", "-o", "{o}", "--features", "a,b,c,d", "--method", "fit"],
+            "'fit' is not a prediction-time method",
+        ),
         (["knn", "{d}/in.parquet", "-o", "{o}", "-k", "0"], "Invalid value for '-k'"),
-        (["apply", "{d}/model.skops", "{d}/in.parquet", "-o", "{o}", "--conf", "novalue"], "expected key=value, got 'novalue'"),
+        (
+            ["apply", "{d}/model.skops", "{d}/in.parquet", "-o", "{o}", "--conf", "novalue"],
+            "expected key=value, got 'novalue'",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_before_any_job(files, tmp_path, args, message):
@@ -103,8 +166,17 @@ def test_bad_arguments_exit_2_before_any_job(files, tmp_path, args, message):
 
 
 def test_failed_job_exits_1_with_one_paragraph_and_no_output(files, tmp_path):
-    code, _, err = run("apply", str(files / "model.skops"), str(files / "nan.parquet"), "-o", str(tmp_path / "out"),
-                       "--features", "a,b,c,d", "--chunk-size", "50")
+    code, _, err = run(
+        "apply",
+        str(files / "model.skops"),
+        str(files / "nan.parquet"),
+        "-o",
+        str(tmp_path / "out"),
+        "--features",
+        "a,b,c,d",
+        "--chunk-size",
+        "50",
+    )
     assert code == 1
     assert "error: Pipeline.predict failed in partition 0, rows 100-149: ValueError: Input X contains NaN" in err
     assert "at org.apache" not in err and "Traceback" not in err
@@ -112,15 +184,31 @@ def test_failed_job_exits_1_with_one_paragraph_and_no_output(files, tmp_path):
 
 
 def test_verbose_shows_the_trace(files, tmp_path):
-    code, _, err = run("apply", str(files / "model.skops"), str(files / "nan.parquet"), "-o", str(tmp_path / "out"),
-                       "--features", "a,b,c,d", "--verbose")
+    code, _, err = run(
+        "apply",
+        str(files / "model.skops"),
+        str(files / "nan.parquet"),
+        "-o",
+        str(tmp_path / "out"),
+        "--features",
+        "a,b,c,d",
+        "--verbose",
+    )
     assert code == 1 and "Traceback" in err
 
 
 def test_no_java_is_explained_before_spark_starts(files, tmp_path):
     env = {**os.environ, "JAVA_HOME": str(tmp_path / "no-jdk"), "PATH": os.path.dirname(sys.executable)}
-    code, _, err = run("apply", str(files / "model.skops"), str(files / "in.parquet"), "-o", str(tmp_path / "out"),
-                       "--features", "a,b,c,d", env=env)
+    code, _, err = run(
+        "apply",
+        str(files / "model.skops"),
+        str(files / "in.parquet"),
+        "-o",
+        str(tmp_path / "out"),
+        "--features",
+        "a,b,c,d",
+        env=env,
+    )
     assert code == 1
     assert "Java not found" in err and "needs Java 17 or newer" in err
 
@@ -145,7 +233,9 @@ def _expected_ids(P, ids, k):
 @pytest.mark.parametrize("extra", [[], ["--shards", "3"], ["--backend", "faiss"]])
 def test_knn_writes_every_points_neighbours(points, tmp_path, extra):
     d, P, ids = points
-    code, _, err = run("knn", str(d / "points.parquet"), "-o", str(tmp_path / "nn"), "-k", "4", "--id-col", "pid", *extra)
+    code, _, err = run(
+        "knn", str(d / "points.parquet"), "-o", str(tmp_path / "nn"), "-k", "4", "--id-col", "pid", *extra
+    )
     assert code == 0, err
     table = pq.read_table(tmp_path / "nn").sort_by("pid")
     assert table.column("pid").to_pylist() == list(ids)
@@ -155,8 +245,20 @@ def test_knn_writes_every_points_neighbours(points, tmp_path, extra):
 
 def test_knn_reads_csv_with_feature_columns(points, tmp_path):
     d, P, ids = points
-    code, _, err = run("knn", str(d / "points.csv"), "-o", str(tmp_path / "nn"), "-k", "3", "--id-col", "pid",
-                       "--features", ",".join(f"x{j}" for j in range(5)), "--format", "json")
+    code, _, err = run(
+        "knn",
+        str(d / "points.csv"),
+        "-o",
+        str(tmp_path / "nn"),
+        "-k",
+        "3",
+        "--id-col",
+        "pid",
+        "--features",
+        ",".join(f"x{j}" for j in range(5)),
+        "--format",
+        "json",
+    )
     assert code == 0, err
     result = pd.concat([pd.read_json(f, lines=True) for f in (tmp_path / "nn").glob("part-*.json")])
     result = result.sort_values("pid")
@@ -165,7 +267,9 @@ def test_knn_reads_csv_with_feature_columns(points, tmp_path):
 
 def test_knn_bad_arguments(points, tmp_path):
     d, _, _ = points
-    code, _, err = run("knn", str(d / "points.parquet"), "-o", str(tmp_path / "nn.csv"), "--id-col", "pid", "--format", "csv")
+    code, _, err = run(
+        "knn", str(d / "points.parquet"), "-o", str(tmp_path / "nn.csv"), "--id-col", "pid", "--format", "csv"
+    )
     assert code == 2 and "CSV cannot hold the array/vector columns" in err
     code, _, err = run("knn", str(d / "points.parquet"), "-o", str(tmp_path / "nn"), "--id-col", "nope")
     assert code == 2 and "id column 'nope' not found" in err
@@ -186,12 +290,31 @@ def test_killed_job_leaves_no_partial_output(files, tmp_path):
     """SIGKILL the CLI (the driver) mid-write: the destination never holds a partial result."""
     big = tmp_path / "big.parquet"
     Xb = np.random.default_rng(5).normal(size=(200_000, 4))
-    pq.write_table(pa.table({"id": np.arange(len(Xb)), **{c: Xb[:, j] for j, c in enumerate("abcd")}}), big,
-                   row_group_size=5_000)
+    pq.write_table(
+        pa.table({"id": np.arange(len(Xb)), **{c: Xb[:, j] for j, c in enumerate("abcd")}}), big, row_group_size=5_000
+    )
     out = tmp_path / "out"
-    proc = subprocess.Popen([*SKLSPARK, "apply", str(files / "nn.skops"), str(big), "-o", str(out), "--features",
-                             "a,b,c,d", "--method", "kneighbors", "--chunk-size", "100", "--master", "local[2]"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            *SKLSPARK,
+            "apply",
+            str(files / "nn.skops"),
+            str(big),
+            "-o",
+            str(out),
+            "--features",
+            "a,b,c,d",
+            "--method",
+            "kneighbors",
+            "--chunk-size",
+            "100",
+            "--master",
+            "local[2]",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     while not list(tmp_path.glob("out.sklspark-tmp-*")) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read()[-3000:]

@@ -33,8 +33,12 @@ def _start_job(cluster, tmp_path, kind, fault="none"):
     markers = tmp_path / "markers"
     markers.mkdir()
     out = tmp_path / "result.npz"
-    proc = subprocess.Popen([sys.executable, str(JOB), cluster.url, kind, str(out), str(markers), fault],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(JOB), cluster.url, kind, str(out), str(markers), fault],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return proc, markers, out
 
 

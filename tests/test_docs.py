@@ -11,8 +11,13 @@ pytest.importorskip("mkdocs", reason="install the test extra: pip install -e '.[
 
 
 def test_docs_build_strict(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     cli = (tmp_path / "cli" / "index.html").read_text()
     for text in ("sklspark knn", "sklspark apply", "sklspark demo", "--trust-pickle", "--spark-connect"):

@@ -53,7 +53,9 @@ SPARSE_CASES = {
 
 def _run(spark, est, method, kwargs, X_in, kind, **options):
     query = np.round(X_in) if est is DENSE_CASES["onehot-sparse-output"][0] else X_in
-    in_process = query if not sp.issparse(query) or accepts_sparse(est, method, kwargs, query.shape[1]) else query.toarray()
+    in_process = (
+        query if not sp.issparse(query) or accepts_sparse(est, method, kwargs, query.shape[1]) else query.toarray()
+    )
     expected = getattr(est, method)(in_process, **kwargs)
     width = query.shape[1]
     data = make_input(spark, query, kind)
@@ -146,8 +148,10 @@ def test_empty_partitions_and_one_row(spark):
         got = collect_rdd(distribute(est, "kneighbors", rdd), est.kneighbors(X[:n_rows]))
         assert_same(got, est.kneighbors(X[:n_rows]))
         df = make_input(spark, X[:n_rows], "df-vector", n_partitions=8)
-        assert_same(collect_df(distribute(est, "kneighbors", df), ["distances", "indices"], est.kneighbors(X[:n_rows])),
-                    est.kneighbors(X[:n_rows]))
+        assert_same(
+            collect_df(distribute(est, "kneighbors", df), ["distances", "indices"], est.kneighbors(X[:n_rows])),
+            est.kneighbors(X[:n_rows]),
+        )
 
 
 def test_empty_inputs_give_empty_typed_results(spark):
@@ -188,5 +192,5 @@ def test_input_columns_pass_through_unchanged(spark):
     df = make_input(spark, X, "df-columns").withColumn("tag", F.lit("t"))
     est = KMeans(2, n_init=1, random_state=0).fit(X)
     result = distribute(est, "predict", df, features=features_arg("df-columns", 5))
-    assert result.columns == df.columns + ["prediction"]
+    assert result.columns == [*df.columns, "prediction"]
     assert sorted(result.drop("prediction").collect()) == sorted(df.collect())

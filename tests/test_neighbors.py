@@ -7,11 +7,11 @@ import time
 import numpy as np
 import pyarrow as pa
 import pytest
+from _helpers import no_spark_job
 from numpy.testing import assert_allclose
 from pyspark.ml.linalg import Vectors, VectorUDT
 from pyspark.sql.types import LongType, StructField, StructType
 from sklearn.metrics import pairwise_distances
-from _helpers import no_spark_job
 from sklearn.neighbors import NearestNeighbors
 
 import sklspark.neighbors._join as join_module
@@ -208,7 +208,7 @@ def test_fitted_nearest_neighbors_reference(spark):
 
 
 def test_to_edges(grid):
-    df, ids, X = grid
+    df, ids, _ = grid
     result = all_neighbors(df, 3)
     _, neighbor_ids, distances = collect(result)
     edges = to_edges(result).toArrow()

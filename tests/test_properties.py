@@ -37,7 +37,8 @@ def _check(run, X, null_rows):
     try:
         got = run()
     except ValueError as exc:  # a null among the rows read on the driver before the job
-        assert null_rows and "read on the driver to check the feature width" in str(exc) and "is null" in str(exc)
+        message = str(exc)
+        assert null_rows and "read on the driver to check the feature width" in message and "is null" in message
         return
     except PythonException as exc:
         message = str(exc)
@@ -56,7 +57,9 @@ def _check(run, X, null_rows):
 def test_dataframe_rows_all_come_out_or_the_documented_error(spark, data):
     X, null_rows, n_partitions, chunk_size = data
     features = [None if i in null_rows else row.tolist() for i, row in enumerate(X)]
-    table = pa.table({"id": pa.array(np.arange(len(X)), pa.int64()), "features": pa.array(features, pa.list_(pa.float64()))})
+    table = pa.table(
+        {"id": pa.array(np.arange(len(X)), pa.int64()), "features": pa.array(features, pa.list_(pa.float64()))}
+    )
     df = spark.createDataFrame(table).repartition(n_partitions)
 
     def run():

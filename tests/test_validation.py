@@ -42,7 +42,13 @@ def rdd(spark):
     ("estimator", "method", "kwargs", "error", "match"),
     [
         (NearestNeighbors(), "kneighbors", {}, NotFittedError, "not fitted"),
-        (KMeans(2, n_init=1).fit(X), "predict_proba", {}, ValueError, r"KMeans has no method 'predict_proba'; it has 'predict', 'transform'"),
+        (
+            KMeans(2, n_init=1).fit(X),
+            "predict_proba",
+            {},
+            ValueError,
+            r"KMeans has no method 'predict_proba'; it has 'predict', 'transform'",
+        ),
         (NN, "fit", {}, ValueError, "'fit' is not a prediction-time method"),
         (SGDClassifier().fit(X, Y), "partial_fit", {}, ValueError, "'partial_fit' is not a prediction-time method"),
         (FunctionTransformer().fit(X), "fit_transform", {}, ValueError, "not a prediction-time method"),
@@ -66,7 +72,10 @@ def test_driver_errors_before_any_job(spark, df, rdd, kind, estimator, method, k
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"n_neighbors": 100}, r"NearestNeighbors.kneighbors\(n_neighbors=100\) failed on the first rows .*n_samples_fit = 40"),
+        (
+            {"n_neighbors": 100},
+            r"NearestNeighbors.kneighbors\(n_neighbors=100\) failed on the first rows .*n_samples_fit = 40",
+        ),
         ({"n_neighbors": 0}, "Expected n_neighbors > 0"),
         ({"no_such_kwarg": 1}, "unexpected keyword argument 'no_such_kwarg'"),
     ],
@@ -78,12 +87,15 @@ def test_method_kwargs_checked_on_the_driver(spark, df, rdd, kind, kwargs, match
 
 
 def test_data_must_be_spark(spark):
-    with pytest.raises(TypeError, match="data must be a pyspark RDD or DataFrame, got numpy.ndarray"):
+    with pytest.raises(TypeError, match=r"data must be a pyspark RDD or DataFrame, got numpy\.ndarray"):
         distribute(NN, "kneighbors", X)
 
 
 def test_dataframe_options_refused_for_rdd(spark, rdd):
-    with no_spark_job(spark.sparkContext), pytest.raises(TypeError, match="features= and output_cols= apply to DataFrame"):
+    with (
+        no_spark_job(spark.sparkContext),
+        pytest.raises(TypeError, match="features= and output_cols= apply to DataFrame"),
+    ):
         distribute(NN, "kneighbors", rdd, features="features")
 
 
@@ -116,7 +128,11 @@ def typed_df(spark):
         ([], ValueError, "features must name at least one column, got an empty list"),
         (["a", "a"], ValueError, r"features lists columns more than once: \['a'\]"),
         (3, TypeError, "features must be a column name or a list of column names, got 3"),
-        (["a", "b", "c"], ValueError, "The DataFrame's feature columns \\['a', 'b', 'c'\\] has 3 features, but NearestNeighbors was fitted on 4"),
+        (
+            ["a", "b", "c"],
+            ValueError,
+            "The DataFrame's feature columns \\['a', 'b', 'c'\\] has 3 features, but NearestNeighbors was fitted on 4",
+        ),
     ],
 )
 def test_feature_column_errors(spark, typed_df, features, error, match):
@@ -131,31 +147,49 @@ def test_missing_default_features_column(spark, typed_df):
 
 def test_width_mismatch_in_array_column(spark):
     df = make_input(spark, X[:, :3], "df-array")
-    with pytest.raises(ValueError, match="The DataFrame's array column 'features' has 3 features, but NearestNeighbors was fitted on 4"):
+    with pytest.raises(
+        ValueError, match="The DataFrame's array column 'features' has 3 features, but NearestNeighbors was fitted on 4"
+    ):
         distribute(NN, "kneighbors", df)
 
 
 def test_zero_column_vectors(spark):
-    empty = spark.createDataFrame(pa.table({"id": np.arange(4), "features": [[]] * 4}).cast(
-        pa.schema([("id", pa.int64()), ("features", pa.list_(pa.float64()))])))
-    with pytest.raises(ValueError, match="array column 'features' has 0 features, but NearestNeighbors was fitted on 4"):
+    empty = spark.createDataFrame(
+        pa.table({"id": np.arange(4), "features": [[]] * 4}).cast(
+            pa.schema([("id", pa.int64()), ("features", pa.list_(pa.float64()))])
+        )
+    )
+    with pytest.raises(
+        ValueError, match="array column 'features' has 0 features, but NearestNeighbors was fitted on 4"
+    ):
         distribute(NN, "kneighbors", empty)
     vectors = spark.createDataFrame([(0, Vectors.dense([]))], ["id", "features"])
-    with pytest.raises(ValueError, match="vector column 'features' has 0 features, but NearestNeighbors was fitted on 4"):
+    with pytest.raises(
+        ValueError, match="vector column 'features' has 0 features, but NearestNeighbors was fitted on 4"
+    ):
         distribute(NN, "kneighbors", vectors)
     rows = spark.sparkContext.parallelize([np.zeros(0)] * 4, 2)
     message = _task_error(distribute(NN, "kneighbors", rows))
-    assert re.search(r"NearestNeighbors.kneighbors failed in partition [01], rows 0-1: ValueError: Found array with "
-                     r"0 feature\(s\)", message), message
+    assert re.search(
+        r"NearestNeighbors.kneighbors failed in partition [01], rows 0-1: ValueError: Found array with "
+        r"0 feature\(s\)",
+        message,
+    ), message
 
 
 def test_output_cols_errors(spark):
     df = make_input(spark, X, "df-columns")
     features = ["x0", "x1", "x2", "x3"]
     with no_spark_job(spark.sparkContext):
-        with pytest.raises(ValueError, match=r"clash with each other or with the input columns \['id', 'x0', 'x1', 'x2', 'x3'\]"):
+        with pytest.raises(
+            ValueError, match=r"clash with each other or with the input columns \['id', 'x0', 'x1', 'x2', 'x3'\]"
+        ):
             distribute(NN, "kneighbors", df, features=features, output_cols=["id", "nbrs"])
-        with pytest.raises(ValueError, match=r"output_cols gives 1 name\(s\) \['d'\], but kneighbors returns 2 output\(s\); expected names for \['distances', 'indices'\]"):
+        with pytest.raises(
+            ValueError,
+            match=r"output_cols gives 1 name\(s\) \['d'\], but kneighbors returns 2 output\(s\); "
+            r"expected names for \['distances', 'indices'\]",
+        ):
             distribute(NN, "kneighbors", df, features=features, output_cols="d")
 
 
@@ -183,7 +217,9 @@ def test_inf_row_in_rdd(spark):
     bad[3, 0] = np.inf
     rdd = spark.sparkContext.parallelize(list(bad), 2)
     message = _task_error(distribute(LogisticRegression().fit(X, Y), "predict", rdd, chunk_size=8))
-    assert "LogisticRegression.predict failed in partition 0, rows 0-7: ValueError: Input X contains infinity" in message
+    assert (
+        "LogisticRegression.predict failed in partition 0, rows 0-7: ValueError: Input X contains infinity" in message
+    )
 
 
 def test_null_vector_is_never_dropped(spark):
@@ -192,7 +228,9 @@ def test_null_vector_is_never_dropped(spark):
     schema = StructType([StructField("id", LongType()), StructField("features", VectorUDT())])
     df = spark.createDataFrame(rows, schema).coalesce(1)
     message = _task_error(distribute(NN, "kneighbors", df))
-    assert "bad input for NearestNeighbors.kneighbors in partition 0: vector column 'features' is null at row 7" in message
+    assert (
+        "bad input for NearestNeighbors.kneighbors in partition 0: vector column 'features' is null at row 7" in message
+    )
 
 
 def test_null_in_numeric_column(spark):
@@ -216,12 +254,18 @@ def test_null_element_and_ragged_array_column(spark):
 
 def test_ragged_and_non_numeric_rdd_rows(spark):
     sc = spark.sparkContext
-    ragged = [x for x in X[:5]] + [X[5, :3]]
-    assert "row 5 has 3 features but row 0 has 4" in _task_error(distribute(NN, "kneighbors", sc.parallelize(ragged, 1)))
+    ragged = [*X[:5], X[5, :3]]
+    assert "row 5 has 3 features but row 0 has 4" in _task_error(
+        distribute(NN, "kneighbors", sc.parallelize(ragged, 1))
+    )
     words = [list(x) for x in X[:3]] + [["a", "b", "c", "d"]]
-    assert "row 3 is not a flat sequence of numbers" in _task_error(distribute(NN, "kneighbors", sc.parallelize(words, 1)))
-    nulls = [x for x in X[:3]] + [None]
-    assert "row 3 is None; expected a vector of features" in _task_error(distribute(NN, "kneighbors", sc.parallelize(nulls, 1)))
+    assert "row 3 is not a flat sequence of numbers" in _task_error(
+        distribute(NN, "kneighbors", sc.parallelize(words, 1))
+    )
+    nulls = [*X[:3], None]
+    assert "row 3 is None; expected a vector of features" in _task_error(
+        distribute(NN, "kneighbors", sc.parallelize(nulls, 1))
+    )
 
 
 def test_method_returning_the_wrong_number_of_rows(spark):
@@ -242,4 +286,7 @@ def test_method_returning_the_wrong_number_of_rows(spark):
     # A method that misbehaves only on larger chunks is caught by the task.
     est = FunctionTransformer(drops_rows_of_big_chunks).fit(X)
     message = _task_error(distribute(est, "transform", rdd, chunk_size=10))
-    assert "FunctionTransformer.transform failed in partition 0, rows 0-9: ValueError: returned 1 rows for 10 input rows" in message
+    assert (
+        "FunctionTransformer.transform failed in partition 0, rows 0-9: ValueError: returned 1 rows for 10 input rows"
+        in message
+    )

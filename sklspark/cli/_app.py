@@ -9,8 +9,9 @@ import re
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import click
 from rich.console import Console
@@ -94,29 +95,62 @@ def _options(*options: Callable) -> Callable:
 
 #: Options every command has: where Spark runs, its configuration, and how much to say.
 spark_options = _options(
-    click.option("--master", default="local[*]", show_default=True,
-                 help="Spark master: local[N] (embedded, no cluster needed), spark://host:port, yarn, k8s://..."),
-    click.option("--conf", "conf", multiple=True, callback=_parse_conf, metavar="KEY=VALUE",
-                 help="Spark configuration, repeatable, e.g. --conf spark.executor.memory=4g"),
-    click.option("--spark-connect", metavar="sc://HOST:PORT", default=None,
-                 help="Connect to a Spark Connect server instead of starting Spark (--master is then ignored)."),
+    click.option(
+        "--master",
+        default="local[*]",
+        show_default=True,
+        help="Spark master: local[N] (embedded, no cluster needed), spark://host:port, yarn, k8s://...",
+    ),
+    click.option(
+        "--conf",
+        "conf",
+        multiple=True,
+        callback=_parse_conf,
+        metavar="KEY=VALUE",
+        help="Spark configuration, repeatable, e.g. --conf spark.executor.memory=4g",
+    ),
+    click.option(
+        "--spark-connect",
+        metavar="sc://HOST:PORT",
+        default=None,
+        help="Connect to a Spark Connect server instead of starting Spark (--master is then ignored).",
+    ),
     click.option("--verbose", is_flag=True, help="Show Spark's log and full stack traces on failure."),
 )
 
 output_options = _options(
     click.option("-o", "--output", required=True, help="Where to write the result (any path Spark can write)."),
-    click.option("--format", "output_format", type=click.Choice(FORMATS), default="parquet", show_default=True,
-                 help="Output format. CSV cannot hold array columns."),
-    click.option("--input-format", type=click.Choice(FORMATS), default=None,
-                 help="Input format; default: from the input's extension, else parquet."),
+    click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(FORMATS),
+        default="parquet",
+        show_default=True,
+        help="Output format. CSV cannot hold array columns.",
+    ),
+    click.option(
+        "--input-format",
+        type=click.Choice(FORMATS),
+        default=None,
+        help="Input format; default: from the input's extension, else parquet.",
+    ),
     click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists."),
 )
 
 feature_options = _options(
-    click.option("--features-col", default="features", show_default=True,
-                 help="The feature column: a vector or an array of numbers."),
-    click.option("--features", "feature_list", callback=_split_columns, metavar="C1,C2,...",
-                 help="Numeric feature columns, instead of --features-col."),
+    click.option(
+        "--features-col",
+        default="features",
+        show_default=True,
+        help="The feature column: a vector or an array of numbers.",
+    ),
+    click.option(
+        "--features",
+        "feature_list",
+        callback=_split_columns,
+        metavar="C1,C2,...",
+        help="Numeric feature columns, instead of --features-col.",
+    ),
 )
 
 
@@ -128,8 +162,9 @@ def _spark(master: str, conf: dict, spark_connect: str | None, verbose: bool) ->
         except JavaMissing as exc:
             raise JobFailed(str(exc)) from exc
     # sklspark draws its own progress; Spark's console bar would interleave with it.
-    spark = spark_session(master, app_name="sklspark", conf={"spark.ui.showConsoleProgress": "false", **conf},
-                          remote=spark_connect)
+    spark = spark_session(
+        master, app_name="sklspark", conf={"spark.ui.showConsoleProgress": "false", **conf}, remote=spark_connect
+    )
     if not verbose and spark_connect is None:
         spark.sparkContext.setLogLevel("FATAL")  # failures are reported by sklspark, in one paragraph
     try:
@@ -186,7 +221,9 @@ def _check_writable(df: Any, fmt: str) -> None:
             raise BadArguments(f"CSV cannot hold the array/vector columns {nested}; use --format parquet, json or orc")
 
 
-def _write_with_summary(spark: Any, paths: HadoopPaths, df: Any, output: str, fmt: str, overwrite: bool, what: str) -> int:
+def _write_with_summary(
+    spark: Any, paths: HadoopPaths, df: Any, output: str, fmt: str, overwrite: bool, what: str
+) -> int:
     start = time.perf_counter()
     with SparkProgress(spark, what, console=err):
         write_atomically(df, output, fmt, overwrite, paths)
@@ -214,32 +251,70 @@ def cli() -> None:
 
 
 _knn_options = _options(
-    click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
-                 help="Neighbours per point."),
+    click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours per point."),
     click.option("--id-col", default="id", show_default=True, help="The column of point ids."),
-    click.option("--metric", default="euclidean", show_default=True,
-                 help="Distance metric (any NearestNeighbors metric with the sklearn backend)."),
-    click.option("--backend", type=click.Choice(["sklearn", "faiss", "annoy"]), default="sklearn",
-                 show_default=True, help="sklearn and faiss are exact; annoy is approximate."),
-    click.option("--shards", type=click.IntRange(min=1), default=None,
-                 help="Split the reference into S shards (default: automatic, by size)."),
-    click.option("--exclude-self/--include-self", default=True, show_default=True,
-                 help="Leave each point's own id out of its neighbours."),
+    click.option(
+        "--metric",
+        default="euclidean",
+        show_default=True,
+        help="Distance metric (any NearestNeighbors metric with the sklearn backend).",
+    ),
+    click.option(
+        "--backend",
+        type=click.Choice(["sklearn", "faiss", "annoy"]),
+        default="sklearn",
+        show_default=True,
+        help="sklearn and faiss are exact; annoy is approximate.",
+    ),
+    click.option(
+        "--shards",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Split the reference into S shards (default: automatic, by size).",
+    ),
+    click.option(
+        "--exclude-self/--include-self",
+        default=True,
+        show_default=True,
+        help="Leave each point's own id out of its neighbours.",
+    ),
 )
 
 
-def _run_knn(spark: Any, input_path: str, output: str, *, input_format_: str | None, output_format: str,
-             overwrite: bool, k: int, id_col: str, features_col: str, feature_list: list[str] | None,
-             metric: str, backend: str, shards: int | None, exclude_self: bool) -> int:
+def _run_knn(
+    spark: Any,
+    input_path: str,
+    output: str,
+    *,
+    input_format_: str | None,
+    output_format: str,
+    overwrite: bool,
+    k: int,
+    id_col: str,
+    features_col: str,
+    feature_list: list[str] | None,
+    metric: str,
+    backend: str,
+    shards: int | None,
+    exclude_self: bool,
+) -> int:
     from ..neighbors import all_neighbors
 
     paths = HadoopPaths(spark)
     _check_output(paths, output, overwrite)
     df = _read(spark, paths, input_path, input_format_)
-    result = _prepare(lambda: all_neighbors(
-        df, k, id_col=id_col, features_col=feature_list or features_col, metric=metric, backend=backend,
-        shards=shards, exclude_self=exclude_self,
-    ))
+    result = _prepare(
+        lambda: all_neighbors(
+            df,
+            k,
+            id_col=id_col,
+            features_col=feature_list or features_col,
+            metric=metric,
+            backend=backend,
+            shards=shards,
+            exclude_self=exclude_self,
+        )
+    )
     _check_writable(result, output_format)
     return _write_with_summary(spark, paths, result, output, output_format, overwrite, f"knn k={k}")
 
@@ -251,9 +326,25 @@ def _run_knn(spark: Any, input_path: str, output: str, *, input_format_: str | N
 @feature_options
 @spark_options
 @_guarded
-def knn(input_path: str, output: str, output_format: str, input_format: str | None, overwrite: bool, k: int,
-        id_col: str, metric: str, backend: str, shards: int | None, exclude_self: bool, features_col: str,
-        feature_list: list[str] | None, master: str, conf: dict, spark_connect: str | None, verbose: bool) -> None:
+def knn(
+    input_path: str,
+    output: str,
+    output_format: str,
+    input_format: str | None,
+    overwrite: bool,
+    k: int,
+    id_col: str,
+    metric: str,
+    backend: str,
+    shards: int | None,
+    exclude_self: bool,
+    features_col: str,
+    feature_list: list[str] | None,
+    master: str,
+    conf: dict,
+    spark_connect: str | None,
+    verbose: bool,
+) -> None:
     """Find the k nearest neighbours of every point in INPUT.
 
     INPUT is any path Spark can read (file://, hdfs://, s3a://...), Parquet unless its extension or
@@ -261,57 +352,108 @@ def knn(input_path: str, output: str, output_format: str, input_format: str | No
     per point: the id, neighbor_ids (nearest first) and distances.
     """
     with _spark(master, conf, spark_connect, verbose) as spark:
-        _run_knn(spark, input_path, output, input_format_=input_format, output_format=output_format,
-                 overwrite=overwrite, k=k, id_col=id_col, features_col=features_col, feature_list=feature_list,
-                 metric=metric, backend=backend, shards=shards, exclude_self=exclude_self)
+        _run_knn(
+            spark,
+            input_path,
+            output,
+            input_format_=input_format,
+            output_format=output_format,
+            overwrite=overwrite,
+            k=k,
+            id_col=id_col,
+            features_col=features_col,
+            feature_list=feature_list,
+            metric=metric,
+            backend=backend,
+            shards=shards,
+            exclude_self=exclude_self,
+        )
 
 
 @cli.command()
 @click.argument("model_path", metavar="MODEL")
 @click.argument("input_path", metavar="INPUT")
 @output_options
-@click.option("--method", default="predict", show_default=True,
-              help="The method to run: predict, predict_proba, transform, kneighbors, ...")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="Most rows per call of the method.")
-@click.option("--kwarg", "method_kwargs", multiple=True, callback=_parse_kwargs, metavar="KEY=VALUE",
-              help="Argument for the method, repeatable; values are Python literals (e.g. --kwarg n_neighbors=5).")
-@click.option("--trust", multiple=True, metavar="TYPE",
-              help="Trust this type when loading a .skops file, repeatable.")
+@click.option(
+    "--method",
+    default="predict",
+    show_default=True,
+    help="The method to run: predict, predict_proba, transform, kneighbors, ...",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Most rows per call of the method.",
+)
+@click.option(
+    "--kwarg",
+    "method_kwargs",
+    multiple=True,
+    callback=_parse_kwargs,
+    metavar="KEY=VALUE",
+    help="Argument for the method, repeatable; values are Python literals (e.g. --kwarg n_neighbors=5).",
+)
+@click.option("--trust", multiple=True, metavar="TYPE", help="Trust this type when loading a .skops file, repeatable.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading .pkl/.joblib files: this runs code from the file.")
 @feature_options
 @spark_options
 @_guarded
-def apply(model_path: str, input_path: str, output: str, output_format: str, input_format: str | None,
-          overwrite: bool, method: str, chunk_size: int, method_kwargs: dict, trust: tuple[str, ...],
-          trust_pickle: bool, features_col: str, feature_list: list[str] | None, master: str, conf: dict,
-          spark_connect: str | None, verbose: bool) -> None:
+def apply(
+    model_path: str,
+    input_path: str,
+    output: str,
+    output_format: str,
+    input_format: str | None,
+    overwrite: bool,
+    method: str,
+    chunk_size: int,
+    method_kwargs: dict,
+    trust: tuple[str, ...],
+    trust_pickle: bool,
+    features_col: str,
+    feature_list: list[str] | None,
+    master: str,
+    conf: dict,
+    spark_connect: str | None,
+    verbose: bool,
+) -> None:
     """Run a fitted model's METHOD over every row of INPUT.
 
     MODEL is a .skops file (loaded safely: only trusted types) or, with --trust-pickle, a .pkl/.joblib
     file. The output has every input column plus the method's result columns.
     """
-    model = _prepare(lambda: load_model(model_path, trust=trust, trust_pickle=trust_pickle,
-                                        warn=lambda msg: err.print(f"[bold yellow]warning:[/] {msg}")))
+    model = _prepare(
+        lambda: load_model(
+            model_path,
+            trust=trust,
+            trust_pickle=trust_pickle,
+            warn=lambda msg: err.print(f"[bold yellow]warning:[/] {msg}"),
+        )
+    )
     with _spark(master, conf, spark_connect, verbose) as spark:
         paths = HadoopPaths(spark)
         _check_output(paths, output, overwrite)
         df = _read(spark, paths, input_path, input_format)
-        result = _prepare(lambda: distribute(model, method, df, chunk_size=chunk_size,
-                                             features=feature_list or features_col, **method_kwargs))
+        result = _prepare(
+            lambda: distribute(
+                model, method, df, chunk_size=chunk_size, features=feature_list or features_col, **method_kwargs
+            )
+        )
         _check_writable(result, output_format)
         _write_with_summary(spark, paths, result, output, output_format, overwrite, f"{type(model).__name__}.{method}")
 
 
 @cli.command()
-@click.option("--n-points", type=click.IntRange(min=20), default=20_000, show_default=True,
-              help="Points to generate.")
+@click.option("--n-points", type=click.IntRange(min=20), default=20_000, show_default=True, help="Points to generate.")
 @click.option("--n-features", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True)
 @spark_options
 @_guarded
-def demo(n_points: int, n_features: int, k: int, master: str, conf: dict, spark_connect: str | None,
-         verbose: bool) -> None:
+def demo(
+    n_points: int, n_features: int, k: int, master: str, conf: dict, spark_connect: str | None, verbose: bool
+) -> None:
     """Generate clustered points, find every point's k nearest neighbours with Spark, show a few."""
     import numpy as np
     import pyarrow as pa
@@ -320,13 +462,29 @@ def demo(n_points: int, n_features: int, k: int, master: str, conf: dict, spark_
     rng = np.random.default_rng(0)
     centres = rng.normal(scale=5.0, size=(20, n_features))
     X = (centres[rng.integers(0, 20, n_points)] + rng.normal(size=(n_points, n_features))).astype(np.float32)
-    with tempfile.TemporaryDirectory(prefix="sklspark-demo-") as tmp, _spark(master, conf, spark_connect, verbose) as spark:
+    with (
+        tempfile.TemporaryDirectory(prefix="sklspark-demo-") as tmp,
+        _spark(master, conf, spark_connect, verbose) as spark,
+    ):
         input_path, output = str(Path(tmp, "points.parquet")), str(Path(tmp, "neighbours.parquet"))
         pq.write_table(pa.table({"id": np.arange(n_points), "features": list(X)}), input_path)
         err.print(f"generated {n_points:,} points x {n_features} features -> {input_path}")
-        _run_knn(spark, input_path, output, input_format_=None, output_format="parquet", overwrite=False, k=k,
-                 id_col="id", features_col="features", feature_list=None, metric="euclidean", backend="sklearn",
-                 shards=None, exclude_self=True)
+        _run_knn(
+            spark,
+            input_path,
+            output,
+            input_format_=None,
+            output_format="parquet",
+            overwrite=False,
+            k=k,
+            id_col="id",
+            features_col="features",
+            feature_list=None,
+            metric="euclidean",
+            backend="sklearn",
+            shards=None,
+            exclude_self=True,
+        )
         rows = pq.read_table(output).sort_by("id").slice(0, 5).to_pylist()
         table = Table(title=f"nearest {k} neighbours of the first points")
         for column in ("id", "neighbor_ids", "distances"):

@@ -37,7 +37,7 @@ class HadoopPaths:
         try:
             self._jvm = spark._jvm
             self._conf = spark._jsc.hadoopConfiguration()
-        except Exception:
+        except Exception:  # noqa: BLE001 - Spark Connect or no JVM: no Hadoop file system to ask
             self._jvm = None
 
     @property

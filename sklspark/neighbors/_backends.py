@@ -47,7 +47,6 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-
 #: Other names of the metrics the re-rank computes itself.
 METRIC_ALIASES = {"l2": "euclidean", "l1": "manhattan", "cityblock": "manhattan", "infinity": "chebyshev"}
 
@@ -86,7 +85,7 @@ class Backend(ABC):
             )
         return metric
 
-    def fresh(self) -> "Backend":
+    def fresh(self) -> Backend:
         """An unbuilt copy to build on, leaving this instance untouched."""
         return copy.deepcopy(self)
 
@@ -120,10 +119,10 @@ class SklearnBackend(Backend):
     name = "sklearn"
 
     def __init__(self) -> None:
-        self._nn: NearestNeighbors | None = None
+        self._nn: Any = None
 
     @classmethod
-    def from_fitted(cls, nn: NearestNeighbors) -> "SklearnBackend":
+    def from_fitted(cls, nn: NearestNeighbors) -> SklearnBackend:
         """Wrap an already fitted ``NearestNeighbors`` (any algorithm) without refitting it."""
         backend = cls()
         backend._nn = nn
@@ -167,7 +166,7 @@ class FaissBackend(Backend):
 
     def __init__(self) -> None:
         _import_extra("faiss", "faiss", "faiss-cpu")
-        self._index = None
+        self._index: Any = None
 
     def build(self, X: np.ndarray, metric: str) -> None:
         import faiss
@@ -209,18 +208,18 @@ class AnnoyBackend(Backend):
     exact = False
     precision = np.dtype(np.float32)
     ships_as_file = True
-    _ANNOY_METRIC = {"euclidean": "euclidean", "manhattan": "manhattan", "cosine": "angular"}
+    _ANNOY_METRIC: ClassVar[dict[str, str]] = {"euclidean": "euclidean", "manhattan": "manhattan", "cosine": "angular"}
 
     def __init__(self, n_trees: int = 50, search_k: int = -1) -> None:
         _import_extra("annoy", "annoy", "annoy")
         self.n_trees = n_trees
         self.search_k = search_k
-        self._index = None
+        self._index: Any = None
 
     def _new_index(self, metric: str, n_features: int):
         from annoy import AnnoyIndex
 
-        return AnnoyIndex(n_features, self._ANNOY_METRIC[metric])
+        return AnnoyIndex(n_features, self._ANNOY_METRIC[metric])  # type: ignore[arg-type]
 
     def build(self, X: np.ndarray, metric: str) -> None:
         self._index = self._new_index(metric, X.shape[1])

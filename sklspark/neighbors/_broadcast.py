@@ -12,7 +12,8 @@ in ``distribute()``'s per-process model cache (keyed by a token).
 from __future__ import annotations
 
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from pyspark import SparkFiles
@@ -83,7 +84,7 @@ class ReferenceIndex(BaseEstimator):
         self.n_neighbors = n_neighbors
         self.metric = metric
 
-    def fit(self, X: np.ndarray, y: None = None, built: Backend | None = None) -> "ReferenceIndex":
+    def fit(self, X: np.ndarray, y: None = None, built: Backend | None = None) -> ReferenceIndex:
         """Index the reference rows ``X`` (in position order), or adopt ``built``, a backend already built on them."""
         if built is None:
             built = self.backend.fresh()
@@ -95,7 +96,7 @@ class ReferenceIndex(BaseEstimator):
 
     def ship(self, spark: Any) -> None:
         """Make a ``ships_as_file`` index travel as a file instead of inside the pickle."""
-        if self.index_.ships_as_file:
+        if not isinstance(self.index_, IndexFile) and self.index_.ships_as_file:
             self.index_ = IndexFile(self.backend, self.index_, self.metric, self.n_features_in_, spark)
 
     def search(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +119,7 @@ def broadcast_join(
     """
     index.ship(queries)
     feature_cols = [features] if isinstance(features, str) else list(features)
-    scored = distribute(
+    scored: DataFrame = distribute(  # type: ignore[assignment]  # a DataFrame in, a DataFrame out
         index,
         "search",
         queries.select(id_col, *feature_cols),

@@ -35,6 +35,4 @@ def to_edges(
         raise ValueError(f"column(s) {missing} not found; the result has columns {result.columns}")
     pairs = F.zip_with(neighbors_col, distances_col, lambda i, d: F.struct(i.alias("dst"), d.alias("distance")))
     exploded = result.select(F.col(id_col).alias("src"), F.posexplode(pairs).alias("position", "edge"))
-    return exploded.select(
-        "src", "edge.dst", "edge.distance", (F.col("position") + 1).cast("int").alias("rank")
-    )
+    return exploded.select("src", "edge.dst", "edge.distance", (F.col("position") + 1).cast("int").alias("rank"))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -124,7 +125,7 @@ def _estimated_bytes(df: DataFrame) -> int | None:
     """Spark's estimate of the DataFrame's size from its optimised plan (no job), or ``None``."""
     try:
         return int(str(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()))
-    except Exception:  # Spark Connect: no JVM handle; treat as large
+    except Exception:  # noqa: BLE001 - Spark Connect: no JVM handle; treat as large
         return None
 
 
@@ -283,6 +284,7 @@ def _shard_dataframe(
     stats = reference.agg(
         F.count(F.lit(1)), F.count(id_col), F.count_distinct(id_col), F.min(_width(r_spec)), F.max(_width(r_spec))
     ).first()
+    assert stats is not None  # an aggregate without grouping has one row
     n_ref, n_ids, n_distinct, width, max_width = stats
     if n_ids != n_ref:
         raise ValueError("the reference has null IDs; every reference row needs a unique ID")
@@ -292,11 +294,13 @@ def _shard_dataframe(
     _check_k_fits(k, n_ref, exclude_self)
     if width != max_width:
         raise ValueError(f"the reference's {r_spec.describe()} has rows of {width} and of {max_width} features")
-    n_queries, q_width, q_max_width, q_partitions = (
+    q_stats = (
         queries.select(_width(q_spec).alias("width"), F.spark_partition_id().alias("partition"))
         .agg(F.count(F.lit(1)), F.min("width"), F.max("width"), F.max("partition") + 1)
         .first()
     )
+    assert q_stats is not None
+    n_queries, q_width, q_max_width, q_partitions = q_stats
     if n_queries and (q_width, q_max_width) != (width, width):
         raise ValueError(
             f"the queries' {q_spec.describe()} has rows of {q_width} to {q_max_width} features, but the "
@@ -311,8 +315,19 @@ def _shard_dataframe(
     spark_context = spark_context_of(queries)  # Spark Connect: as many blocks as the queries have partitions
     parallelism = spark_context.defaultParallelism if spark_context is not None else (q_partitions or 1)
     blocks = max(blocks, min(max(n_queries, 1), -(-parallelism // shards)))
-    return sharded_join(queries, reference, job.n, id_col=id_col, q_spec=q_spec, r_spec=r_spec, backend=job.engine,
-                        metric=job.metric, shards=int(shards), blocks=blocks, chunk_size=job.chunk_size)
+    return sharded_join(
+        queries,
+        reference,
+        job.n,
+        id_col=id_col,
+        q_spec=q_spec,
+        r_spec=r_spec,
+        backend=job.engine,
+        metric=job.metric,
+        shards=int(shards),
+        blocks=blocks,
+        chunk_size=job.chunk_size,
+    )
 
 
 def _drop_self(result: DataFrame, id_col: str, k: int) -> DataFrame:

@@ -171,4 +171,3 @@ def exact_top_k(
         pending = pending[~done]
         n_cand = min(n_ref, 2 * n_cand)
     return positions, distances
-

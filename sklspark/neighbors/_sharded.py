@@ -30,6 +30,7 @@ matrix, plus the backend's index (about one more shard for flat indexes) and per
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -59,7 +60,7 @@ _SHARD = "__sklspark_shard"
 _CANDIDATES = "__sklspark_candidates"
 
 
-def stable_order(df: DataFrame, id_col: str, feature_cols: list[str]) -> DataFrame:
+def stable_order(df: DataFrame, id_col: str, feature_cols: Sequence[str]) -> DataFrame:
     """``df`` sorted within each partition by ID, then by a hash of the features (no shuffle).
 
     Whichever order a (retried) task reads its partition in, the rows come out in the same order, so
@@ -165,8 +166,16 @@ def sharded_join(
 
     def partial(left: pa.Table, right: pa.Table) -> pa.Table:
         return _partial_top(
-            left, right, n=n, id_col=id_col, q_spec=q_spec, r_spec=r_spec, backend=backend.fresh(),
-            metric=metric, chunk_size=chunk_size, schema=arrow_schema,
+            left,
+            right,
+            n=n,
+            id_col=id_col,
+            q_spec=q_spec,
+            r_spec=r_spec,
+            backend=backend.fresh(),
+            metric=metric,
+            chunk_size=chunk_size,
+            schema=arrow_schema,
         )
 
     tops = qry.groupBy(_BLOCK, _SHARD).cogroup(ref.groupBy(_BLOCK, _SHARD)).applyInArrow(partial, schema)
