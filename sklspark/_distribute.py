@@ -13,6 +13,7 @@ from pyspark.sql.types import StructType
 
 from ._inputs import batch_to_matrix, iter_batch_chunks, iter_row_chunks, stack_rows
 from ._outputs import output_columns, output_parts, split_rows, to_arrow
+from ._partitions import check_partitions, repartition
 from ._runner import one_row_per_input, run_chunks
 from ._shipping import ShippedModel
 from ._validation import (
@@ -34,6 +35,7 @@ def distribute(
     chunk_size: int = 4096,
     features: str | Sequence[str] | None = None,
     output_cols: str | Sequence[str] | None = None,
+    partitions: int | None = None,
     **method_kwargs: Any,
 ) -> RDD | DataFrame:
     """Apply a fitted estimator's prediction-time method to every row of an RDD or DataFrame.
@@ -65,6 +67,11 @@ def distribute(
         Defaults: ``prediction`` (predict), ``probability`` (predict_proba), ``log_probability``
         (predict_log_proba), ``distances`` and ``indices`` (kneighbors, radius_neighbors), and the
         method's own name otherwise.
+    partitions : int, default=None
+        Repartition the input into this many balanced partitions first, so that every core works on
+        an input with few partitions (one Parquet file is one partition). An RDD keeps its order (it
+        is counted and numbered first: two small jobs); a DataFrame is repartitioned round-robin.
+        Without it, ``kneighbors`` and ``radius_neighbors`` on fewer partitions than cores warn.
     **method_kwargs
         Passed to the method, e.g. ``n_neighbors=5`` or ``return_distance=False``.
 
@@ -93,15 +100,18 @@ def distribute(
     """
     check_method(estimator, method)
     chunk_size = check_chunk_size(chunk_size)
+    partitions = check_partitions(partitions)
     if isinstance(data, RDD):
         if features is not None or output_cols is not None:
             raise TypeError(
                 "features= and output_cols= apply to DataFrame input; the elements of an RDD are "
                 "the feature vectors themselves"
             )
-        return _distribute_rdd(estimator, method, data, chunk_size, method_kwargs)
+        return _distribute_rdd(estimator, method, data, chunk_size, method_kwargs, partitions)
     if isinstance(data, DataFrame):
-        return _distribute_dataframe(estimator, method, data, chunk_size, features, output_cols, method_kwargs)
+        return _distribute_dataframe(
+            estimator, method, data, chunk_size, features, output_cols, method_kwargs, partitions
+        )
     raise TypeError(f"data must be a pyspark RDD or DataFrame, got {type(data).__module__}.{type(data).__name__}")
 
 
@@ -147,7 +157,9 @@ def _kwargs_repr(method_kwargs: dict) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in method_kwargs.items())
 
 
-def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, method_kwargs: dict) -> RDD:
+def _distribute_rdd(
+    estimator: Any, method: str, rdd: RDD, chunk_size: int, method_kwargs: dict, partitions: int | None
+) -> RDD:
     width = n_features_of(estimator)
     sparse_ok = declares_sparse(estimator)
 
@@ -158,6 +170,7 @@ def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, meth
     if width is not None:
         # float32 zeros: a float32-fitted model (a large NearestNeighbors) is not upcast to score them
         _probe(estimator, method, method_kwargs, width, np.dtype(np.float32), head_rows)
+    rdd = repartition(rdd, partitions, method)  # after the checks: an RDD is counted to keep its order
     model = ShippedModel(estimator, rdd.context)
 
     def apply(index, rows):
@@ -187,6 +200,7 @@ def _distribute_dataframe(
     features: str | Sequence[str] | None,
     output_cols: str | Sequence[str] | None,
     method_kwargs: dict,
+    partitions: int | None,
 ) -> DataFrame:
     spec = check_features(df.schema, features)
     head: list = []
@@ -210,6 +224,7 @@ def _distribute_dataframe(
             f"the estimator does not record n_features_in_"
         )
     columns = output_columns(method, sample, output_cols, df.columns)
+    df = repartition(df, partitions, method)  # after the probe, which reads the first rows unshuffled
     model = ShippedModel(estimator, df)
     names = df.columns + [c.name for c in columns]
 

@@ -42,12 +42,21 @@ def truth(Q, R, k, metric="euclidean", query_ids=None, ref_ids=None):
     return order, np.take_along_axis(D, order, axis=1)
 
 
+def _stack(values):
+    """A 2-D array of equal-length lists, or a 1-D object array of arrays when lengths differ (max_distance)."""
+    if len({len(v) for v in values}) <= 1:
+        return np.array(values)
+    out = np.empty(len(values), dtype=object)
+    out[:] = [np.array(v) for v in values]
+    return out
+
+
 def collect(result, id_col="id"):
     """(query ids, neighbour ids, distances) in query id order."""
     table = result.toArrow()
     table = table.take(np.argsort(table.column(id_col).to_numpy(zero_copy_only=False), kind="stable"))
     rows = lambda name: table.column(name).to_pylist()  # noqa: E731
-    return np.array(rows(id_col)), np.array(rows("neighbor_ids")), np.array(rows("distances"))
+    return np.array(rows(id_col)), _stack(rows("neighbor_ids")), _stack(rows("distances"))
 
 
 def reference_order(df):
@@ -249,6 +258,9 @@ def test_errors_before_any_job(spark, grid):
             kneighbors_join(df, nn, 3, metric="cosine")
         with pytest.raises(ValueError, match="feature column"):
             all_neighbors(df, 3, features_col="vec")
+        for bad in (-1.0, float("nan"), "1"):
+            with pytest.raises(ValueError, match="The 'max_distance' parameter of kneighbors_join must be a float"):
+                all_neighbors(df, 3, max_distance=bad)
 
 
 @pytest.mark.parametrize("shards", [None, 2])
@@ -277,3 +289,86 @@ def test_all_neighbors_100k_x_64_matches_sklearn(spark, modes):
         np.testing.assert_array_equal(results[-1][1], expected)
     assert modes == ["broadcast", "sharded"]
     assert_identical(*results)
+
+
+def _stage_tasks(sc, group):
+    """The number of tasks of every stage of the jobs run in job group ``group``."""
+    tracker = sc.statusTracker()
+    stages = [s for j in tracker.getJobIdsForGroup(group) for s in tracker.getJobInfo(j).stageIds]
+    return [info.numTasks for info in map(tracker.getStageInfo, stages) if info is not None]
+
+
+def test_one_parquet_file_spreads_over_every_core(spark, tmp_path, monkeypatch, modes):
+    """One Parquet file is one partition; the search still runs as a few tasks on every core, in both modes."""
+    X = RNG.normal(size=(600, 4))
+    path = str(tmp_path / "points.parquet")
+    array_df(spark, X, np.arange(600) * 3, n_partitions=1).coalesce(1).write.parquet(path)
+    df = spark.read.parquet(path)
+    assert df.rdd.getNumPartitions() == 1
+    ids, R = reference_order(df)
+    sc = spark.sparkContext
+    cores = sc.defaultParallelism
+    blocks = []
+    original = join_module.sharded_join
+    monkeypatch.setattr(
+        join_module, "sharded_join", lambda *a, **kw: blocks.append(kw["blocks"] * kw["shards"]) or original(*a, **kw)
+    )
+    broadcast = all_neighbors(df, 5)
+    assert broadcast.rdd.getNumPartitions() >= cores
+    sc.setJobGroup("sklspark-spread", "one file")
+    try:
+        got = collect(broadcast)
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    assert max(_stage_tasks(sc, "sklspark-spread")) >= cores
+    assert_matches_truth(got, R[np.argsort(ids)], R, ids, 5, exclude_self=True, query_ids=got[0])
+    sharded = collect(all_neighbors(df, 5, shards=1))
+    assert blocks[0] >= cores  # (block, shard) groups: at least one per core
+    assert_identical(got, sharded)
+    assert modes == ["broadcast", "sharded"]
+
+
+def test_rows_without_size_statistics_are_counted_and_broadcast(spark, modes):
+    """createDataFrame(list of rows) has no plan statistics (Long.MaxValue): a count decides, not the estimate."""
+    X = GRID[:30]
+    rows = [(int(i), x.tolist()) for i, x in enumerate(X)]
+    df = spark.createDataFrame(rows, "id long, features array<double>")
+    assert join_module._estimated_bytes(df) is None
+    got = collect(all_neighbors(df, 3))
+    assert modes == ["broadcast"]
+    ids, R = reference_order(df)
+    assert_matches_truth(got, R[np.argsort(ids)], R, ids, 3, exclude_self=True, query_ids=got[0])
+
+
+def test_sharded_nan_names_the_side_and_rows(spark):
+    X = RNG.normal(size=(40, 3))
+    bad = X.copy()
+    bad[[4, 17], 1] = np.nan
+    clean, nans = array_df(spark, X, np.arange(40), 2), array_df(spark, bad, np.arange(40), 2)
+    with pytest.raises(
+        ValueError, match=r"the reference's array column 'features' has NaN in 2 row\(s\), e.g. id \[4, 17\]"
+    ):
+        kneighbors_join(clean, nans, 3, shards=2)
+    with pytest.raises(
+        ValueError, match=r"the queries' array column 'features' has NaN in 2 row\(s\), e.g. id \[4, 17\]"
+    ):
+        kneighbors_join(nans, clean, 3, shards=2)
+
+
+@pytest.mark.parametrize("shards", [None, 2])
+def test_max_distance_keeps_only_near_neighbours(spark, shards):
+    X = GRID[:120] + RNG.normal(scale=0.3, size=(120, 3))
+    df = array_df(spark, X, np.arange(120), n_partitions=2)
+    ids, R = reference_order(df)
+    k, radius = 6, 0.9
+    got = collect(all_neighbors(df, k, shards=shards, max_distance=radius))
+    positions, distances = truth(R[np.argsort(ids)], R, k, query_ids=got[0], ref_ids=ids)
+    expected_ids = [ids[p][d <= radius].tolist() for p, d in zip(positions, distances)]
+    assert [list(n) for n in got[1]] == expected_ids
+    for d, e in zip(got[2], distances):
+        assert_allclose(d, e[e <= radius], rtol=1e-9, atol=1e-12)
+    lengths = {len(n) for n in got[1]}
+    assert min(lengths) < k and max(lengths) == k  # some lists are cut short, some are not
+    # exactly at the radius stays: every neighbour within the k-th distance of a full list
+    joined = collect(kneighbors_join(df, df, 2, max_distance=0.0, shards=shards))
+    assert all(len(n) >= 1 and set(d) == {0.0} for n, d in zip(joined[1], joined[2]))

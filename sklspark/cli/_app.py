@@ -273,6 +273,12 @@ _knn_options = _options(
         help="Split the reference into S shards (default: automatic, by size).",
     ),
     click.option(
+        "--max-distance",
+        type=click.FloatRange(min=0),
+        default=None,
+        help="Leave out neighbours farther than this (lists may then be shorter than k).",
+    ),
+    click.option(
         "--exclude-self/--include-self",
         default=True,
         show_default=True,
@@ -297,6 +303,7 @@ def _run_knn(
     backend: str,
     shards: int | None,
     exclude_self: bool,
+    max_distance: float | None = None,
 ) -> int:
     from ..neighbors import all_neighbors
 
@@ -313,6 +320,7 @@ def _run_knn(
             backend=backend,
             shards=shards,
             exclude_self=exclude_self,
+            max_distance=max_distance,
         )
     )
     _check_writable(result, output_format)
@@ -337,6 +345,7 @@ def knn(
     metric: str,
     backend: str,
     shards: int | None,
+    max_distance: float | None,
     exclude_self: bool,
     features_col: str,
     feature_list: list[str] | None,
@@ -367,6 +376,7 @@ def knn(
             backend=backend,
             shards=shards,
             exclude_self=exclude_self,
+            max_distance=max_distance,
         )
 
 

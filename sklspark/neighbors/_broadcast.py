@@ -21,6 +21,7 @@ from pyspark.sql import DataFrame
 from sklearn.base import BaseEstimator
 
 from .._distribute import distribute
+from .._partitions import spread_target
 from .._shipping import ship_file, staging_path
 from ._backends import Backend
 from ._rerank import exact_top_k
@@ -112,6 +113,9 @@ def broadcast_join(
 ) -> DataFrame:
     """Score the queries against a fitted :class:`ReferenceIndex`, shipped once to every executor.
 
+    Queries with fewer partitions than the cluster has cores (one Parquet file is one partition) are
+    first spread round-robin over a few partitions per core, so that every core searches.
+
     Returns
     -------
     DataFrame
@@ -119,11 +123,13 @@ def broadcast_join(
     """
     index.ship(queries)
     feature_cols = [features] if isinstance(features, str) else list(features)
+    queries = queries.select(id_col, *feature_cols)
     scored: DataFrame = distribute(  # type: ignore[assignment]  # a DataFrame in, a DataFrame out
         index,
         "search",
-        queries.select(id_col, *feature_cols),
+        queries,
         chunk_size=chunk_size,
+        partitions=spread_target(queries),
         features=features,
         output_cols=[NEIGHBOR_IDS, DISTANCES],
     )

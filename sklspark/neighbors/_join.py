@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numbers
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import reduce
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,8 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.validation import check_is_fitted
 
 from .._inputs import batch_to_matrix
-from .._session import spark_context_of
+from .._partitions import TASKS_PER_CORE
+from .._session import default_parallelism
 from .._validation import FeatureSpec, check_chunk_size, check_features
 from ._backends import Backend, SklearnBackend, get_backend
 from ._broadcast import DISTANCES, NEIGHBOR_IDS, ReferenceIndex, broadcast_join
@@ -58,6 +61,17 @@ def _check_k(k: Any) -> int:
     if k <= 0:
         raise ValueError(f"k must be a positive int, got {k}")
     return int(k)
+
+
+def _check_max_distance(max_distance: Any) -> float | None:
+    if max_distance is None:
+        return None
+    if isinstance(max_distance, bool) or not isinstance(max_distance, numbers.Real) or not float(max_distance) >= 0:
+        raise ValueError(
+            f"The 'max_distance' parameter of kneighbors_join must be a float in the range [0, inf] or None. "
+            f"Got {max_distance!r} instead."
+        )
+    return float(max_distance)
 
 
 def _check_k_fits(k: int, n_ref: int, exclude_self: bool) -> None:
@@ -121,12 +135,39 @@ def _ids_from_sequence(reference_ids: Any, n_ref: int) -> np.ndarray:
     return ids
 
 
+#: Spark's size estimate for a plan it knows nothing about (an RDD, ``createDataFrame`` of Python rows).
+_UNKNOWN_SIZE = (1 << 63) - 1
+
+
 def _estimated_bytes(df: DataFrame) -> int | None:
-    """Spark's estimate of the DataFrame's size from its optimised plan (no job), or ``None``."""
+    """Spark's estimate of the DataFrame's size from its optimised plan (no job), or ``None`` if it has none.
+
+    ``None`` under Spark Connect (no JVM handle) and for plans without statistics, which Spark
+    estimates at ``Long.MaxValue`` bytes (DataFrames made from an RDD or from a list of rows).
+    """
     try:
-        return int(str(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()))
-    except Exception:  # noqa: BLE001 - Spark Connect: no JVM handle; treat as large
+        size = int(str(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()))
+    except Exception:  # noqa: BLE001 - Spark Connect: no JVM handle
         return None
+    return None if size >= _UNKNOWN_SIZE else size
+
+
+def _has_nan(spec: FeatureSpec) -> Column:
+    """Whether a row's features contain a NaN."""
+    if spec.layout == "columns":
+        return reduce(operator.or_, (F.isnan(F.col(c)) for c in spec.columns))
+    column = F.col(spec.columns[0])
+    return F.exists(vector_to_array(column) if spec.layout == "vector" else column, F.isnan)
+
+
+def _check_no_nan(df: DataFrame, spec: FeatureSpec, id_col: str, n_nan: int, whose: str) -> None:
+    """Name the rows of ``df`` whose features contain NaN (one small job), if ``n_nan`` says there are some."""
+    if n_nan:
+        examples = [r[0] for r in df.where(_has_nan(spec)).select(id_col).limit(5).collect()]
+        raise ValueError(
+            f"Input X contains NaN: the {whose} {spec.describe()} has NaN in {n_nan} row(s), "
+            f"e.g. {id_col} {sorted(examples)}"
+        )
 
 
 def _width(spec: FeatureSpec) -> Column:
@@ -165,6 +206,7 @@ def kneighbors_join(
     shards: int | None = None,
     chunk_size: int = 4096,
     reference_ids: Sequence | None = None,
+    max_distance: float | None = None,
 ) -> DataFrame:
     """The ``k`` nearest reference rows of every query row, with their IDs and exact distances.
 
@@ -203,12 +245,16 @@ def kneighbors_join(
         Most query rows searched at once in a task.
     reference_ids : sequence, optional
         With a fitted ``NearestNeighbors`` only: the ID of each of its rows (default ``0..n-1``).
+    max_distance : float, optional
+        Leave out neighbours farther than this (exact distances; a neighbour at exactly
+        ``max_distance`` stays, as in ``radius_neighbors``): a query's lists then hold at most ``k``
+        neighbours, possibly none.
 
     Returns
     -------
     DataFrame
         One row per query row: ``id_col``, ``neighbor_ids`` (array of reference IDs, nearest first)
-        and ``distances`` (array<double>, ascending).
+        and ``distances`` (array<double>, ascending), ``k`` of each (fewer with ``max_distance``).
 
     Raises
     ------
@@ -221,6 +267,7 @@ def kneighbors_join(
     """
     k = _check_k(k)
     chunk_size = check_chunk_size(chunk_size)
+    max_distance = _check_max_distance(max_distance)
     if not isinstance(exclude_self, bool):
         raise TypeError(f"exclude_self must be a bool, got {exclude_self!r}")
     if not isinstance(queries, DataFrame):
@@ -258,7 +305,7 @@ def kneighbors_join(
             f"reference must be a pyspark DataFrame or a fitted sklearn NearestNeighbors, "
             f"got {type(reference).__name__}"
         )
-    return _drop_self(result, id_col, k) if exclude_self else result
+    return _keep(result, id_col, k, exclude_self, max_distance)
 
 
 def _broadcast_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec) -> DataFrame:
@@ -282,10 +329,15 @@ def _shard_dataframe(
     """
     queries, id_col, q_spec, k, exclude_self = job.queries, job.id_col, job.q_spec, job.k, job.exclude_self
     stats = reference.agg(
-        F.count(F.lit(1)), F.count(id_col), F.count_distinct(id_col), F.min(_width(r_spec)), F.max(_width(r_spec))
+        F.count(F.lit(1)),
+        F.count(id_col),
+        F.count_distinct(id_col),
+        F.min(_width(r_spec)),
+        F.max(_width(r_spec)),
+        F.count_if(_has_nan(r_spec)),
     ).first()
     assert stats is not None  # an aggregate without grouping has one row
-    n_ref, n_ids, n_distinct, width, max_width = stats
+    n_ref, n_ids, n_distinct, width, max_width, r_nan = stats
     if n_ids != n_ref:
         raise ValueError("the reference has null IDs; every reference row needs a unique ID")
     if n_distinct != n_ids:
@@ -294,27 +346,27 @@ def _shard_dataframe(
     _check_k_fits(k, n_ref, exclude_self)
     if width != max_width:
         raise ValueError(f"the reference's {r_spec.describe()} has rows of {width} and of {max_width} features")
-    q_stats = (
-        queries.select(_width(q_spec).alias("width"), F.spark_partition_id().alias("partition"))
-        .agg(F.count(F.lit(1)), F.min("width"), F.max("width"), F.max("partition") + 1)
-        .first()
-    )
+    _check_no_nan(reference, r_spec, id_col, r_nan, "reference's")
+    q_stats = queries.agg(
+        F.count(F.lit(1)), F.min(_width(q_spec)), F.max(_width(q_spec)), F.count_if(_has_nan(q_spec))
+    ).first()
     assert q_stats is not None
-    n_queries, q_width, q_max_width, q_partitions = q_stats
+    n_queries, q_width, q_max_width, q_nan = q_stats
     if n_queries and (q_width, q_max_width) != (width, width):
         raise ValueError(
             f"the queries' {q_spec.describe()} has rows of {q_width} to {q_max_width} features, but the "
             f"reference's has {width}"
         )
+    _check_no_nan(queries, q_spec, id_col, q_nan, "queries'")
     row_bytes = width * r_spec.dtype.itemsize
     if shards is None and not size_known and n_ref * row_bytes <= BROADCAST_MAX_BYTES:
         return _broadcast_dataframe(job, reference, r_spec)
     if shards is None:
         shards = count_blocks(n_ref, row_bytes, SHARD_MAX_BYTES)
     blocks = count_blocks(n_queries, width * q_spec.dtype.itemsize, QUERY_BLOCK_MAX_BYTES)
-    spark_context = spark_context_of(queries)  # Spark Connect: as many blocks as the queries have partitions
-    parallelism = spark_context.defaultParallelism if spark_context is not None else (q_partitions or 1)
-    blocks = max(blocks, min(max(n_queries, 1), -(-parallelism // shards)))
+    # a few (block, shard) groups per core, whatever the inputs' partitioning: every core searches
+    tasks = default_parallelism(queries) * TASKS_PER_CORE
+    blocks = max(blocks, min(max(n_queries, 1), -(-tasks // shards)))
     return sharded_join(
         queries,
         reference,
@@ -330,10 +382,17 @@ def _shard_dataframe(
     )
 
 
-def _drop_self(result: DataFrame, id_col: str, k: int) -> DataFrame:
-    """Remove the query's own ID from its ``k + 1`` neighbours, keeping the first ``k`` of the rest."""
+def _keep(result: DataFrame, id_col: str, k: int, exclude_self: bool, max_distance: float | None) -> DataFrame:
+    """The first ``k`` neighbours other than the query's own ID (``exclude_self``) within ``max_distance``."""
+    if not exclude_self and max_distance is None:
+        return result
     pairs = F.zip_with(NEIGHBOR_IDS, DISTANCES, lambda i, d: F.struct(i.alias("id"), d.alias("distance")))
-    kept = F.slice(F.filter(pairs, lambda p: ~p["id"].eqNullSafe(F.col(id_col))), 1, k)
+
+    def keep(p: Column) -> Column:
+        kept = ~p["id"].eqNullSafe(F.col(id_col)) if exclude_self else F.lit(True)
+        return kept if max_distance is None else kept & (p["distance"] <= F.lit(max_distance))
+
+    kept = F.slice(F.filter(pairs, keep), 1, k)
     return result.select(
         id_col,
         F.transform(kept, lambda p: p["id"]).alias(NEIGHBOR_IDS),
@@ -354,7 +413,7 @@ def all_neighbors(df: DataFrame, k: int, *, exclude_self: bool = True, **options
         Leave each row out of its own neighbours (rows that are exact duplicates of it stay).
     **options
         Any other keyword argument of :func:`kneighbors_join` (``id_col``, ``features_col``,
-        ``metric``, ``backend``, ``shards``, ``chunk_size``).
+        ``metric``, ``backend``, ``shards``, ``chunk_size``, ``max_distance``).
 
     Returns
     -------
