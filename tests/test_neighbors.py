@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import scipy.sparse as sp
 from _helpers import no_spark_job
 from numpy.testing import assert_allclose
 from pyspark.ml.linalg import Vectors, VectorUDT
@@ -14,13 +18,20 @@ from pyspark.sql.types import LongType, StructField, StructType
 from sklearn.metrics import pairwise_distances
 from sklearn.neighbors import NearestNeighbors
 
+import sklspark.neighbors._backends as backends_module
+import sklspark.neighbors._gemm as gemm_module
 import sklspark.neighbors._join as join_module
-from sklspark.neighbors import AnnoyBackend, all_neighbors, kneighbors_join, to_edges
+from sklspark.neighbors import AnnoyBackend, GemmBackend, all_neighbors, kneighbors_join, to_edges
+from sklspark.neighbors._backends import get_backend
+from sklspark.neighbors._broadcast import ReferenceIndex
+from sklspark.neighbors._rerank import exact_top_k
 from sklspark.neighbors._sharded import stable_order
 
 RNG = np.random.default_rng(0)
 #: Integer coordinates: many exact duplicates (distance 0) and ties.
 GRID = RNG.integers(0, 4, size=(240, 3)).astype(np.float64)
+#: OpenBLAS kernel names of x86 CPUs without AVX2.
+PRE_AVX2 = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Sandybridge", "Atom", "Barcelona", "Bobcat"}
 
 
 def array_df(spark, X, ids, n_partitions=3):
@@ -100,15 +111,56 @@ def grid(spark):
     return df, ids, X
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("data", ["grid", "normal"])
+def test_gemm_kernel_across_tiles_equals_brute_force(monkeypatch, metric, data):
+    """The gemm backend with tiny tiles (many tiles and query blocks): exact, with duplicates, ties and zero rows."""
+    monkeypatch.setattr(gemm_module, "REFERENCE_TILE", 40)
+    monkeypatch.setattr(gemm_module, "QUERY_BLOCK", 16)
+    X = (RNG.integers(0, 3, size=(300, 3)) if data == "grid" else RNG.normal(size=(300, 8))).astype(np.float32)
+    X[[5, 77]] = 0
+    backend = get_backend("auto", metric)
+    assert isinstance(backend, GemmBackend)
+    backend.build(X, metric)
+    sklearn = get_backend("sklearn", metric)
+    sklearn.build(X, metric)
+    for n in (1, 7, 45):  # within the first tile, and wider than one tile
+        positions, distances = exact_top_k(backend, X, np.arange(300), X[:50], n, metric)
+        # the sklearn backend's answer, after the same exact re-rank: identical, ties included
+        assert_identical((positions, distances), exact_top_k(sklearn, X, np.arange(300), X[:50], n, metric))
+        # and brute force, whose |q|^2 + |r|^2 - 2 q.r formula is off by ~1e-7 near 0 (tolerance)
+        _, expected_distances = truth(X[:50].astype(np.float64), X.astype(np.float64), n, metric)
+        assert_allclose(distances, expected_distances, rtol=1e-9, atol=1e-6)
+
+
+def test_faiss_runs_an_avx2_blas_kernel_where_the_cpu_has_avx2():
+    """faiss-cpu's bundled OpenBLAS falls back to Prescott (SSE3) on CPUs it does not know; import_faiss avoids that."""
+    if "OPENBLAS_CORETYPE" in os.environ:
+        pytest.skip("OPENBLAS_CORETYPE is set for this machine; import_faiss leaves it alone")
+    flags = backends_module._cpu_flags()
+    if "avx2" not in flags:
+        pytest.skip("this CPU has no AVX2")
+    code = (
+        "from sklspark.neighbors._backends import import_faiss; import_faiss(); from threadpoolctl import "
+        "threadpool_info; print([i.get('architecture') for i in threadpool_info() if 'faiss' in i['filepath'] "
+        "and i['internal_api'] == 'openblas'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    architectures = eval(out)  # a printed list of strings
+    assert architectures == [backends_module.blas_coretype(flags)]
+    assert not set(architectures) & PRE_AVX2
+
+
 def test_all_modes_and_faiss_identical_and_exact(grid, monkeypatch, modes):
     df, ids, X = grid
     broadcast = collect(all_neighbors(df, 6))
     sharded = collect(all_neighbors(df, 6, shards=3))
     faiss = collect(all_neighbors(df, 6, backend="faiss"))
+    sklearn = collect(all_neighbors(df, 6, backend="sklearn"))
     monkeypatch.setattr(join_module, "BROADCAST_MAX_BYTES", 0)
     auto_sharded = collect(all_neighbors(df, 6))
-    assert modes == ["broadcast", "sharded", "broadcast", "sharded"]
-    for other in (sharded, faiss, auto_sharded):
+    assert modes == ["broadcast", "sharded", "broadcast", "broadcast", "sharded"]
+    for other in (sharded, faiss, sklearn, auto_sharded):
         assert_identical(broadcast, other)
     query_ids = broadcast[0]
     order = np.argsort(ids)
@@ -372,3 +424,37 @@ def test_max_distance_keeps_only_near_neighbours(spark, shards):
     # exactly at the radius stays: every neighbour within the k-th distance of a full list
     joined = collect(kneighbors_join(df, df, 2, max_distance=0.0, shards=shards))
     assert all(len(n) >= 1 and set(d) == {0.0} for n, d in zip(joined[1], joined[2]))
+
+
+def _tfidf_like(n, width=1 << 18, per_row=12, vocabulary=400):
+    """CSR rows of ``per_row`` entries from a small vocabulary spread over ``width`` columns (overlaps, ties)."""
+    columns = RNG.choice(vocabulary, size=(n, per_row)) * (width // vocabulary)
+    values = RNG.integers(1, 4, size=(n, per_row)).astype(np.float64)
+    X = sp.csr_matrix((values.ravel(), columns.ravel(), np.arange(n + 1) * per_row), shape=(n, width))
+    X.sum_duplicates()
+    return X
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_sparse_vectors_are_searched_as_csr(spark, monkeypatch, metric):
+    """SparseVector features (2^18 columns): the reference stays CSR; equal to brute force on the CSR matrix."""
+    X = _tfidf_like(300)
+    rows = [(i, Vectors.sparse(X.shape[1], X[i].indices.tolist(), X[i].data.tolist())) for i in range(X.shape[0])]
+    schema = StructType([StructField("id", LongType()), StructField("features", VectorUDT())])
+    df = spark.createDataFrame(rows, schema).repartition(2)
+    ids = stable_order(df, "id", ["features"]).select("id").toArrow().column("id").to_numpy()  # positions
+    R = X[ids]
+    fitted = []
+    original = ReferenceIndex.fit
+    monkeypatch.setattr(
+        ReferenceIndex, "fit", lambda self, X, *a, **kw: fitted.append(X) or original(self, X, *a, **kw)
+    )
+    got = {b: collect(all_neighbors(df, 5, metric=metric, backend=b)) for b in ("auto", "sklearn")}
+    assert all(sp.issparse(x) for x in fitted)
+    assert_identical(got["auto"], got["sklearn"])
+    # brute force on the CSR matrix, its rounding (|q|^2 + |r|^2 - 2 q.r) taken off so exact ties stay ties
+    D = np.round(pairwise_distances(X, R, metric=metric), 9)
+    D[got["auto"][0][:, None] == ids[None, :]] = np.inf
+    order = np.lexsort((np.broadcast_to(np.arange(len(ids)), D.shape), D), axis=-1)[:, :5]
+    np.testing.assert_array_equal(got["auto"][1], ids[order])
+    assert_allclose(got["auto"][2], np.take_along_axis(D, order, axis=1), atol=1e-8)

@@ -261,10 +261,10 @@ _knn_options = _options(
     ),
     click.option(
         "--backend",
-        type=click.Choice(["sklearn", "faiss", "annoy"]),
-        default="sklearn",
+        type=click.Choice(["auto", "gemm", "sklearn", "faiss", "annoy"]),
+        default="auto",
         show_default=True,
-        help="sklearn and faiss are exact; annoy is approximate.",
+        help="auto: gemm for euclidean/cosine, else sklearn; gemm, sklearn and faiss are exact; annoy is approximate.",
     ),
     click.option(
         "--shards",
@@ -491,7 +491,7 @@ def demo(
             features_col="features",
             feature_list=None,
             metric="euclidean",
-            backend="sklearn",
+            backend="auto",
             shards=None,
             exclude_self=True,
         )

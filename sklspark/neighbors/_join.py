@@ -170,6 +170,19 @@ def _check_no_nan(df: DataFrame, spec: FeatureSpec, id_col: str, n_nan: int, who
         )
 
 
+def _counted_bytes(df: DataFrame, spec: FeatureSpec) -> int:
+    """The size of a DataFrame without plan statistics: its rows (a count) x its first row's feature bytes.
+
+    Two small jobs; a sparse first row counts its stored entries only.
+    """
+    n_rows = df.count()
+    first = df.select(*spec.columns).limit(1).toArrow()
+    if n_rows == 0 or first.num_rows == 0:
+        return 0
+    row: Any = batch_to_matrix(first.combine_chunks().to_batches()[0], spec, 0, accept_sparse=True)
+    return n_rows * (row.data.nbytes + row.indices.nbytes if sp.issparse(row) else row.nbytes)
+
+
 def _width(spec: FeatureSpec) -> Column:
     if spec.layout == "columns":
         return F.lit(len(spec.columns))
@@ -189,7 +202,7 @@ def _fitted_reference(nn: NearestNeighbors, metric: str, reference_ids: Any, sha
         )
     if any(v is not None for v in nn.effective_metric_params_.values()):
         raise ValueError(f"NearestNeighbors with metric parameters {nn.effective_metric_params_} is not supported")
-    X = nn._fit_X.toarray() if sp.issparse(nn._fit_X) else np.asarray(nn._fit_X)
+    X = sp.csr_matrix(nn._fit_X) if sp.issparse(nn._fit_X) else np.asarray(nn._fit_X)
     return X, _ids_from_sequence(reference_ids, X.shape[0])
 
 
@@ -202,7 +215,7 @@ def kneighbors_join(
     features_col: str | Sequence[str] = "features",
     exclude_self: bool = False,
     metric: str = "euclidean",
-    backend: str | Backend = "sklearn",
+    backend: str | Backend = "auto",
     shards: int | None = None,
     chunk_size: int = 4096,
     reference_ids: Sequence | None = None,
@@ -233,14 +246,18 @@ def kneighbors_join(
         Leave out the reference row whose ID equals the query's ID (and only that row: other rows at
         distance 0 stay).
     metric : str, default="euclidean"
-        Any metric ``NearestNeighbors`` accepts with the ``sklearn`` backend; ``euclidean`` with
-        ``faiss``; ``euclidean``, ``manhattan`` or ``cosine`` with ``annoy``.
-    backend : {"sklearn", "faiss", "annoy"} or Backend, default="sklearn"
-        Candidate search (see :mod:`sklspark.neighbors._backends`); ``annoy`` is approximate.
+        Any metric ``NearestNeighbors`` accepts with the ``sklearn`` backend; ``euclidean`` or
+        ``cosine`` with ``gemm``; ``euclidean`` with ``faiss``; ``euclidean``, ``manhattan`` or
+        ``cosine`` with ``annoy``.
+    backend : {"auto", "gemm", "sklearn", "faiss", "annoy"} or Backend, default="auto"
+        Candidate search (see :mod:`sklspark.neighbors._backends`): ``auto`` is the built-in float32
+        matrix-product kernel ``gemm`` for euclidean and cosine and ``sklearn`` for other metrics;
+        ``annoy`` is approximate.
     shards : int, optional
         Split a DataFrame reference into this many shards (sharded mode). By default the reference
         is broadcast if its size is at most ``BROADCAST_MAX_BYTES`` and sharded otherwise (the size is
-        Spark's plan estimate; under Spark Connect, which has none, rows x features from a count).
+        Spark's plan estimate; where there is none, under Spark Connect or for a DataFrame made from an RDD
+        or Python rows, a count x the first row's feature bytes).
     chunk_size : int, default=4096
         Most query rows searched at once in a task.
     reference_ids : sequence, optional
@@ -273,7 +290,7 @@ def kneighbors_join(
     if not isinstance(queries, DataFrame):
         raise TypeError(f"queries must be a pyspark DataFrame, got {type(queries).__name__}")
     q_spec = _check_spec(queries.schema, features_col, id_col, "queries")
-    engine = get_backend(backend)
+    engine = get_backend(backend, metric)
     metric = engine.check_metric(metric)
     job = _Join(queries, k, exclude_self, id_col, features_col, q_spec, engine, metric, chunk_size)
 
@@ -296,10 +313,12 @@ def kneighbors_join(
         if shards is not None and (isinstance(shards, bool) or not isinstance(shards, numbers.Integral) or shards < 1):
             raise ValueError(f"shards must be a positive int or None, got {shards!r}")
         size = _estimated_bytes(reference)
+        if shards is None and size is None:  # no plan statistics: an RDD, Python rows, Spark Connect
+            size = _counted_bytes(reference, r_spec)
         if shards is None and size is not None and size <= BROADCAST_MAX_BYTES:
             result = _broadcast_dataframe(job, reference, r_spec)
         else:
-            result = _shard_dataframe(job, reference, r_spec, shards, size_known=size is not None)
+            result = _shard_dataframe(job, reference, r_spec, shards)
     else:
         raise TypeError(
             f"reference must be a pyspark DataFrame or a fitted sklearn NearestNeighbors, "
@@ -314,19 +333,13 @@ def _broadcast_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec) 
     ids = table.column(job.id_col).combine_chunks()
     _check_unique(ids)
     _check_k_fits(job.k, table.num_rows, job.exclude_self)
-    X = batch_to_matrix(pa.concat_batches(table.to_batches()), r_spec, 0, accept_sparse=False)
+    X = batch_to_matrix(pa.concat_batches(table.to_batches()), r_spec, 0, accept_sparse=True)  # CSR stays CSR
     index = ReferenceIndex(job.engine, ids.to_numpy(zero_copy_only=False), job.n, job.metric).fit(X)
     return broadcast_join(job.queries, job.features_col, job.id_col, index, job.chunk_size)
 
 
-def _shard_dataframe(
-    job: _Join, reference: DataFrame, r_spec: FeatureSpec, shards: int | None, size_known: bool
-) -> DataFrame:
-    """Check the reference's IDs and size with one aggregate job, size the shards and blocks, and shard it.
-
-    Without a size estimate from the plan (Spark Connect), a reference that the aggregate shows to be at
-    most ``BROADCAST_MAX_BYTES`` is broadcast after all, unless ``shards`` was given.
-    """
+def _shard_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec, shards: int | None) -> DataFrame:
+    """Check the reference's IDs, widths and NaNs with one aggregate job, size the shards and blocks, and shard it."""
     queries, id_col, q_spec, k, exclude_self = job.queries, job.id_col, job.q_spec, job.k, job.exclude_self
     stats = reference.agg(
         F.count(F.lit(1)),
@@ -359,8 +372,6 @@ def _shard_dataframe(
         )
     _check_no_nan(queries, q_spec, id_col, q_nan, "queries'")
     row_bytes = width * r_spec.dtype.itemsize
-    if shards is None and not size_known and n_ref * row_bytes <= BROADCAST_MAX_BYTES:
-        return _broadcast_dataframe(job, reference, r_spec)
     if shards is None:
         shards = count_blocks(n_ref, row_bytes, SHARD_MAX_BYTES)
     blocks = count_blocks(n_queries, width * q_spec.dtype.itemsize, QUERY_BLOCK_MAX_BYTES)
