@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -9,6 +10,7 @@ import pyarrow as pa
 import pytest
 from _helpers import no_spark_job
 from numpy.testing import assert_allclose
+from pyspark.errors import PythonException
 from pyspark.ml.linalg import Vectors, VectorUDT
 from pyspark.sql.types import LongType, StructField, StructType
 from sklearn.metrics import pairwise_distances
@@ -259,6 +261,22 @@ def test_duplicate_and_too_few_reference_rows(spark, shards):
     small = array_df(spark, GRID[:20], np.arange(20), n_partitions=2)
     with pytest.raises(ValueError, match="k=20 is larger than the reference set"):
         all_neighbors(small, 20, shards=shards)
+
+
+@pytest.mark.parametrize("side", ["queries", "reference"])
+def test_sharded_bad_row_raises_chunk_error(spark, side):
+    """A NaN row in sharded mode fails the job like the core does: a ChunkError naming side, rows and ID."""
+    R, Q = GRID[:40].copy(), GRID[40:60].copy()
+    (Q if side == "queries" else R)[7, 1] = np.nan
+    ref = array_df(spark, R, np.arange(40), n_partitions=1)
+    queries = array_df(spark, Q, np.arange(100, 120), n_partitions=1)
+    with pytest.raises(PythonException) as info:
+        kneighbors_join(queries, ref, 3, shards=2).collect()
+    message = str(info.value)
+    assert "sklspark._runner.ChunkError: sklspark: bad input for SklearnBackend." in message
+    bad_id = 107 if side == "queries" else 7
+    what = "search of the queries' block 0 in shard" if side == "queries" else "build on the reference's shard"
+    assert re.search(rf"{what} \d in partition \d+: row \d+ \(id {bad_id}\) has NaN or infinite features", message)
 
 
 @pytest.mark.slow
