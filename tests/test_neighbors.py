@@ -71,6 +71,10 @@ def assert_identical(a, b):
         assert np.array_equal(x, y)
 
 
+#: The message of a bad ``k``, as scikit-learn words it: format with the function's name and the value.
+K_MESSAGE = "The 'k' parameter of {} must be an int in the range [1, inf). Got {!r} instead."
+
+
 @pytest.fixture
 def modes(monkeypatch):
     """The execution modes the joins of a test ran in, in call order."""
@@ -227,19 +231,34 @@ def test_errors_before_any_job(spark, grid):
     nn = NearestNeighbors().fit(GRID[:10])
     sc = spark.sparkContext
     with no_spark_job(sc):
-        with pytest.raises(ValueError, match="k must be a positive int"):
+        with pytest.raises(ValueError, match=re.escape(K_MESSAGE.format("all_neighbors", 0))):
             all_neighbors(df, 0)
-        with pytest.raises(ValueError, match="k must be a positive int"):
+        with pytest.raises(ValueError, match=re.escape(K_MESSAGE.format("kneighbors_join", -2))):
             kneighbors_join(df, df, -2)
-        with pytest.raises(TypeError, match="k must be a positive int"):
+        with pytest.raises(TypeError, match=re.escape(K_MESSAGE.format("kneighbors_join", 2.0))):
             kneighbors_join(df, df, 2.0)
+        with pytest.raises(TypeError, match=r"The 'k' parameter of all_neighbors .* Got True instead"):
+            all_neighbors(df, True)
+        with pytest.raises(ValueError, match=r"'shards' parameter of kneighbors_join .* or None. Got 0 instead"):
+            all_neighbors(df, 3, shards=0)
+        with pytest.raises(TypeError, match="The 'exclude_self' parameter of all_neighbors must be a bool"):
+            all_neighbors(df, 3, exclude_self="yes")
         with pytest.raises(ValueError, match="larger than the reference set"):
             kneighbors_join(df, nn, 11)
         with pytest.raises(ValueError, match="larger than the reference set"):
             kneighbors_join(df, nn, 10, exclude_self=True)
-        with pytest.raises(ValueError, match="unknown backend 'hnsw'"):
+        with pytest.raises(
+            ValueError,
+            match=re.escape(
+                "The 'backend' parameter of kneighbors_join must be a str among {'annoy', 'faiss', 'sklearn'} "
+                "or an instance of 'Backend'. Got 'hnsw' instead."
+            ),
+        ):
             all_neighbors(df, 3, backend="hnsw")
-        with pytest.raises(ValueError, match="backend 'faiss' supports metric 'euclidean', got 'manhattan'"):
+        with pytest.raises(
+            ValueError,
+            match=re.escape("The 'metric' parameter of backend 'faiss' must be a str among {'euclidean'}. Got 'manh"),
+        ):
             all_neighbors(df, 3, backend="faiss", metric="manhattan")
         with pytest.raises(ValueError, match="cannot use metric 'nonsense'"):
             all_neighbors(df, 3, metric="nonsense")
