@@ -87,9 +87,14 @@ def distribute(
 
     Examples
     --------
-    >>> nn = NearestNeighbors().fit(X)                                      # doctest: +SKIP
-    >>> out = distribute(nn, "kneighbors", df, n_neighbors=10)             # doctest: +SKIP
-    >>> out.select("id", "indices", "distances").show()                    # doctest: +SKIP
+    >>> from sklearn.neighbors import NearestNeighbors
+    >>> nn = NearestNeighbors(n_neighbors=2).fit([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    >>> df = spark.createDataFrame([(7, [0.1, 0.0]), (8, [0.0, 1.9])], "id long, features array<double>")
+    >>> out = distribute(nn, "kneighbors", df)
+    >>> [(row.id, row.indices) for row in out.orderBy("id").collect()]
+    [(7, [0, 1]), (8, [2, 0])]
+    >>> distribute(nn, "kneighbors", spark.sparkContext.parallelize([[0.9, 0.1]]), return_distance=False).collect()
+    [array([1, 0])]
     """
     check_method(estimator, method)
     chunk_size = check_chunk_size(chunk_size, "distribute")
@@ -168,6 +173,20 @@ def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, meth
     return rdd.mapPartitionsWithIndex(apply, preservesPartitioning=True)
 
 
+def _computed_in_python(df: DataFrame) -> bool:
+    """Whether the DataFrame's plan runs Python (a UDF, ``mapInArrow``: another ``distribute()``...).
+
+    Reading its first rows would run that Python step and stop it mid-stream: wasted work, and pyspark's
+    worker prints a ``BrokenPipeError`` trace for every partition it was stopped in. Such inputs get their
+    feature width checked in the tasks instead. Under Spark Connect (no plan to inspect) this is False.
+    """
+    try:
+        plan = str(df._jdf.queryExecution().optimizedPlan().toString())
+    except Exception:  # noqa: BLE001 - Spark Connect: no JVM handle
+        return False
+    return any(node in plan for node in ("Python", "InArrow", "InPandas"))
+
+
 def _head_matrix(df: DataFrame, spec: FeatureSpec):
     """The DataFrame's first two rows as a dense matrix (a small Spark job), or ``None`` if it is empty."""
     table = df.select(*spec.columns).limit(2).toArrow()
@@ -198,7 +217,7 @@ def _distribute_dataframe(
 
     width = spec.width
     if width is None and n_features_of(estimator) is not None:
-        rows = head_rows()
+        rows = None if _computed_in_python(df) else head_rows()
         width = rows.shape[1] if rows is not None else n_features_of(estimator)
     if width is not None:
         check_width(estimator, width, f"The DataFrame's {spec.describe()}")

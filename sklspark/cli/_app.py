@@ -263,6 +263,7 @@ def _spark(opts: SparkOptions) -> Iterator[Any]:
         app_name="sklspark",
         conf={"spark.ui.showConsoleProgress": "false", **opts.conf},
         remote=opts.spark_connect,
+        quiet=not opts.verbose,
     )
     if not opts.verbose and opts.spark_connect is None:
         spark.sparkContext.setLogLevel("FATAL")  # failures are reported by sklspark, in one paragraph
