@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,7 +12,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql.types import StructType
 
 from ._inputs import batch_to_matrix, iter_batch_chunks, iter_row_chunks, stack_rows
-from ._outputs import output_columns, output_parts, split_rows, to_arrow
+from ._outputs import OutputColumn, output_columns, output_parts, split_rows, to_arrow
 from ._runner import one_row_per_input, run_chunks
 from ._shipping import ShippedModel
 from ._validation import (
@@ -160,12 +160,45 @@ def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, meth
         _probe(estimator, method, method_kwargs, width, np.dtype(np.float32), head_rows)
     model = ShippedModel(estimator, rdd.context)
 
-    def apply(index, rows):
-        chunks = iter_row_chunks(rows, chunk_size, sparse_ok)
-        for _, _, output in run_chunks(model, method, method_kwargs, chunks, partition=index):
-            yield from split_rows(output)
+    def apply(index: int, rows: Iterable[Any]) -> Iterator[Any]:
+        return score_rows(model, method, method_kwargs, rows, chunk_size, sparse_ok, index)
 
     return rdd.mapPartitionsWithIndex(apply, preservesPartitioning=True)
+
+
+def score_rows(
+    model: ShippedModel,
+    method: str,
+    method_kwargs: dict,
+    rows: Iterable[Any],
+    chunk_size: int,
+    sparse_ok: bool,
+    partition: int,
+) -> Iterator[Any]:
+    """The task of an RDD partition: its elements stacked into chunks, scored, cut into one item per row."""
+    chunks = iter_row_chunks(rows, chunk_size, sparse_ok)
+    for _, _, output in run_chunks(model, method, method_kwargs, chunks, partition=partition):
+        yield from split_rows(output)
+
+
+def score_batches(
+    model: ShippedModel,
+    method: str,
+    method_kwargs: dict,
+    batches: Iterable[pa.RecordBatch],
+    spec: FeatureSpec,
+    chunk_size: int,
+    sparse_ok: bool,
+    columns: list[OutputColumn],
+) -> Iterator[pa.RecordBatch]:
+    """The task of a DataFrame partition: Arrow batches re-cut into chunks, scored, result columns appended."""
+    chunks = (
+        (start, batch, batch_to_matrix(batch, spec, start, sparse_ok))
+        for start, batch in iter_batch_chunks(batches, chunk_size)
+    )
+    for _, batch, _, output in run_chunks(model, method, method_kwargs, chunks):
+        arrays = batch.columns + [to_arrow(part, col) for part, col in zip(output_parts(output), columns)]
+        yield pa.RecordBatch.from_arrays(arrays, names=batch.schema.names + [c.name for c in columns])
 
 
 def _head_matrix(df: DataFrame, spec: FeatureSpec):
@@ -211,15 +244,8 @@ def _distribute_dataframe(
         )
     columns = output_columns(method, sample, output_cols, df.columns)
     model = ShippedModel(estimator, df)
-    names = df.columns + [c.name for c in columns]
 
-    def apply(batches):
-        chunks = (
-            (start, batch, batch_to_matrix(batch, spec, start, sparse_ok))
-            for start, batch in iter_batch_chunks(batches, chunk_size)
-        )
-        for _, batch, _, output in run_chunks(model, method, method_kwargs, chunks):
-            arrays = batch.columns + [to_arrow(part, col) for part, col in zip(output_parts(output), columns)]
-            yield pa.RecordBatch.from_arrays(arrays, names=names)
+    def apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return score_batches(model, method, method_kwargs, batches, spec, chunk_size, sparse_ok, columns)
 
     return df.mapInArrow(apply, StructType(df.schema.fields + [c.field for c in columns]))
