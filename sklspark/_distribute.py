@@ -92,7 +92,7 @@ def distribute(
     >>> out.select("id", "indices", "distances").show()                    # doctest: +SKIP
     """
     check_method(estimator, method)
-    chunk_size = check_chunk_size(chunk_size)
+    chunk_size = check_chunk_size(chunk_size, "distribute")
     if isinstance(data, RDD):
         if features is not None or output_cols is not None:
             raise TypeError(
