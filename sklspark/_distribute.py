@@ -7,22 +7,23 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pyspark import RDD
+from pyspark import RDD, TaskContext
 from pyspark.sql import DataFrame
 from pyspark.sql.types import StructType
 
 from ._inputs import batch_to_matrix, iter_batch_chunks, iter_row_chunks, stack_rows
-from ._outputs import output_columns, output_parts, split_rows, to_arrow
-from ._runner import one_row_per_input, run_chunks
+from ._outputs import chunk_arrays, output_columns, split_rows
+from ._runner import ChunkError, one_row_per_input, run_chunks
 from ._shipping import ShippedModel
 from ._validation import (
     FeatureSpec,
     check_chunk_size,
-    check_features,
     check_method,
     check_width,
     declares_sparse,
     n_features_of,
+    quote_column,
+    resolve_features,
 )
 
 
@@ -58,8 +59,12 @@ def distribute(
     chunk_size : int, default=4096
         Most rows passed to one call of the method; bounds the memory a task needs.
     features : str or list of str, default=None
-        DataFrame only: a ``VectorUDT`` column, an ``array<numeric>`` column, or a list of
-        numeric columns. ``None`` means the column ``"features"``.
+        DataFrame only: a ``VectorUDT`` column, an ``array<numeric>`` column, a list of
+        numeric columns, or one string column of documents (passed as a 1-D array of ``str``).
+        ``None`` means the column ``"features"``, or, for an estimator fitted on a pandas
+        DataFrame (it has ``feature_names_in_``), exactly the columns it was fitted on, by name,
+        handed over as a pandas DataFrame (see :func:`sklspark._validation.frame_spec` for the
+        types); a list given for such an estimator must name the same columns.
     output_cols : str or list of str, default=None
         DataFrame only: names of the result columns, one per part of the method's output.
         Defaults: ``prediction`` (predict), ``probability`` (predict_proba), ``log_probability``
@@ -169,14 +174,14 @@ def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, meth
 
 
 def _head_matrix(df: DataFrame, spec: FeatureSpec):
-    """The DataFrame's first two rows as a dense matrix (a small Spark job), or ``None`` if it is empty."""
-    table = df.select(*spec.columns).limit(2).toArrow()
+    """The DataFrame's first two rows as the method's input (a small Spark job), or ``None`` if it is empty."""
+    table = df.select(*(quote_column(c) for c in spec.columns)).limit(2).toArrow()
     if table.num_rows == 0:
         return None
     try:
         return batch_to_matrix(table.combine_chunks().to_batches()[0], spec, 0, accept_sparse=False)
     except ValueError as exc:
-        raise ValueError(f"the DataFrame's first rows, read on the driver to check the feature width: {exc}") from exc
+        raise ValueError(f"the DataFrame's first rows, read on the driver to check the method on them: {exc}") from exc
 
 
 def _distribute_dataframe(
@@ -188,7 +193,7 @@ def _distribute_dataframe(
     output_cols: str | Sequence[str] | None,
     method_kwargs: dict,
 ) -> DataFrame:
-    spec = check_features(df.schema, features)
+    spec = resolve_features(df.schema, estimator, features)
     head: list = []
 
     def head_rows():
@@ -197,29 +202,44 @@ def _distribute_dataframe(
         return head[0]
 
     width = spec.width
-    if width is None and n_features_of(estimator) is not None:
+    if spec.is_matrix and width is None and n_features_of(estimator) is not None:
         rows = head_rows()
         width = rows.shape[1] if rows is not None else n_features_of(estimator)
     if width is not None:
         check_width(estimator, width, f"The DataFrame's {spec.describe()}")
     sparse_ok = spec.layout == "vector" and declares_sparse(estimator)
-    sample = _probe(estimator, method, method_kwargs, width, spec.dtype, head_rows)
+    # Frames and text are probed on the data's first rows: zeros are no valid category or document.
+    zero_width = width if spec.is_matrix else None
+    sample = _probe(estimator, method, method_kwargs, zero_width, spec.dtype, head_rows)
     if sample is None:
         raise ValueError(
             f"cannot tell the result columns of {type(estimator).__name__}.{method}: the DataFrame is empty and "
             f"the estimator does not record n_features_in_"
         )
-    columns = output_columns(method, sample, output_cols, df.columns)
+    columns = output_columns(method, sample, output_cols, df.columns, estimator)
     model = ShippedModel(estimator, df)
     names = df.columns + [c.name for c in columns]
+    label = f"{type(estimator).__name__}.{method}"
+
+    input_names = df.columns
 
     def apply(batches):
+        named = (pa.RecordBatch.from_arrays(b.columns, names=input_names) for b in batches)
         chunks = (
             (start, batch, batch_to_matrix(batch, spec, start, sparse_ok))
-            for start, batch in iter_batch_chunks(batches, chunk_size)
+            for start, batch in iter_batch_chunks(named, chunk_size)
         )
-        for _, batch, _, output in run_chunks(model, method, method_kwargs, chunks):
-            arrays = batch.columns + [to_arrow(part, col) for part, col in zip(output_parts(output), columns)]
-            yield pa.RecordBatch.from_arrays(arrays, names=names)
+        for start, batch, _, output in run_chunks(model, method, method_kwargs, chunks):
+            try:
+                arrays = chunk_arrays(output, columns)
+            except ValueError as exc:
+                context = TaskContext.get()
+                partition = context.partitionId() if context is not None else 0
+                rows = f"rows {start}-{start + batch.num_rows - 1}"
+                raise ChunkError(f"sklspark: {label} in partition {partition}, {rows}: {exc}") from exc
+            yield pa.RecordBatch.from_arrays(batch.columns + arrays, names=names)
 
-    return df.mapInArrow(apply, StructType(df.schema.fields + [c.field for c in columns]))
+    # mapInArrow resolves every input column by name, which fails on names with dots or duplicates: hand it
+    # positional names, and give the batches their real names back inside the task.
+    positional = df.toDF(*(f"_sklspark_{i}" for i in range(len(input_names))))
+    return positional.mapInArrow(apply, StructType(df.schema.fields + [c.field for c in columns]))

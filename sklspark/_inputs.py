@@ -3,8 +3,9 @@
 Every adapter yields ``(first_row, X)`` pairs (or ``(first_row, batch, X)`` for Arrow), where
 ``first_row`` is the position of the chunk's first row inside its partition and ``X`` holds at
 most ``chunk_size`` rows: a dense ``ndarray``, or a CSR matrix when the input is sparse and
-the estimator accepts sparse input. Bad rows raise ``ValueError`` naming the row's position in
-the partition; the chunk runner adds the method and partition.
+the estimator accepts sparse input; a pandas DataFrame for named columns (layout ``"frame"``);
+a 1-D object array of ``str`` for a text column (layout ``"text"``). Bad rows raise ``ValueError``
+naming the row's position in the partition; the chunk runner adds the method and partition.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
@@ -186,13 +188,64 @@ def _numeric_columns(batch: pa.RecordBatch, spec: FeatureSpec, first_row: int) -
     return out
 
 
-def batch_to_matrix(
-    batch: pa.RecordBatch, spec: FeatureSpec, first_row: int, accept_sparse: bool
-) -> np.ndarray | sp.csr_matrix:
-    """Stack the feature column(s) of one Arrow record batch into a matrix."""
+def _null_rows(array: pa.Array, first_row: int, limit: int = 5) -> str:
+    rows = np.flatnonzero(np.asarray(array.is_null())) + first_row
+    shown = ", ".join(str(r) for r in rows[:limit])
+    return f"{shown} and {rows.size - limit} more" if rows.size > limit else shown
+
+
+def _text_column(column: pa.Array, spec: FeatureSpec, first_row: int) -> np.ndarray:
+    if column.null_count:
+        raise ValueError(
+            f"text column {spec.columns[0]!r} is null at row(s) {_null_rows(column, first_row)}; a missing "
+            f"document cannot be scored (fill it, e.g. with an empty string, or filter it out)"
+        )
+    return column.to_numpy(zero_copy_only=False)
+
+
+def _pandas_column(column: pa.Array, kind: str) -> np.ndarray:
+    """One Arrow column as the NumPy array pandas' readers would give (see :func:`~sklspark._validation.frame_spec`)."""
+    has_nulls = column.null_count > 0
+    if kind == "float":
+        return column.to_numpy(zero_copy_only=False)  # nulls -> NaN, width kept
+    if kind == "decimal" or (kind == "int" and has_nulls):
+        return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    if kind == "int":
+        return column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    if kind == "datetime":
+        if pa.types.is_timestamp(column.type) and column.type.tz is not None:
+            column = pc.local_timestamp(column)
+        elif pa.types.is_date(column.type):
+            column = column.cast(pa.timestamp("us"))
+        return column.to_numpy(zero_copy_only=False).astype("datetime64[ns]")
+    values = column.to_numpy(zero_copy_only=False)  # strings, and booleans with nulls: object with None
+    if kind == "bool" and not has_nulls:
+        return values
+    if has_nulls:
+        values = values.astype(object, copy=False)
+        values[np.asarray(column.is_null())] = np.nan
+    return values
+
+
+def frame_from_columns(columns: list[pa.Array], spec: FeatureSpec) -> pd.DataFrame:
+    """Arrow columns, one per name of a ``"frame"`` spec, as a pandas DataFrame with those names in that order."""
+    data = {name: _pandas_column(column, kind) for name, column, kind in zip(spec.columns, columns, spec.kinds)}
+    return pd.DataFrame(data, columns=list(spec.columns), copy=False)
+
+
+def batch_to_matrix(batch: pa.RecordBatch, spec: FeatureSpec, first_row: int, accept_sparse: bool) -> Any:
+    """The feature column(s) of one Arrow record batch as the method's input.
+
+    A dense or CSR matrix for the matrix layouts, a pandas DataFrame for ``"frame"``, a 1-D
+    object array of ``str`` for ``"text"``.
+    """
+    if spec.layout == "frame":
+        return frame_from_columns([batch.column(name) for name in spec.columns], spec)
     if spec.layout == "columns":
         return _numeric_columns(batch, spec, first_row)
     column = batch.column(spec.columns[0])
+    if spec.layout == "text":
+        return _text_column(column, spec, first_row)
     if spec.layout == "array":
         return _array_column(column, spec, first_row)
     return _vector_column(column, spec, first_row, accept_sparse)
