@@ -218,10 +218,12 @@ def _distribute_dataframe(
         )
     columns = output_columns(method, sample, output_cols, df.columns, estimator)
     model = ShippedModel(estimator, df)
-    names = df.columns + [c.name for c in columns]
-    label = f"{type(estimator).__name__}.{method}"
-
     input_names = df.columns
+    # mapInArrow resolves every input column by name and reads the output's names back, which fails on names
+    # with dots or duplicates: the batches travel with positional names, and get their real ones inside the task.
+    positional = [f"_sklspark_{i}" for i in range(len(input_names))]
+    output_names = positional + [c.name for c in columns]
+    label = f"{type(estimator).__name__}.{method}"
 
     def apply(batches):
         named = (pa.RecordBatch.from_arrays(b.columns, names=input_names) for b in batches)
@@ -237,9 +239,6 @@ def _distribute_dataframe(
                 partition = context.partitionId() if context is not None else 0
                 rows = f"rows {start}-{start + batch.num_rows - 1}"
                 raise ChunkError(f"sklspark: {label} in partition {partition}, {rows}: {exc}") from exc
-            yield pa.RecordBatch.from_arrays(batch.columns + arrays, names=names)
+            yield pa.RecordBatch.from_arrays(batch.columns + arrays, names=output_names)
 
-    # mapInArrow resolves every input column by name, which fails on names with dots or duplicates: hand it
-    # positional names, and give the batches their real names back inside the task.
-    positional = df.toDF(*(f"_sklspark_{i}" for i in range(len(input_names))))
-    return positional.mapInArrow(apply, StructType(df.schema.fields + [c.field for c in columns]))
+    return df.toDF(*positional).mapInArrow(apply, StructType(df.schema.fields + [c.field for c in columns]))
