@@ -21,6 +21,7 @@ from ._validation import (
     check_method,
     check_width,
     declares_sparse,
+    fitted_feature_names,
     n_features_of,
     quote_column,
     resolve_features,
@@ -55,7 +56,8 @@ def distribute(
         Methods that fit or need targets (``fit*``, ``partial_fit``, ``score``) are refused.
     data : pyspark.RDD or pyspark.sql.DataFrame
         An RDD whose elements are feature vectors (1-D numpy arrays, lists/tuples of numbers,
-        ``pyspark.ml.linalg`` vectors or 1-row scipy sparse matrices), or a DataFrame.
+        ``pyspark.ml.linalg`` vectors or 1-row scipy sparse matrices), or, for an estimator with
+        ``feature_names_in_``, ``dict`` or ``Row`` records holding those fields; or a DataFrame.
     chunk_size : int, default=4096
         Most rows passed to one call of the method; bounds the memory a task needs.
     features : str or list of str, default=None
@@ -155,18 +157,21 @@ def _kwargs_repr(method_kwargs: dict) -> str:
 def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, method_kwargs: dict) -> RDD:
     width = n_features_of(estimator)
     sparse_ok = declares_sparse(estimator)
+    names = fitted_feature_names(estimator)  # dict / Row elements become DataFrames of these fields
 
     def head_rows():
         head = rdd.take(2)
-        return stack_rows(head, 0, accept_sparse=False) if head else None
+        return stack_rows(head, 0, accept_sparse=False, names=names) if head else None
 
-    if width is not None:
+    if names is not None:
+        _probe(estimator, method, method_kwargs, None, np.dtype(np.float32), head_rows)
+    elif width is not None:
         # float32 zeros: a float32-fitted model (a large NearestNeighbors) is not upcast to score them
         _probe(estimator, method, method_kwargs, width, np.dtype(np.float32), head_rows)
     model = ShippedModel(estimator, rdd.context)
 
     def apply(index, rows):
-        chunks = iter_row_chunks(rows, chunk_size, sparse_ok)
+        chunks = iter_row_chunks(rows, chunk_size, sparse_ok, names)
         for _, _, output in run_chunks(model, method, method_kwargs, chunks, partition=index):
             yield from split_rows(output)
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 from pyspark.ml.linalg import DenseVector, SparseVector
+from pyspark.sql import Row
 
 from ._validation import FeatureSpec
 
@@ -57,8 +58,39 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def stack_rows(rows: list, first_row: int, accept_sparse: bool) -> np.ndarray | sp.csr_matrix:
-    """Stack RDD elements into one matrix (CSR if any row is sparse and the estimator accepts it)."""
+def _records_frame(rows: list, names: tuple[str, ...], first_row: int) -> pd.DataFrame:
+    """``dict`` / ``Row`` elements as a pandas DataFrame of the fields ``names``, typed like named Spark columns."""
+    records = []
+    for i, row in enumerate(rows):
+        record = row.asDict() if isinstance(row, Row) else row
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"row {first_row + i} is a {type(row).__name__}; expected a dict or Row like row {first_row}"
+            )
+        missing = [name for name in names if name not in record]
+        if missing:
+            raise ValueError(
+                f"row {first_row + i} has no field(s) {missing}; the estimator was fitted on {list(names)}"
+            )
+        records.append({name: record[name] for name in names})
+    try:
+        table = pa.Table.from_pylist(records)
+    except (pa.ArrowException, TypeError) as exc:
+        raise ValueError(f"rows {first_row}-{first_row + len(rows) - 1} mix value types in one field: {exc}") from exc
+    kinds = tuple(arrow_kind(column.type) for column in table.columns)
+    return frame_from_columns(table.columns, FeatureSpec("frame", names, np.dtype(object), kinds))
+
+
+def stack_rows(
+    rows: list, first_row: int, accept_sparse: bool, names: tuple[str, ...] | None = None
+) -> np.ndarray | sp.csr_matrix | pd.DataFrame:
+    """Stack RDD elements into one matrix (CSR if any row is sparse and the estimator accepts it).
+
+    With ``names`` (the estimator's ``feature_names_in_``), ``dict`` / ``Row`` elements give a pandas
+    DataFrame of those fields instead, typed as :func:`frame_from_columns` types named columns.
+    """
+    if names is not None and isinstance(rows[0], (dict, Row)):
+        return _records_frame(rows, names, first_row)
     arrays = [_row_to_array(row, first_row + i) for i, row in enumerate(rows)]
     width = arrays[0].shape[-1]
     for i, arr in enumerate(arrays):
@@ -74,19 +106,19 @@ def stack_rows(rows: list, first_row: int, accept_sparse: bool) -> np.ndarray | 
 
 
 def iter_row_chunks(
-    rows: Iterable, chunk_size: int, accept_sparse: bool
-) -> Iterator[tuple[int, np.ndarray | sp.csr_matrix]]:
-    """Group an iterator of RDD elements into stacked chunks of at most ``chunk_size`` rows."""
+    rows: Iterable, chunk_size: int, accept_sparse: bool, names: tuple[str, ...] | None = None
+) -> Iterator[tuple[int, Any]]:
+    """Group an iterator of RDD elements into stacked chunks of at most ``chunk_size`` rows (see :func:`stack_rows`)."""
     buffer: list = []
     first_row = 0
     for row in rows:
         buffer.append(row)
         if len(buffer) == chunk_size:
-            yield first_row, stack_rows(buffer, first_row, accept_sparse)
+            yield first_row, stack_rows(buffer, first_row, accept_sparse, names)
             first_row += chunk_size
             buffer = []
     if buffer:
-        yield first_row, stack_rows(buffer, first_row, accept_sparse)
+        yield first_row, stack_rows(buffer, first_row, accept_sparse, names)
 
 
 # --------------------------------------------------------------------------- Arrow batches
@@ -201,6 +233,30 @@ def _text_column(column: pa.Array, spec: FeatureSpec, first_row: int) -> np.ndar
             f"document cannot be scored (fill it, e.g. with an empty string, or filter it out)"
         )
     return column.to_numpy(zero_copy_only=False)
+
+
+#: Arrow types, as met in RDD records, and the conversion of :func:`_pandas_column` they take.
+_ARROW_KINDS = (
+    (pa.types.is_string, "string"),
+    (pa.types.is_large_string, "string"),
+    (pa.types.is_boolean, "bool"),
+    (pa.types.is_integer, "int"),
+    (pa.types.is_floating, "float"),
+    (pa.types.is_decimal, "decimal"),
+    (pa.types.is_temporal, "datetime"),
+)
+
+
+def arrow_kind(arrow_type: pa.DataType) -> str:
+    """The conversion a column of ``arrow_type`` takes; all-null columns are missing strings (``np.nan``)."""
+    if pa.types.is_null(arrow_type):
+        return "string"
+    kind = next((k for test, k in _ARROW_KINDS if test(arrow_type)), None)
+    if kind is None:
+        raise ValueError(
+            f"a field of type {arrow_type} has no pandas scalar dtype; expected str, numbers, bool or dates"
+        )
+    return kind
 
 
 def _pandas_column(column: pa.Array, kind: str) -> np.ndarray:

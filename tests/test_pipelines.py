@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from _helpers import assert_same, no_spark_job
+from pyspark.sql import Row
 from pyspark.sql import functions as F
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -277,3 +278,13 @@ def test_any_column_name(spark):
     df = raw.toDF("a b", "c.d", "e`f", "id", "extra", "extra")  # a duplicated non-feature column is fine
     got = _sorted(distribute(model, "predict_proba", df), "probability")
     assert_same(np.stack(got["probability"]), model.predict_proba(frame))
+
+
+def test_rdd_of_records(spark):
+    model = MODELS["encoders-imputers-logistic"]
+    records = SCORE.astype(object).where(SCORE.notna(), None).to_dict("records")  # missing values as None
+    rows = [Row(**{**r, "extra": i}) for i, r in enumerate(records)]  # with an extra field
+    expected = model.predict_proba(SCORE)
+    for data in (records, rows):
+        rdd = spark.sparkContext.parallelize(data, 3)
+        assert_same(np.stack(distribute(model, "predict_proba", rdd, chunk_size=16).collect()), expected)
