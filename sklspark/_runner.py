@@ -134,17 +134,20 @@ def run_chunks(
     method_kwargs: dict,
     chunks: Iterator[tuple[Any, ...]],
     partition: int | None = None,
+    convert: Callable[[Any], Any] | None = None,
 ) -> Iterator[tuple[Any, ...]]:
     """Run a shipped model's ``method`` on every chunk (see :func:`apply_chunks`), one output row per input row.
 
     CSR chunks are made dense for methods that refuse sparse input (see
-    :func:`~sklspark._validation.accepts_sparse`).
+    :func:`~sklspark._validation.accepts_sparse`). ``convert``, if given, turns each output into what is
+    yielded (e.g. Arrow arrays); its errors become :class:`ChunkError` s naming the rows like the method's.
     """
     estimator = model.get()
     fn = getattr(estimator, method)
 
     def call(X: Any) -> Any:
         X = _densify_if_refused(model, estimator, method, method_kwargs, X)
-        return one_row_per_input(fn(X, **method_kwargs), X.shape[0])
+        output = one_row_per_input(fn(X, **method_kwargs), X.shape[0])
+        return output if convert is None else convert(output)
 
     return apply_chunks(call, f"{type(estimator).__name__}.{method}", chunks, partition)

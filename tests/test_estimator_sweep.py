@@ -71,7 +71,7 @@ def test_task_functions_match_in_process(spark, name, method, kind):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if kind == "rdd":
-            rows = list(score_rows(model, method, {}, iter(list(X)), CHUNK_SIZE, False, partition=0))
+            rows = list(score_rows(model, method, {}, iter(list(X)), CHUNK_SIZE, False, None, partition=0))
             got = stack_results(rows, expected)
         else:
             width = X.shape[1]
@@ -79,11 +79,11 @@ def test_task_functions_match_in_process(spark, name, method, kind):
             table = pa.table({"id": np.arange(len(X)), "features": pa.ListArray.from_arrays(offsets, X.ravel())})
             spec = check_features(_ARRAY_SCHEMA, "features")
             sample = _probe(est, method, {}, width, spec.dtype, lambda: X[:2])
-            columns = output_columns(method, sample, None, table.column_names)
+            columns = output_columns(method, sample, None, table.column_names, est)
             # batches of 50 rows re-cut into chunks of 16, as a task re-cuts Arrow batches
             batches = table.to_batches(max_chunksize=50)
             result = pa.Table.from_batches(
-                list(score_batches(model, method, {}, batches, spec, CHUNK_SIZE, False, columns))
+                list(score_batches(model, method, {}, batches, table.column_names, spec, CHUNK_SIZE, False, columns))
             )
             parts = output_parts(expected)
             values = [column_values(result.column(c.name).combine_chunks(), p) for c, p in zip(columns, parts)]
