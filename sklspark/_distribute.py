@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,17 +13,19 @@ from pyspark.sql import DataFrame
 from pyspark.sql.types import StructType
 
 from ._inputs import batch_to_matrix, iter_batch_chunks, iter_row_chunks, stack_rows
-from ._outputs import output_columns, output_parts, split_rows, to_arrow
+from ._outputs import OutputColumn, chunk_arrays, output_columns, split_rows
 from ._runner import one_row_per_input, run_chunks
 from ._shipping import ShippedModel
 from ._validation import (
     FeatureSpec,
     check_chunk_size,
-    check_features,
     check_method,
     check_width,
     declares_sparse,
+    fitted_feature_names,
     n_features_of,
+    quote_column,
+    resolve_features,
 )
 
 
@@ -54,12 +57,17 @@ def distribute(
         Methods that fit or need targets (``fit*``, ``partial_fit``, ``score``) are refused.
     data : pyspark.RDD or pyspark.sql.DataFrame
         An RDD whose elements are feature vectors (1-D numpy arrays, lists/tuples of numbers,
-        ``pyspark.ml.linalg`` vectors or 1-row scipy sparse matrices), or a DataFrame.
+        ``pyspark.ml.linalg`` vectors or 1-row scipy sparse matrices), or, for an estimator with
+        ``feature_names_in_``, ``dict`` or ``Row`` records holding those fields; or a DataFrame.
     chunk_size : int, default=4096
         Most rows passed to one call of the method; bounds the memory a task needs.
     features : str or list of str, default=None
-        DataFrame only: a ``VectorUDT`` column, an ``array<numeric>`` column, or a list of
-        numeric columns. ``None`` means the column ``"features"``.
+        DataFrame only: a ``VectorUDT`` column, an ``array<numeric>`` column, a list of
+        numeric columns, or one string column of documents (passed as a 1-D array of ``str``).
+        ``None`` means the column ``"features"``, or, for an estimator fitted on a pandas
+        DataFrame (it has ``feature_names_in_``), exactly the columns it was fitted on, by name,
+        handed over as a pandas DataFrame (see :func:`sklspark._validation.frame_spec` for the
+        types); a list given for such an estimator must name the same columns.
     output_cols : str or list of str, default=None
         DataFrame only: names of the result columns, one per part of the method's output.
         Defaults: ``prediction`` (predict), ``probability`` (predict_proba), ``log_probability``
@@ -155,20 +163,21 @@ def _kwargs_repr(method_kwargs: dict) -> str:
 def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, method_kwargs: dict) -> RDD:
     width = n_features_of(estimator)
     sparse_ok = declares_sparse(estimator)
+    names = fitted_feature_names(estimator)  # dict / Row elements become DataFrames of these fields
 
     def head_rows():
         head = rdd.take(2)
-        return stack_rows(head, 0, accept_sparse=False) if head else None
+        return stack_rows(head, 0, accept_sparse=False, names=names) if head else None
 
-    if width is not None:
+    if names is not None:
+        _probe(estimator, method, method_kwargs, None, np.dtype(np.float32), head_rows)
+    elif width is not None:
         # float32 zeros: a float32-fitted model (a large NearestNeighbors) is not upcast to score them
         _probe(estimator, method, method_kwargs, width, np.dtype(np.float32), head_rows)
     model = ShippedModel(estimator, rdd.context)
 
-    def apply(index, rows):
-        chunks = iter_row_chunks(rows, chunk_size, sparse_ok)
-        for _, _, output in run_chunks(model, method, method_kwargs, chunks, partition=index):
-            yield from split_rows(output)
+    def apply(index: int, rows: Iterable[Any]) -> Iterator[Any]:
+        return score_rows(model, method, method_kwargs, rows, chunk_size, sparse_ok, names, index)
 
     return rdd.mapPartitionsWithIndex(apply, preservesPartitioning=True)
 
@@ -187,15 +196,65 @@ def _computed_in_python(df: DataFrame) -> bool:
     return any(node in plan for node in ("Python", "InArrow", "InPandas"))
 
 
+def score_rows(
+    model: ShippedModel,
+    method: str,
+    method_kwargs: dict,
+    rows: Iterable[Any],
+    chunk_size: int,
+    sparse_ok: bool,
+    names: tuple[str, ...] | None,
+    partition: int,
+) -> Iterator[Any]:
+    """The task of an RDD partition: its elements stacked into chunks, scored, cut into one item per row.
+
+    ``names``: the fields taken from ``dict``/``Row`` elements into pandas chunks, or ``None`` for vectors.
+    """
+    chunks = iter_row_chunks(rows, chunk_size, sparse_ok, names)
+    for _, _, output in run_chunks(model, method, method_kwargs, chunks, partition=partition):
+        yield from split_rows(output)
+
+
+def score_batches(
+    model: ShippedModel,
+    method: str,
+    method_kwargs: dict,
+    batches: Iterable[pa.RecordBatch],
+    input_names: Sequence[str],
+    spec: FeatureSpec,
+    chunk_size: int,
+    sparse_ok: bool,
+    columns: list[OutputColumn],
+) -> Iterator[pa.RecordBatch]:
+    """The task of a DataFrame partition: Arrow batches re-cut into chunks, scored, result columns appended.
+
+    The batches arrive with positional column names (see :func:`_distribute_dataframe`) and are read by
+    ``input_names``; they leave with the same positional names followed by the result columns' names.
+    """
+    named = (pa.RecordBatch.from_arrays(b.columns, names=list(input_names)) for b in batches)
+    chunks = (
+        (start, batch, batch_to_matrix(batch, spec, start, sparse_ok))
+        for start, batch in iter_batch_chunks(named, chunk_size)
+    )
+    output_names = _positional(len(input_names)) + [c.name for c in columns]
+    convert = functools.partial(chunk_arrays, columns=columns)
+    for _, batch, _, arrays in run_chunks(model, method, method_kwargs, chunks, convert=convert):
+        yield pa.RecordBatch.from_arrays(batch.columns + arrays, names=output_names)
+
+
+def _positional(n: int) -> list[str]:
+    return [f"_sklspark_{i}" for i in range(n)]
+
+
 def _head_matrix(df: DataFrame, spec: FeatureSpec):
-    """The DataFrame's first two rows as a dense matrix (a small Spark job), or ``None`` if it is empty."""
-    table = df.select(*spec.columns).limit(2).toArrow()
+    """The DataFrame's first two rows as the method's input (a small Spark job), or ``None`` if it is empty."""
+    table = df.select(*(quote_column(c) for c in spec.columns)).limit(2).toArrow()
     if table.num_rows == 0:
         return None
     try:
         return batch_to_matrix(table.combine_chunks().to_batches()[0], spec, 0, accept_sparse=False)
     except ValueError as exc:
-        raise ValueError(f"the DataFrame's first rows, read on the driver to check the feature width: {exc}") from exc
+        raise ValueError(f"the DataFrame's first rows, read on the driver to check the method on them: {exc}") from exc
 
 
 def _distribute_dataframe(
@@ -207,7 +266,7 @@ def _distribute_dataframe(
     output_cols: str | Sequence[str] | None,
     method_kwargs: dict,
 ) -> DataFrame:
-    spec = check_features(df.schema, features)
+    spec = resolve_features(df.schema, estimator, features)
     head: list = []
 
     def head_rows():
@@ -216,29 +275,29 @@ def _distribute_dataframe(
         return head[0]
 
     width = spec.width
-    if width is None and n_features_of(estimator) is not None:
+    if spec.is_matrix and width is None and n_features_of(estimator) is not None:
         rows = None if _computed_in_python(df) else head_rows()
         width = rows.shape[1] if rows is not None else n_features_of(estimator)
     if width is not None:
         check_width(estimator, width, f"The DataFrame's {spec.describe()}")
     sparse_ok = spec.layout == "vector" and declares_sparse(estimator)
-    sample = _probe(estimator, method, method_kwargs, width, spec.dtype, head_rows)
+    # Frames and text are probed on the data's first rows: zeros are no valid category or document.
+    zero_width = width if spec.is_matrix else None
+    sample = _probe(estimator, method, method_kwargs, zero_width, spec.dtype, head_rows)
     if sample is None:
         raise ValueError(
             f"cannot tell the result columns of {type(estimator).__name__}.{method}: the DataFrame is empty and "
             f"the estimator does not record n_features_in_"
         )
-    columns = output_columns(method, sample, output_cols, df.columns)
+    columns = output_columns(method, sample, output_cols, df.columns, estimator)
     model = ShippedModel(estimator, df)
-    names = df.columns + [c.name for c in columns]
+    input_names = df.columns
+    # mapInArrow resolves every input column by name and reads the output's names back, which fails on names
+    # with dots or duplicates: the batches travel with positional names, and get their real ones inside the task.
 
-    def apply(batches):
-        chunks = (
-            (start, batch, batch_to_matrix(batch, spec, start, sparse_ok))
-            for start, batch in iter_batch_chunks(batches, chunk_size)
-        )
-        for _, batch, _, output in run_chunks(model, method, method_kwargs, chunks):
-            arrays = batch.columns + [to_arrow(part, col) for part, col in zip(output_parts(output), columns)]
-            yield pa.RecordBatch.from_arrays(arrays, names=names)
+    def apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return score_batches(model, method, method_kwargs, batches, input_names, spec, chunk_size, sparse_ok, columns)
 
-    return df.mapInArrow(apply, StructType(df.schema.fields + [c.field for c in columns]))
+    return df.toDF(*_positional(len(input_names))).mapInArrow(
+        apply, StructType(df.schema.fields + [c.field for c in columns])
+    )

@@ -96,15 +96,13 @@ def apply_chunks(
     label: str,
     chunks: Iterator[tuple[Any, ...]],
     partition: int | None = None,
-    *,
-    rows: Callable[[tuple[Any, ...], Any], str] | None = None,
 ) -> Iterator[tuple[Any, ...]]:
     """Call ``fn(X)`` on every chunk with threads capped, yielding each chunk's items followed by the output.
 
     ``chunks`` yields tuples whose first item is the chunk's first row in the partition and whose last
     item ``X`` is the feature matrix. Any error reading a chunk or in ``fn`` becomes a
     :class:`ChunkError` whose message starts with :data:`ERROR_MARKER` and names ``label`` (what ran),
-    the partition, the rows (``rows(item, X)``, default ``"rows first-last"``) and the cause.
+    the partition, the rows and the cause.
     """
     if partition is None:
         context = TaskContext.get()
@@ -118,7 +116,7 @@ def apply_chunks(
             except Exception as exc:
                 raise ChunkError(f"{ERROR_MARKER} bad input for {label} in partition {partition}: {exc}") from exc
             X = item[-1]
-            where = rows(item, X) if rows is not None else f"rows {item[0]}-{item[0] + X.shape[0] - 1}"
+            where = f"rows {item[0]}-{item[0] + X.shape[0] - 1}"
             try:
                 output = fn(X)
             except Exception as exc:
@@ -134,17 +132,20 @@ def run_chunks(
     method_kwargs: dict,
     chunks: Iterator[tuple[Any, ...]],
     partition: int | None = None,
+    convert: Callable[[Any], Any] | None = None,
 ) -> Iterator[tuple[Any, ...]]:
     """Run a shipped model's ``method`` on every chunk (see :func:`apply_chunks`), one output row per input row.
 
     CSR chunks are made dense for methods that refuse sparse input (see
-    :func:`~sklspark._validation.accepts_sparse`).
+    :func:`~sklspark._validation.accepts_sparse`). ``convert``, if given, turns each output into what is
+    yielded (e.g. Arrow arrays); its errors become :class:`ChunkError` s naming the rows like the method's.
     """
     estimator = model.get()
     fn = getattr(estimator, method)
 
     def call(X: Any) -> Any:
         X = _densify_if_refused(model, estimator, method, method_kwargs, X)
-        return one_row_per_input(fn(X, **method_kwargs), X.shape[0])
+        output = one_row_per_input(fn(X, **method_kwargs), X.shape[0])
+        return output if convert is None else convert(output)
 
     return apply_chunks(call, f"{type(estimator).__name__}.{method}", chunks, partition)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import numbers
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -12,14 +13,20 @@ import scipy.sparse as sp
 from pyspark.ml.linalg import VectorUDT
 from pyspark.sql.types import (
     ArrayType,
+    BooleanType,
     ByteType,
     DataType,
+    DateType,
+    DecimalType,
     DoubleType,
     FloatType,
     IntegerType,
     LongType,
     ShortType,
+    StringType,
     StructType,
+    TimestampNTZType,
+    TimestampType,
 )
 from sklearn.utils import get_tags
 from sklearn.utils.validation import check_is_fitted
@@ -203,26 +210,41 @@ def check_width(estimator: Any, width: int, where: str) -> None:
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Where a DataFrame's features are: one vector/array column, or several numeric columns.
+    """Where a DataFrame's features are, and what the method is handed per chunk.
+
+    Layouts: ``"vector"`` (one ``VectorUDT`` column), ``"array"`` (one ``array<numeric>`` column) and
+    ``"columns"`` (several numeric columns) stack into a matrix; ``"frame"`` (named columns of any
+    scalar type, for an estimator with ``feature_names_in_``) gives a pandas DataFrame with one
+    column per name, converted as ``kinds`` says (see :func:`frame_spec`); ``"text"`` (one string
+    column) gives a 1-D object array of ``str``.
 
     Attributes
     ----------
-    layout : {"vector", "array", "columns"}
+    layout : {"vector", "array", "columns", "frame", "text"}
     columns : tuple of str
-    dtype : numpy dtype of the stacked matrix
+    dtype : numpy dtype of the stacked matrix (``object`` for ``"frame"`` and ``"text"``)
+    kinds : tuple of str
+        ``"frame"`` only: each column's conversion, one of ``"string"``, ``"int"``, ``"float"``,
+        ``"bool"``, ``"decimal"``, ``"datetime"``.
     """
 
     layout: str
     columns: tuple[str, ...]
     dtype: np.dtype
+    kinds: tuple[str, ...] = ()
 
     @property
     def width(self) -> int | None:
         """Feature count when the schema alone tells it (numeric columns), else ``None``."""
         return len(self.columns) if self.layout == "columns" else None
 
+    @property
+    def is_matrix(self) -> bool:
+        """Whether chunks are stacked into a numeric matrix (dense or CSR)."""
+        return self.layout in ("vector", "array", "columns")
+
     def describe(self) -> str:
-        if self.layout == "columns":
+        if self.layout in ("columns", "frame"):
             return f"feature columns {list(self.columns)}"
         return f"{self.layout} column {self.columns[0]!r}"
 
@@ -264,9 +286,7 @@ def check_features(schema: StructType, features: str | Sequence[str] | None) -> 
         raise TypeError(f"features must be a column name or a list of column names, got {features!r}")
 
     fields = {f.name: f.dataType for f in schema.fields}
-    missing = [c for c in names if c not in fields]
-    if missing:
-        raise ValueError(f"feature column(s) {missing} not found; the DataFrame has columns {list(fields)}")
+    _check_present(schema, names)
 
     if len(names) == 1:
         data_type = fields[names[0]]
@@ -291,3 +311,127 @@ def check_features(schema: StructType, features: str | Sequence[str] | None) -> 
             )
         dtypes.append(dtype)
     return FeatureSpec("columns", names, np.result_type(*dtypes))
+
+
+# --------------------------------------------------------------------------- named columns
+
+#: Spark scalar types a named feature column may have, and how its chunk column is converted.
+_FRAME_KINDS: tuple[tuple[type, str], ...] = (
+    (StringType, "string"),
+    (BooleanType, "bool"),
+    (LongType, "int"),
+    (IntegerType, "int"),
+    (ShortType, "int"),
+    (ByteType, "int"),
+    (DoubleType, "float"),
+    (FloatType, "float"),
+    (DecimalType, "decimal"),
+    (DateType, "datetime"),
+    (TimestampType, "datetime"),
+    (TimestampNTZType, "datetime"),
+)
+
+
+def fitted_feature_names(estimator: Any) -> tuple[str, ...] | None:
+    """The column names the estimator was fitted on (``feature_names_in_``), or ``None``."""
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is None:
+        return None
+    return tuple(str(n) for n in names)
+
+
+def quote_column(name: str) -> str:
+    """``name`` quoted for Spark's column resolution (dots, spaces and backticks taken literally)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _close_matches(name: str, candidates: Sequence[str]) -> list[str]:
+    same_case = [c for c in candidates if c.lower() == name.lower()]
+    return same_case or difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.75)
+
+
+def _check_present(schema: StructType, names: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming every column of ``names`` that is missing or duplicated in ``schema``."""
+    present = [f.name for f in schema.fields]
+    missing = [c for c in names if c not in present]
+    if missing:
+        hints = [
+            f"{c!r} (did you mean {', '.join(repr(m) for m in close)}?)"
+            for c in missing
+            if (close := _close_matches(c, present))
+        ]
+        hint = f"; close matches: {'; '.join(hints)}" if hints else ""
+        raise ValueError(f"feature column(s) {missing} not found; the DataFrame has columns {present}{hint}")
+    ambiguous = sorted({c for c in names if present.count(c) > 1})
+    if ambiguous:
+        raise ValueError(
+            f"feature column(s) {ambiguous} appear more than once in the DataFrame, so which one holds the feature "
+            f"is ambiguous; rename or drop the duplicates first"
+        )
+
+
+def frame_spec(schema: StructType, names: Sequence[str]) -> FeatureSpec:
+    """The ``"frame"`` layout: ``names`` read from ``schema`` and handed over as a pandas DataFrame.
+
+    Each column is converted the way pandas' own readers type it, so a model fitted on a pandas
+    DataFrame sees what it saw at fit time:
+
+    ===========================  ==============================================================
+    Spark type                   pandas dtype in the chunk
+    ===========================  ==============================================================
+    string                       ``object`` of ``str``, ``np.nan`` for null
+    byte, short, int, long       ``int64``; ``float64`` with ``NaN`` if the chunk has nulls
+    float, double                ``float32`` / ``float64``, ``NaN`` for null
+    boolean                      ``bool``; ``object`` with ``np.nan`` if the chunk has nulls
+    decimal                      ``float64``, ``NaN`` for null
+    date, timestamp              ``datetime64[ns]`` (session time zone, no zone), ``NaT``
+    ===========================  ==============================================================
+
+    Raises
+    ------
+    ValueError
+        A column is missing (naming it and close matches) or appears more than once.
+    TypeError
+        A column is a vector, an array, a struct or another type with no pandas scalar dtype.
+    """
+    names = tuple(names)
+    _check_present(schema, names)
+    fields = {f.name: f.dataType for f in schema.fields}
+    kinds = []
+    for name in names:
+        data_type = fields[name]
+        kind = next((k for t, k in _FRAME_KINDS if isinstance(data_type, t)), None)
+        if kind is None:
+            raise TypeError(
+                f"feature column {name!r} is {data_type.simpleString()}; a model fitted on named columns takes "
+                f"scalar columns (string, numeric, boolean, decimal, date, timestamp), not vectors or arrays"
+            )
+        kinds.append(kind)
+    return FeatureSpec("frame", names, np.dtype(object), tuple(kinds))
+
+
+def resolve_features(schema: StructType, estimator: Any, features: str | Sequence[str] | None) -> FeatureSpec:
+    """The :class:`FeatureSpec` for ``estimator`` over a DataFrame of ``schema``.
+
+    An estimator fitted on a pandas DataFrame (it has ``feature_names_in_``) is given exactly those
+    columns, by name, in the fitted order (:func:`frame_spec`); ``features``, if given, must name the
+    same set. An estimator that records no feature count (a text pipeline fitted on a list of
+    documents) is given one string column as a 1-D object array of ``str`` (layout ``"text"``).
+    Any other estimator gets :func:`check_features`.
+    """
+    fitted = fitted_feature_names(estimator)
+    if fitted is None:
+        if isinstance(features, str) and n_features_of(estimator) is None:
+            field = next((f for f in schema.fields if f.name == features), None)
+            if field is not None and isinstance(field.dataType, StringType):
+                _check_present(schema, (features,))
+                return FeatureSpec("text", (features,), np.dtype(object))
+        return check_features(schema, features)
+    if features is not None:
+        given = (features,) if isinstance(features, str) else tuple(features)
+        if set(given) != set(fitted) or len(given) != len(fitted):
+            raise ValueError(
+                f"features={list(given)} does not name the columns {type(estimator).__name__} was fitted on: "
+                f"{list(fitted)} (feature_names_in_); pass features=None to use those by name"
+            )
+    return frame_spec(schema, fitted)
