@@ -21,6 +21,7 @@ from .. import __version__
 from .._distribute import distribute
 from .._progress import SparkProgress
 from .._session import spark_session
+from .._validation import fitted_feature_names
 from ._java import JavaMissing, java_major_version
 from ._models import load_model
 from ._paths import FORMATS, HadoopPaths, input_format, read_input, write_atomically
@@ -142,29 +143,46 @@ feature_options = _options(
         "--features-col",
         default="features",
         show_default=True,
-        help="The feature column: a vector or an array of numbers.",
+        help="The feature column: a vector, an array of numbers, or (apply) a string column of documents.",
     ),
     click.option(
         "--features",
         "feature_list",
         callback=_split_columns,
         metavar="C1,C2,...",
-        help="Numeric feature columns, instead of --features-col.",
+        help="Feature columns, instead of --features-col (apply: any scalar type for a model fitted on a "
+        "pandas DataFrame, which by default takes the columns it was fitted on, by name).",
     ),
+)
+
+
+#: Spark master URLs: local[N] / local[N,F] / local-cluster[...], spark://host:port[,host:port], yarn, k8s://, mesos://.
+_MASTER_URL = re.compile(
+    r"local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|spark://[^/\s:]+:\d+(,[^/\s:]+:\d+)*"
+    r"|yarn|k8s://\S+|mesos://\S+"
 )
 
 
 @contextlib.contextmanager
 def _spark(master: str, conf: dict, spark_connect: str | None, verbose: bool) -> Iterator[Any]:
     if spark_connect is None:
+        if not _MASTER_URL.fullmatch(master):
+            raise BadArguments(
+                f"--master {master!r} is not a Spark master URL; expected local[N], local[*], spark://host:port, "
+                f"yarn or k8s://https://host:port"
+            )
         try:
             java_major_version()
         except JavaMissing as exc:
             raise JobFailed(str(exc)) from exc
     # sklspark draws its own progress; Spark's console bar would interleave with it.
-    spark = spark_session(
-        master, app_name="sklspark", conf={"spark.ui.showConsoleProgress": "false", **conf}, remote=spark_connect
-    )
+    try:
+        spark = spark_session(
+            master, app_name="sklspark", conf={"spark.ui.showConsoleProgress": "false", **conf}, remote=spark_connect
+        )
+    except Exception as exc:
+        where = f"--spark-connect {spark_connect}" if spark_connect else f"--master {master}"
+        raise JobFailed(f"cannot start Spark with {where}: {_one_paragraph(exc)}") from exc
     if not verbose and spark_connect is None:
         spark.sparkContext.setLogLevel("FATAL")  # failures are reported by sklspark, in one paragraph
     try:
@@ -436,10 +454,11 @@ def apply(
         paths = HadoopPaths(spark)
         _check_output(paths, output, overwrite)
         df = _read(spark, paths, input_path, input_format)
+        features: str | list[str] | None = feature_list or features_col
+        if feature_list is None and features_col == "features" and fitted_feature_names(model) is not None:
+            features = None  # a model fitted on a pandas DataFrame: its own columns, by name
         result = _prepare(
-            lambda: distribute(
-                model, method, df, chunk_size=chunk_size, features=feature_list or features_col, **method_kwargs
-            )
+            lambda: distribute(model, method, df, chunk_size=chunk_size, features=features, **method_kwargs)
         )
         _check_writable(result, output_format)
         _write_with_summary(spark, paths, result, output, output_format, overwrite, f"{type(model).__name__}.{method}")
