@@ -45,3 +45,20 @@ def test_large_model_script_smoke(tmp_path):
         assert len(rows) == 2
     finally:
         result.unlink(missing_ok=True)
+
+
+def test_pipeline_benchmark_smoke(tmp_path):
+    name = f"smoke-{tmp_path.name}"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT.with_name("pipeline.py")), "--quick", "--name", name],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    result = SCRIPT.parent / "results" / f"{name}.md"
+    try:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        text = result.read_text()
+        assert "Throughput of distribute() / hand-written" in text and "equal in-process scikit-learn: True" in text
+    finally:
+        result.unlink(missing_ok=True)
