@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pyspark import RDD, TaskContext
+from pyspark import RDD
 from pyspark.sql import DataFrame
 from pyspark.sql.types import StructType
 
 from ._inputs import batch_to_matrix, iter_batch_chunks, iter_row_chunks, stack_rows
-from ._outputs import chunk_arrays, output_columns, split_rows
-from ._runner import ChunkError, one_row_per_input, run_chunks
+from ._outputs import OutputColumn, chunk_arrays, output_columns, split_rows
+from ._runner import one_row_per_input, run_chunks
 from ._shipping import ShippedModel
 from ._validation import (
     FeatureSpec,
@@ -99,7 +100,7 @@ def distribute(
     >>> out.select("id", "indices", "distances").show()                    # doctest: +SKIP
     """
     check_method(estimator, method)
-    chunk_size = check_chunk_size(chunk_size)
+    chunk_size = check_chunk_size(chunk_size, "distribute")
     if isinstance(data, RDD):
         if features is not None or output_cols is not None:
             raise TypeError(
@@ -170,12 +171,60 @@ def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, meth
         _probe(estimator, method, method_kwargs, width, np.dtype(np.float32), head_rows)
     model = ShippedModel(estimator, rdd.context)
 
-    def apply(index, rows):
-        chunks = iter_row_chunks(rows, chunk_size, sparse_ok, names)
-        for _, _, output in run_chunks(model, method, method_kwargs, chunks, partition=index):
-            yield from split_rows(output)
+    def apply(index: int, rows: Iterable[Any]) -> Iterator[Any]:
+        return score_rows(model, method, method_kwargs, rows, chunk_size, sparse_ok, names, index)
 
     return rdd.mapPartitionsWithIndex(apply, preservesPartitioning=True)
+
+
+def score_rows(
+    model: ShippedModel,
+    method: str,
+    method_kwargs: dict,
+    rows: Iterable[Any],
+    chunk_size: int,
+    sparse_ok: bool,
+    names: tuple[str, ...] | None,
+    partition: int,
+) -> Iterator[Any]:
+    """The task of an RDD partition: its elements stacked into chunks, scored, cut into one item per row.
+
+    ``names``: the fields taken from ``dict``/``Row`` elements into pandas chunks, or ``None`` for vectors.
+    """
+    chunks = iter_row_chunks(rows, chunk_size, sparse_ok, names)
+    for _, _, output in run_chunks(model, method, method_kwargs, chunks, partition=partition):
+        yield from split_rows(output)
+
+
+def score_batches(
+    model: ShippedModel,
+    method: str,
+    method_kwargs: dict,
+    batches: Iterable[pa.RecordBatch],
+    input_names: Sequence[str],
+    spec: FeatureSpec,
+    chunk_size: int,
+    sparse_ok: bool,
+    columns: list[OutputColumn],
+) -> Iterator[pa.RecordBatch]:
+    """The task of a DataFrame partition: Arrow batches re-cut into chunks, scored, result columns appended.
+
+    The batches arrive with positional column names (see :func:`_distribute_dataframe`) and are read by
+    ``input_names``; they leave with the same positional names followed by the result columns' names.
+    """
+    named = (pa.RecordBatch.from_arrays(b.columns, names=list(input_names)) for b in batches)
+    chunks = (
+        (start, batch, batch_to_matrix(batch, spec, start, sparse_ok))
+        for start, batch in iter_batch_chunks(named, chunk_size)
+    )
+    output_names = _positional(len(input_names)) + [c.name for c in columns]
+    convert = functools.partial(chunk_arrays, columns=columns)
+    for _, batch, _, arrays in run_chunks(model, method, method_kwargs, chunks, convert=convert):
+        yield pa.RecordBatch.from_arrays(batch.columns + arrays, names=output_names)
+
+
+def _positional(n: int) -> list[str]:
+    return [f"_sklspark_{i}" for i in range(n)]
 
 
 def _head_matrix(df: DataFrame, spec: FeatureSpec):
@@ -226,24 +275,10 @@ def _distribute_dataframe(
     input_names = df.columns
     # mapInArrow resolves every input column by name and reads the output's names back, which fails on names
     # with dots or duplicates: the batches travel with positional names, and get their real ones inside the task.
-    positional = [f"_sklspark_{i}" for i in range(len(input_names))]
-    output_names = positional + [c.name for c in columns]
-    label = f"{type(estimator).__name__}.{method}"
 
-    def apply(batches):
-        named = (pa.RecordBatch.from_arrays(b.columns, names=input_names) for b in batches)
-        chunks = (
-            (start, batch, batch_to_matrix(batch, spec, start, sparse_ok))
-            for start, batch in iter_batch_chunks(named, chunk_size)
-        )
-        for start, batch, _, output in run_chunks(model, method, method_kwargs, chunks):
-            try:
-                arrays = chunk_arrays(output, columns)
-            except ValueError as exc:
-                context = TaskContext.get()
-                partition = context.partitionId() if context is not None else 0
-                rows = f"rows {start}-{start + batch.num_rows - 1}"
-                raise ChunkError(f"sklspark: {label} in partition {partition}, {rows}: {exc}") from exc
-            yield pa.RecordBatch.from_arrays(batch.columns + arrays, names=output_names)
+    def apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return score_batches(model, method, method_kwargs, batches, input_names, spec, chunk_size, sparse_ok, columns)
 
-    return df.toDF(*positional).mapInArrow(apply, StructType(df.schema.fields + [c.field for c in columns]))
+    return df.toDF(*_positional(len(input_names))).mapInArrow(
+        apply, StructType(df.schema.fields + [c.field for c in columns])
+    )

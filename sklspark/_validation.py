@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import numbers
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,8 +60,7 @@ def check_method(estimator: Any, method: Any) -> None:
         If ``method`` fits or mutates the estimator, if the estimator does not
         have it, or (``NotFittedError``, a ``ValueError``) if it is not fitted.
     """
-    if not isinstance(method, str):
-        raise TypeError(f"method must be the name of a method as a str, got {type(method).__name__}: {method!r}")
+    check_scalar(method, "method", "distribute", kind=str)
     name = type(estimator).__name__
     if method in _NOT_PREDICTION_TIME or method.startswith(_NOT_PREDICTION_PREFIXES):
         raise ValueError(
@@ -90,13 +89,83 @@ def _available_hint(estimator: Any) -> str:
     return f"; it has {', '.join(repr(m) for m in have)}" if have else ""
 
 
-def check_chunk_size(chunk_size: Any) -> int:
+def check_scalar(
+    value: Any,
+    name: str,
+    caller: str | None = None,
+    *,
+    kind: type = numbers.Integral,
+    low: float | None = None,
+    high: float | None = None,
+    options: Collection[str] | None = None,
+    none_ok: bool = False,
+    also: Sequence[str] = (),
+) -> Any:
+    """Check one scalar argument and return it (an ``int`` for integers), or raise with scikit-learn's wording.
+
+    Parameters
+    ----------
+    value : object
+        The argument.
+    name : str
+        The parameter's name.
+    caller : str, optional
+        The public function it was passed to, named in the message.
+    kind : {numbers.Integral, numbers.Real, bool, str}, default=numbers.Integral
+        Its type; ``bool`` is refused where a number is expected.
+    low, high : float, optional
+        Inclusive bounds for numbers (``None``: unbounded).
+    options : collection of str, optional
+        Accepted values of a ``str``.
+    none_ok : bool, default=False
+        Whether ``None`` is accepted (and returned).
+    also : sequence of str, default=()
+        Other accepted values, checked by the caller, for the message (e.g. ``"an instance of 'Backend'"``).
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not of ``kind``.
+    ValueError
+        If it is out of ``[low, high]`` or not among ``options``.
+
+    Examples
+    --------
+    >>> check_scalar(0, "k", "all_neighbors", low=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: The 'k' parameter of all_neighbors must be an int in the range [1, inf). Got 0 instead.
+    """
+    if value is None and none_ok:
+        return None
+    if kind in (numbers.Integral, numbers.Real):
+        noun = "an int" if kind is numbers.Integral else "a float"
+        expected = f"{noun} in the range {_interval(low, high)}"
+        right_type = isinstance(value, kind) and not isinstance(value, (bool, np.bool_))
+        in_range = right_type and (low is None or value >= low) and (high is None or value <= high)
+    elif options is not None:
+        expected = f"a str among {{{', '.join(repr(o) for o in sorted(options))}}}"
+        right_type = isinstance(value, str)
+        in_range = right_type and value in options
+    else:
+        expected = "a bool" if kind is bool else f"a {kind.__name__}"
+        right_type = in_range = isinstance(value, kind)
+    if not in_range:
+        accepted = [expected, *also, *(["None"] if none_ok else [])]
+        listed = f"{', '.join(accepted[:-1])} or {accepted[-1]}" if len(accepted) > 1 else expected
+        error = ValueError if right_type else TypeError
+        where = f" of {caller}" if caller else ""
+        raise error(f"The {name!r} parameter{where} must be {listed}. Got {value!r} instead.")
+    return int(value) if kind is numbers.Integral else value
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    return f"{'(-inf' if low is None else f'[{low}'}, {'inf)' if high is None else f'{high}]'}"
+
+
+def check_chunk_size(chunk_size: Any, caller: str) -> int:
     """Return ``chunk_size`` as an int after checking it is an integer in ``[1, MAX_CHUNK_SIZE]``."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
-        raise TypeError(f"chunk_size must be a positive int, got {type(chunk_size).__name__}: {chunk_size!r}")
-    if not 1 <= int(chunk_size) <= MAX_CHUNK_SIZE:
-        raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE} rows, got {chunk_size}")
-    return int(chunk_size)
+    return check_scalar(chunk_size, "chunk_size", caller, low=1, high=MAX_CHUNK_SIZE)
 
 
 def declares_sparse(estimator: Any) -> bool:
