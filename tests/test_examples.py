@@ -17,6 +17,7 @@ TINY = {
     "pca_to_spark_ml.py": (["--n-rows", "2000", *LOCAL], SAME),
     "item_recommender.py": (["--n-items", "500", *LOCAL], SAME),
     "approximate_knn.py": (["--n-points", "2000", *LOCAL], r"recall@10 of annoy against exact search: (0\.9\d*|1\.0+)"),
+    "tabular_pipeline.py": (["--n-rows", "2000", *LOCAL], SAME),
 }
 
 

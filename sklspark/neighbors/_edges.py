@@ -5,6 +5,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from .._validation import quote_column
 from ._broadcast import DISTANCES, NEIGHBOR_IDS
 
 
@@ -40,6 +41,7 @@ def to_edges(
     missing = [c for c in (id_col, neighbors_col, distances_col) if c not in result.columns]
     if missing:
         raise ValueError(f"column(s) {missing} not found; the result has columns {result.columns}")
-    pairs = F.zip_with(neighbors_col, distances_col, lambda i, d: F.struct(i.alias("dst"), d.alias("distance")))
-    exploded = result.select(F.col(id_col).alias("src"), F.posexplode(pairs).alias("position", "edge"))
+    neighbors, distances = F.col(quote_column(neighbors_col)), F.col(quote_column(distances_col))
+    pairs = F.zip_with(neighbors, distances, lambda i, d: F.struct(i.alias("dst"), d.alias("distance")))
+    exploded = result.select(F.col(quote_column(id_col)).alias("src"), F.posexplode(pairs).alias("position", "edge"))
     return exploded.select("src", "edge.dst", "edge.distance", (F.col("position") + 1).cast("int").alias("rank"))
