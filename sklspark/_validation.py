@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import scipy.sparse as sp
 from pyspark.ml.linalg import VectorUDT
+from pyspark.sql.pandas.types import from_arrow_type, to_arrow_type
 from pyspark.sql.types import (
     ArrayType,
     ByteType,
@@ -19,6 +21,7 @@ from pyspark.sql.types import (
     IntegerType,
     LongType,
     ShortType,
+    StructField,
     StructType,
 )
 from sklearn.utils import get_tags
@@ -26,6 +29,10 @@ from sklearn.utils.validation import check_is_fitted
 
 #: Largest accepted ``chunk_size``: one chunk must stay a bounded slice of a task's memory.
 MAX_CHUNK_SIZE = 1 << 22
+
+#: Largest chunk when ``chunk_size=None`` follows Spark's Arrow batches
+#: (``spark.sql.execution.arrow.maxRecordsPerBatch``, 10,000 rows by default): longer batches are cut.
+MAX_BATCH_CHUNK = 1 << 16
 
 #: Methods that fit, mutate or need targets: never run by :func:`sklspark.distribute`.
 _NOT_PREDICTION_TIME = frozenset({"score"})
@@ -90,6 +97,11 @@ def check_chunk_size(chunk_size: Any) -> int:
     if not 1 <= int(chunk_size) <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE} rows, got {chunk_size}")
     return int(chunk_size)
+
+
+def check_optional_chunk_size(chunk_size: Any) -> int | None:
+    """``None`` (one chunk per Arrow batch, see :data:`MAX_BATCH_CHUNK`), or a checked ``chunk_size``."""
+    return None if chunk_size is None else check_chunk_size(chunk_size)
 
 
 def declares_sparse(estimator: Any) -> bool:
@@ -222,3 +234,21 @@ def check_features(schema: StructType, features: str | Sequence[str] | None) -> 
             )
         dtypes.append(dtype)
     return FeatureSpec("columns", names, np.result_type(*dtypes))
+
+
+_VECTOR_FIELDS = tuple(field.name for field in to_arrow_type(VectorUDT()))
+
+
+def check_arrow_features(schema: pa.Schema) -> FeatureSpec:
+    """Resolve the feature columns of Arrow batches whose Spark types were not known on the driver.
+
+    A ``udf()`` Column is built before it meets a DataFrame, so its argument columns are first seen
+    as Arrow arrays in the task. A struct shaped like Spark ML's vector (``type, size, indices,
+    values``) is a ``VectorUDT`` column; every other type is read as its Spark type, and the columns
+    are checked by :func:`check_features` exactly as a DataFrame's.
+    """
+    fields = []
+    for field in schema:
+        is_vector = pa.types.is_struct(field.type) and tuple(f.name for f in field.type) == _VECTOR_FIELDS
+        fields.append(StructField(field.name, VectorUDT() if is_vector else from_arrow_type(field.type)))
+    return check_features(StructType(fields), list(schema.names))
