@@ -118,7 +118,7 @@ def distribute(
     raise TypeError(f"data must be a pyspark RDD or DataFrame, got {type(data).__module__}.{type(data).__name__}")
 
 
-def _probe(
+def probe_output(
     estimator: Any,
     method: str,
     method_kwargs: dict,
@@ -170,7 +170,7 @@ def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, meth
 
     if width is not None:
         # float32 zeros: a float32-fitted model (a large NearestNeighbors) is not upcast to score them
-        _probe(estimator, method, method_kwargs, width, np.dtype(np.float32), head_rows)
+        probe_output(estimator, method, method_kwargs, width, np.dtype(np.float32), head_rows)
     model = ShippedModel(estimator, rdd.context)
 
     def apply(index, rows):
@@ -227,24 +227,6 @@ def feature_width(estimator: Any, spec: FeatureSpec, head_rows: Callable[[], Any
     if width is not None:
         check_width(estimator, width, f"The DataFrame's {spec.describe()}")
     return width
-
-
-def derive_output_columns(
-    estimator: Any,
-    method: str,
-    method_kwargs: dict,
-    width: int | None,
-    dtype: np.dtype,
-    head_rows: Callable[[], Any],
-    output_cols: str | Sequence[str] | None,
-    existing: Sequence[str],
-) -> list[OutputColumn] | None:
-    """Name and type the result columns by probing the method (rows of zeros first, else ``head_rows()``).
-
-    Returns ``None`` when nothing could be probed (no width and no rows).
-    """
-    sample = _probe(estimator, method, method_kwargs, width, dtype, head_rows)
-    return None if sample is None else output_columns(method, sample, output_cols, existing)
 
 
 def result_type(columns: Sequence[OutputColumn]) -> DataType:
@@ -314,16 +296,12 @@ def batch_scorer(
 
 
 def scoring_udf(
-    estimator: Any,
-    model: ShippedModel,
-    method: str,
-    method_kwargs: dict,
-    columns: Sequence[OutputColumn],
-    chunk_size: int | None,
-    spec: FeatureSpec | None,
+    score: Callable[[Iterator[Any]], Iterator[pa.Array]], method: str, columns: Sequence[OutputColumn]
 ) -> Any:
-    """An Arrow iterator UDF running :func:`batch_scorer`; only its argument columns cross into Python."""
-    score = batch_scorer(estimator, model, method, method_kwargs, columns, chunk_size, spec)
+    """A :func:`batch_scorer` as an Arrow iterator UDF named after the method.
+
+    Only the UDF's argument columns cross into Python; Spark keeps the rest of each row in the JVM.
+    """
     score.__name__ = method
     return arrow_udf(score, result_type(columns))  # type: ignore[call-overload]  # a struct type is fine
 
@@ -345,16 +323,16 @@ def _distribute_dataframe(
     spec = check_features(df.schema, features)
     head_rows = _head_reader(df, spec)
     width = feature_width(estimator, spec, head_rows)
-    columns = derive_output_columns(
-        estimator, method, method_kwargs, width, spec.dtype, head_rows, output_cols, df.columns
-    )
-    if columns is None:
+    sample = probe_output(estimator, method, method_kwargs, width, spec.dtype, head_rows)
+    if sample is None:
         raise ValueError(
             f"cannot tell the result columns of {type(estimator).__name__}.{method}: the DataFrame is empty and "
             f"the estimator does not record n_features_in_"
         )
+    columns = output_columns(method, sample, output_cols, df.columns)
     model = ShippedModel(estimator, df)
-    result = scoring_udf(estimator, model, method, method_kwargs, columns, chunk_size, spec)(*map(quoted, spec.columns))
+    score = batch_scorer(estimator, model, method, method_kwargs, columns, chunk_size, spec)
+    result = scoring_udf(score, method, columns)(*map(quoted, spec.columns))
     if len(columns) == 1:
         return df.select("*", result.alias(columns[0].name))
     packed = f"__sklspark_{model.token}"

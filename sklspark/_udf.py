@@ -9,8 +9,8 @@ from pyspark.sql import Column, SparkSession
 from pyspark.sql.pandas.types import to_arrow_type
 from pyspark.sql.types import DataType, StructType, _parse_datatype_string
 
-from ._distribute import derive_output_columns, quoted, scoring_udf
-from ._outputs import OutputColumn, default_names
+from ._distribute import batch_scorer, probe_output, quoted, scoring_udf
+from ._outputs import OutputColumn, default_names, output_columns
 from ._shipping import ShippedModel
 from ._validation import check_method, check_optional_chunk_size, n_features_of
 
@@ -124,7 +124,7 @@ def udf(
     model = ShippedModel(estimator, spark)
     names = getattr(estimator, "feature_names_in_", None)
     return ScoringUDF(
-        scoring_udf(estimator, model, method, method_kwargs, columns, chunk_size, spec=None),
+        scoring_udf(batch_scorer(estimator, model, method, method_kwargs, columns, chunk_size, None), method, columns),
         None if names is None else tuple(map(str, names)),
         n_features_of(estimator),
     )
@@ -144,14 +144,18 @@ def _return_columns(
         return [OutputColumn(f.name, to_arrow_type(f.dataType), f.dataType) for f in fields]
     name = f"{type(estimator).__name__}.{method}"
     try:
-        columns = derive_output_columns(
-            estimator, method, method_kwargs, n_features_of(estimator), np.dtype(np.float64), lambda: None, None, ()
+        sample = probe_output(
+            estimator, method, method_kwargs, n_features_of(estimator), np.dtype(np.float64), _no_rows
         )
     except ValueError as exc:
         raise TypeError(f"cannot derive the return type of {name}: {exc}; pass return_type=...") from exc
-    if columns is None:
+    if sample is None:
         raise TypeError(
             f"cannot derive the return type of {name} without reading data: the estimator records no "
             f'n_features_in_; pass return_type=..., e.g. return_type="double"'
         )
-    return columns
+    return output_columns(method, sample, None, ())
+
+
+def _no_rows() -> None:
+    """A ``udf()`` is made before it meets any data: the probe has no rows to fall back on."""
