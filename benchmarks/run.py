@@ -271,13 +271,24 @@ def bench_cheap(args, tmp: Path, rows: list[Row]) -> None:
             Row(group, "sklspark udf() in withColumn", timed(lambda: noop(df.withColumn("out", score("features")))))
         )
         wide_df = spark.read.parquet(str(wide))
+        wide_schema = StructType([*wide_df.schema.fields, StructField("out", spark_type)])
         noop(wide_df)  # warm-up, untimed: the wide files' cache
+        for table, name in ((df, "table"), (wide_df, "wide table")):
+            rows.append(Row(group, f"reading the {name} only (no model)", timed(lambda t=table: noop(t)), "reference"))
         rows.append(
             Row(
                 group,
                 "sklspark distribute() on the wide table (+30 string columns of 30 bytes)",
                 timed(lambda: noop(sklspark.distribute(model, method, wide_df))),
                 "only the feature column goes through Python",
+            )
+        )
+        rows.append(
+            Row(
+                group,
+                "hand-written expert mapInArrow on the wide table",
+                timed(lambda: noop(wide_df.mapInArrow(expert, wide_schema))),
+                "every column goes through Python",
             )
         )
 
@@ -403,6 +414,17 @@ def targets(rows: list[Row]) -> list[tuple[str, str, bool]]:
             ),
             lambda v: v <= 1.15,
         )
+        wide_read, narrow_read = find(rows, group, "reading the wide"), find(rows, group, "reading the table")
+        wide, narrow = (
+            find(rows, group, "sklspark distribute() on the wide"),
+            find(rows, group, "sklspark distribute() on the D"),
+        )
+        if wide and narrow and wide_read and narrow_read:
+            add(
+                f"{model}: distribute() time beyond reading, wide table / narrow table <= 1.15",
+                (wide.seconds - wide_read.seconds) / (narrow.seconds - narrow_read.seconds),
+                lambda v: v <= 1.15,
+            )
     mem = [r for r in rows if r.group.startswith("Python worker peak memory (RSS, MB) vs rows")]
     if len(mem) == 2:
         add(
@@ -469,6 +491,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--naive-sample", type=int, default=2_000)
     parser.add_argument("--memory-rows", type=int, default=100_000)
     parser.add_argument("--name", default=None, help="results file name (default: default or quick)")
+    parser.add_argument(
+        "--only", choices=["knn", "cheap", "memory"], action="append", help="run only these groups (repeatable)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.knn_rows, args.cheap_rows, args.naive_sample, args.memory_rows = 2_000, 20_000, 200, 5_000
@@ -477,7 +502,8 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[Row] = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sklspark-bench-") as tmp:
-        for bench in (bench_knn, bench_cheap, bench_memory):
+        groups = {"knn": bench_knn, "cheap": bench_cheap, "memory": bench_memory}
+        for bench in (groups[g] for g in args.only or groups):
             bench(args, Path(tmp), rows)
             print(f"[bench] {bench.__name__} done at {time.perf_counter() - start:.0f}s", file=sys.stderr)
     text = report(rows, args, time.perf_counter() - start)
