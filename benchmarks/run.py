@@ -34,6 +34,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
 import sklspark
+from sklspark.neighbors import all_neighbors
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -161,40 +162,33 @@ def bench_knn(args, tmp: Path, rows: list[Row]) -> None:
             timed(lambda: noop(sklspark.distribute(nn, "kneighbors", df, n_neighbors=args.k))),
         )
     )
-    try:
-        from sklspark.neighbors import all_neighbors
-    except ImportError:
-        all_neighbors = None
-    if all_neighbors is not None:
-        for backend in ("sklearn", "faiss"):
-            t = timed(
-                lambda: noop(all_neighbors(spark.read.parquet(str(path)), args.k, backend=backend, exclude_self=False))
-            )
-            rows.append(
-                Row(
-                    group,
-                    f"sklspark all_neighbors, broadcast, {backend} backend",
-                    t,
-                    "end to end: reads and collects the reference",
-                )
-            )
-        t = timed(lambda: noop(all_neighbors(spark.read.parquet(str(path)), args.k, shards=4, exclude_self=False)))
-        rows.append(Row(group, "sklspark all_neighbors, sharded (4 shards), sklearn backend", t))
-        result = {}
+    for backend in ("sklearn", "faiss"):
         t = timed(
-            lambda: result.setdefault(
-                "t",
-                all_neighbors(spark.read.parquet(str(path)), args.k, backend="annoy", exclude_self=False)
-                .select("id", "neighbor_ids")
-                .toArrow(),
+            lambda: noop(all_neighbors(spark.read.parquet(str(path)), args.k, backend=backend, exclude_self=False))
+        )
+        rows.append(
+            Row(
+                group,
+                f"sklspark all_neighbors, broadcast, {backend} backend",
+                t,
+                "end to end: reads and collects the reference",
             )
         )
-        got = np.stack(result["t"].sort_by("id").column("neighbor_ids").to_numpy(zero_copy_only=False))
-        exact = nn.kneighbors(X, return_distance=False)
-        recall = np.mean([len(set(g) & set(e)) / args.k for g, e in zip(got, exact)])
-        rows.append(
-            Row(group, "sklspark all_neighbors, annoy backend (approximate)", t, f"recall@{args.k} = {recall:.3f}")
+    t = timed(lambda: noop(all_neighbors(spark.read.parquet(str(path)), args.k, shards=4, exclude_self=False)))
+    rows.append(Row(group, "sklspark all_neighbors, sharded (4 shards), sklearn backend", t))
+    result = {}
+    t = timed(
+        lambda: result.setdefault(
+            "t",
+            all_neighbors(spark.read.parquet(str(path)), args.k, backend="annoy", exclude_self=False)
+            .select("id", "neighbor_ids")
+            .toArrow(),
         )
+    )
+    got = np.stack(result["t"].sort_by("id").column("neighbor_ids").to_numpy(zero_copy_only=False))
+    exact = nn.kneighbors(X, return_distance=False)
+    recall = np.mean([len(set(g) & set(e)) / args.k for g, e in zip(got, exact)])
+    rows.append(Row(group, "sklspark all_neighbors, annoy backend (approximate)", t, f"recall@{args.k} = {recall:.3f}"))
 
     # Scaling: the same job on one core.
     spark = session("local[1]")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import scipy.sparse as sp
 from pyspark import RDD
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -15,18 +15,20 @@ from pyspark.sql.functions import arrow_udf
 from pyspark.sql.types import DataType, StructType
 
 from ._inputs import batch_to_matrix, iter_batch_chunks, iter_row_chunks, stack_rows
-from ._outputs import OutputColumn, output_columns, output_parts, split_rows, to_arrow
+from ._outputs import OutputColumn, chunk_arrays, output_columns, split_rows
 from ._runner import one_row_per_input, run_chunks
 from ._shipping import ShippedModel
 from ._validation import (
     FeatureSpec,
     check_arrow_features,
-    check_features,
     check_method,
     check_optional_chunk_size,
     check_width,
     declares_sparse,
+    fitted_feature_names,
     n_features_of,
+    quote_column,
+    resolve_features,
 )
 
 #: Rows per chunk for an RDD, whose elements come one by one (DataFrames follow their Arrow batches).
@@ -61,7 +63,8 @@ def distribute(
         Methods that fit or need targets (``fit*``, ``partial_fit``, ``score``) are refused.
     data : pyspark.RDD or pyspark.sql.DataFrame
         An RDD whose elements are feature vectors (1-D numpy arrays, lists/tuples of numbers,
-        ``pyspark.ml.linalg`` vectors or 1-row scipy sparse matrices), or a DataFrame.
+        ``pyspark.ml.linalg`` vectors or 1-row scipy sparse matrices), or, for an estimator with
+        ``feature_names_in_``, ``dict`` or ``Row`` records holding those fields; or a DataFrame.
     chunk_size : int, default=None
         Rows passed to one call of the method; bounds the memory a task needs. ``None``: for a
         DataFrame, one call per Arrow batch Spark hands to Python
@@ -69,8 +72,12 @@ def distribute(
         65,536 rows are cut), with no copy; for an RDD, 4,096 rows. An int: chunks of exactly that
         many rows (the last of a partition may be shorter), re-cut across Arrow batches.
     features : str or list of str, default=None
-        DataFrame only: a ``VectorUDT`` column, an ``array<numeric>`` column, or a list of
-        numeric columns. ``None`` means the column ``"features"``.
+        DataFrame only: a ``VectorUDT`` column, an ``array<numeric>`` column, a list of
+        numeric columns, or one string column of documents (passed as a 1-D array of ``str``).
+        ``None`` means the column ``"features"``, or, for an estimator fitted on a pandas
+        DataFrame (it has ``feature_names_in_``), exactly the columns it was fitted on, by name,
+        handed over as a pandas DataFrame (see :func:`sklspark._validation.frame_spec` for the
+        types); a list given for such an estimator must name the same columns.
     output_cols : str or list of str, default=None
         DataFrame only: names of the result columns, one per part of the method's output.
         Defaults: ``prediction`` (predict), ``probability`` (predict_proba), ``log_probability``
@@ -105,7 +112,7 @@ def distribute(
     >>> out.select("id", "indices", "distances").show()                    # doctest: +SKIP
     """
     check_method(estimator, method)
-    chunk_size = check_optional_chunk_size(chunk_size)
+    chunk_size = check_optional_chunk_size(chunk_size, "distribute")
     if isinstance(data, RDD):
         if features is not None or output_cols is not None:
             raise TypeError(
@@ -118,7 +125,7 @@ def distribute(
     raise TypeError(f"data must be a pyspark RDD or DataFrame, got {type(data).__module__}.{type(data).__name__}")
 
 
-def probe_output(
+def _probe(
     estimator: Any,
     method: str,
     method_kwargs: dict,
@@ -163,90 +170,84 @@ def _kwargs_repr(method_kwargs: dict) -> str:
 def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, method_kwargs: dict) -> RDD:
     width = n_features_of(estimator)
     sparse_ok = declares_sparse(estimator)
+    names = fitted_feature_names(estimator)  # dict / Row elements become DataFrames of these fields
 
     def head_rows():
         head = rdd.take(2)
-        return stack_rows(head, 0, accept_sparse=False) if head else None
+        return stack_rows(head, 0, accept_sparse=False, names=names) if head else None
 
-    if width is not None:
+    if names is not None:
+        _probe(estimator, method, method_kwargs, None, np.dtype(np.float32), head_rows)
+    elif width is not None:
         # float32 zeros: a float32-fitted model (a large NearestNeighbors) is not upcast to score them
-        probe_output(estimator, method, method_kwargs, width, np.dtype(np.float32), head_rows)
+        _probe(estimator, method, method_kwargs, width, np.dtype(np.float32), head_rows)
     model = ShippedModel(estimator, rdd.context)
 
-    def apply(index, rows):
-        chunks = iter_row_chunks(rows, chunk_size, sparse_ok)
-        for _, _, output in run_chunks(model, method, method_kwargs, chunks, partition=index):
-            yield from split_rows(output)
+    def apply(index: int, rows: Iterable[Any]) -> Iterator[Any]:
+        return score_rows(model, method, method_kwargs, rows, chunk_size, sparse_ok, names, index)
 
     return rdd.mapPartitionsWithIndex(apply, preservesPartitioning=True)
 
 
-def _head_reader(df: DataFrame, spec: FeatureSpec) -> Callable[[], Any]:
-    """A function returning the DataFrame's first two rows as a dense matrix (read once, by a small Spark job).
+def score_rows(
+    model: ShippedModel,
+    method: str,
+    method_kwargs: dict,
+    rows: Iterable[Any],
+    chunk_size: int,
+    sparse_ok: bool,
+    names: tuple[str, ...] | None,
+    partition: int,
+) -> Iterator[Any]:
+    """The task of an RDD partition: its elements stacked into chunks, scored, cut into one item per row.
 
-    It returns ``None`` for an empty DataFrame. A streaming DataFrame cannot be read before its
-    query starts: there the function raises ``ValueError`` saying what would let sklspark do without.
+    ``names``: the fields taken from ``dict``/``Row`` elements into pandas chunks, or ``None`` for vectors.
     """
-    head: list = []
-
-    def head_rows() -> Any:
-        if df.isStreaming:
-            raise ValueError(
-                f"cannot read the first rows of a streaming DataFrame before its query starts, to learn the "
-                f"width of its {spec.describe()}: fit the estimator so it records n_features_in_, or pass "
-                f"numeric feature columns (features=[...]), or use sklspark.udf(..., return_type=...)"
-            )
-        if not head:
-            head.append(_head_matrix(df, spec))
-        return head[0]
-
-    return head_rows
+    chunks = iter_row_chunks(rows, chunk_size, sparse_ok, names)
+    for _, _, output in run_chunks(model, method, method_kwargs, chunks, partition=partition):
+        yield from split_rows(output)
 
 
-def _head_matrix(df: DataFrame, spec: FeatureSpec) -> Any:
-    """The DataFrame's first two rows as a dense matrix (a small Spark job), or ``None`` if it is empty."""
-    table = df.select(*spec.columns).limit(2).toArrow()
-    if table.num_rows == 0:
-        return None
-    try:
-        return batch_to_matrix(table.combine_chunks().to_batches()[0], spec, 0, accept_sparse=False)
-    except ValueError as exc:
-        raise ValueError(f"the DataFrame's first rows, read on the driver to check the feature width: {exc}") from exc
+def score_batches(
+    model: ShippedModel,
+    method: str,
+    method_kwargs: dict,
+    batches: Iterable[pa.RecordBatch],
+    input_names: Sequence[str] | None,
+    spec: FeatureSpec | None,
+    chunk_size: int | None,
+    sparse_ok: bool,
+    columns: Sequence[OutputColumn],
+) -> Iterator[pa.RecordBatch]:
+    """The task of a DataFrame partition: Arrow batches stacked into chunks, scored, one result batch per chunk.
 
-
-def feature_width(estimator: Any, spec: FeatureSpec, head_rows: Callable[[], Any]) -> int | None:
-    """The feature width, from the schema, else the estimator's ``n_features_in_``, else the first rows.
-
-    A width known from the estimator is trusted without reading data: every chunk is checked against it
-    in its task (see :func:`batch_scorer`). ``None`` means an empty DataFrame and no ``n_features_in_``.
+    The batches are read by ``input_names`` (when given, they replace the batches' own names), stacked
+    into chunks (see :func:`~sklspark._inputs.iter_batch_chunks`; ``sparse_ok`` lets a vector column
+    give CSR chunks) and run through the chunk runner; each chunk yields a batch of the result columns.
+    ``spec=None`` resolves the features from the first batch's Arrow types (``udf()`` Columns meet their
+    input types only in the task, see :func:`~sklspark._validation.check_arrow_features`). Where the
+    estimator records ``n_features_in_``, every stacked chunk is checked against it, naming its rows.
     """
-    width = spec.width if spec.width is not None else n_features_of(estimator)
-    if width is None:
-        rows = head_rows()
-        width = rows.shape[1] if rows is not None else None
-    if width is not None:
-        check_width(estimator, width, f"The DataFrame's {spec.describe()}")
-    return width
-
-
-def result_type(columns: Sequence[OutputColumn]) -> DataType:
-    """The Spark type of a scoring Column: the one result column's type, or a struct of all of them."""
-    return columns[0].spark_type if len(columns) == 1 else StructType([c.field for c in columns])
+    estimator = model.get()
+    if input_names is not None:
+        batches = (pa.RecordBatch.from_arrays(b.columns, names=list(input_names)) for b in batches)
+    chunks = _feature_chunks(batches, spec, chunk_size, estimator, sparse_ok)
+    convert = functools.partial(chunk_arrays, columns=columns)
+    names = [c.name for c in columns]
+    for *_, arrays in run_chunks(model, method, method_kwargs, chunks, convert=convert):
+        yield pa.RecordBatch.from_arrays(arrays, names=names)
 
 
 def _feature_chunks(
-    batches: Iterator[pa.RecordBatch],
-    spec: FeatureSpec | None,
-    chunk_size: int | None,
-    n_features: int | None,
-    sparse_declared: bool,
-) -> Iterator[tuple[int, np.ndarray | sp.csr_matrix]]:
-    """Stack the feature batches of one task into chunk matrices, checked against ``n_features_in_``."""
+    batches: Iterable[pa.RecordBatch], spec: FeatureSpec | None, chunk_size: int | None, estimator: Any, sparse_ok: bool
+) -> Iterator[tuple[int, Any]]:
+    """Stack a task's feature batches into the method's chunks, checking matrices against ``n_features_in_``."""
+    n_features = n_features_of(estimator)
     for start, batch in iter_batch_chunks(batches, chunk_size):
         if spec is None:
-            spec = check_arrow_features(batch.schema)
-        X = batch_to_matrix(batch, spec, start, sparse_declared and spec.layout == "vector")
-        if n_features is not None and X.shape[1] != n_features:
+            spec = check_arrow_features(batch.schema, estimator)
+        X = batch_to_matrix(batch, spec, start, sparse_ok and spec.layout == "vector")
+        if spec.is_matrix and n_features is not None and X.shape[1] != n_features:
             raise ValueError(
                 f"{spec.describe()} has {X.shape[1]} features at rows {start}-{start + X.shape[0] - 1}, but the "
                 f"estimator was fitted on {n_features} features"
@@ -255,28 +256,23 @@ def _feature_chunks(
 
 
 def batch_scorer(
-    estimator: Any,
     model: ShippedModel,
     method: str,
     method_kwargs: dict,
-    columns: Sequence[OutputColumn],
-    chunk_size: int | None,
     spec: FeatureSpec | None,
+    chunk_size: int | None,
+    sparse_ok: bool,
+    columns: Sequence[OutputColumn],
+    feature_names: tuple[str, ...] | None,
 ) -> Callable[[Iterator[Any]], Iterator[pa.Array]]:
-    """The function a task runs: the feature columns' Arrow arrays, batch by batch, to result arrays.
+    """The function an Arrow iterator UDF runs in its task: :func:`score_batches` over its argument columns.
 
-    It takes an iterator of one Arrow array per batch (one feature column) or of tuples of arrays
-    (several), as Spark's Arrow iterator UDFs receive them, stacks them into chunks (see
-    :func:`~sklspark._inputs.iter_batch_chunks`), runs the chunks through the chunk runner and yields
-    one array per chunk: the result column, or a struct of the result columns for multi-part outputs.
-    ``spec=None`` resolves the features from the first batch's Arrow types (``udf()`` Columns meet their
-    input types only in the task); the arrays are named after ``spec.columns``, else the estimator's
-    ``feature_names_in_``, else ``argument 1``, ``argument 2``...
+    It takes an iterator of one Arrow array per batch (one argument column) or of tuples of arrays
+    (several), as Spark's Arrow iterator UDFs receive them, and yields one array per chunk: the result
+    column, or a struct of the result columns for multi-part outputs. The arrays are named after
+    ``spec.columns``, else ``feature_names`` when there are as many, else ``argument 1``, ``argument 2``...
     """
-    n_features = n_features_of(estimator)
-    sparse_declared = declares_sparse(estimator)
-    fitted_names = getattr(estimator, "feature_names_in_", None)
-    known_names = spec.columns if spec is not None else None if fitted_names is None else tuple(map(str, fitted_names))
+    known_names = spec.columns if spec is not None else feature_names
     fields = [pa.field(c.name, c.arrow_type) for c in columns]
 
     def to_batch(arrays: Any) -> pa.RecordBatch:
@@ -287,10 +283,11 @@ def batch_scorer(
         return pa.RecordBatch.from_arrays(list(arrays), names=list(names))
 
     def score(batches: Iterator[tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
-        chunks = _feature_chunks(map(to_batch, batches), spec, chunk_size, n_features, sparse_declared)
-        for *_, output in run_chunks(model, method, method_kwargs, chunks):
-            arrays = [to_arrow(part, col) for part, col in zip(output_parts(output), columns)]
-            yield arrays[0] if len(arrays) == 1 else pa.StructArray.from_arrays(arrays, fields=fields)
+        results = score_batches(
+            model, method, method_kwargs, map(to_batch, batches), None, spec, chunk_size, sparse_ok, columns
+        )
+        for result in results:
+            yield result.column(0) if len(fields) == 1 else pa.StructArray.from_arrays(result.columns, fields=fields)
 
     return score
 
@@ -306,9 +303,66 @@ def scoring_udf(
     return arrow_udf(score, result_type(columns))  # type: ignore[call-overload]  # a struct type is fine
 
 
+def result_type(columns: Sequence[OutputColumn]) -> DataType:
+    """The Spark type of a scoring Column: the one result column's type, or a struct of all of them."""
+    return columns[0].spark_type if len(columns) == 1 else StructType([c.field for c in columns])
+
+
 def quoted(name: str) -> Column:
     """The column named ``name`` exactly (dots and backticks in it are not struct paths)."""
-    return F.col("`" + name.replace("`", "``") + "`")
+    return F.col(quote_column(name))
+
+
+def _head_reader(df: DataFrame, spec: FeatureSpec) -> Callable[[], Any]:
+    """A function returning the DataFrame's first two rows as the method's input (read once, by a small job).
+
+    It returns ``None`` for an empty DataFrame. A streaming DataFrame cannot be read before its
+    query starts: there the function raises ``ValueError`` saying what would let sklspark do without.
+    """
+    head: list = []
+
+    def head_rows() -> Any:
+        if df.isStreaming:
+            raise ValueError(
+                f"cannot read the first rows of a streaming DataFrame before its query starts, to probe "
+                f"{spec.describe()} (its width is not recorded, or the estimator refuses rows of zeros): fit the "
+                f"estimator on a numeric matrix so it records n_features_in_, or pass numeric feature columns "
+                f"(features=[...]), or use sklspark.udf(..., return_type=...)"
+            )
+        if not head:
+            head.append(_head_matrix(df, spec))
+        return head[0]
+
+    return head_rows
+
+
+def _head_matrix(df: DataFrame, spec: FeatureSpec) -> Any:
+    """The DataFrame's first two rows as the method's input (a small Spark job), or ``None`` if it is empty."""
+    table = df.select(*(quote_column(c) for c in spec.columns)).limit(2).toArrow()
+    if table.num_rows == 0:
+        return None
+    try:
+        return batch_to_matrix(table.combine_chunks().to_batches()[0], spec, 0, accept_sparse=False)
+    except ValueError as exc:
+        raise ValueError(f"the DataFrame's first rows, read on the driver to check the method on them: {exc}") from exc
+
+
+def feature_width(estimator: Any, spec: FeatureSpec, head_rows: Callable[[], Any]) -> int | None:
+    """The width of a matrix layout: from the schema, else the estimator's ``n_features_in_``, else the first rows.
+
+    A width known from the estimator is trusted without reading data: every chunk is checked against it
+    in its task (see :func:`score_batches`). ``None`` for frames and text, and for an empty DataFrame
+    whose estimator records no ``n_features_in_``.
+    """
+    if not spec.is_matrix:
+        return None
+    width = spec.width if spec.width is not None else n_features_of(estimator)
+    if width is None:
+        rows = head_rows()
+        width = rows.shape[1] if rows is not None else None
+    if width is not None:
+        check_width(estimator, width, f"The DataFrame's {spec.describe()}")
+    return width
 
 
 def _distribute_dataframe(
@@ -320,18 +374,20 @@ def _distribute_dataframe(
     output_cols: str | Sequence[str] | None,
     method_kwargs: dict,
 ) -> DataFrame:
-    spec = check_features(df.schema, features)
+    spec = resolve_features(df.schema, estimator, features)
     head_rows = _head_reader(df, spec)
     width = feature_width(estimator, spec, head_rows)
-    sample = probe_output(estimator, method, method_kwargs, width, spec.dtype, head_rows)
+    # Frames and text are probed on the data's first rows: zeros are no valid category or document.
+    sample = _probe(estimator, method, method_kwargs, width, spec.dtype, head_rows)
     if sample is None:
         raise ValueError(
             f"cannot tell the result columns of {type(estimator).__name__}.{method}: the DataFrame is empty and "
             f"the estimator does not record n_features_in_"
         )
-    columns = output_columns(method, sample, output_cols, df.columns)
+    columns = output_columns(method, sample, output_cols, df.columns, estimator)
     model = ShippedModel(estimator, df)
-    score = batch_scorer(estimator, model, method, method_kwargs, columns, chunk_size, spec)
+    sparse_ok = spec.layout == "vector" and declares_sparse(estimator)
+    score = batch_scorer(model, method, method_kwargs, spec, chunk_size, sparse_ok, columns, None)
     result = scoring_udf(score, method, columns)(*map(quoted, spec.columns))
     if len(columns) == 1:
         return df.select("*", result.alias(columns[0].name))

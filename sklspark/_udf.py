@@ -9,10 +9,10 @@ from pyspark.sql import Column, SparkSession
 from pyspark.sql.pandas.types import to_arrow_type
 from pyspark.sql.types import DataType, StructType, _parse_datatype_string
 
-from ._distribute import batch_scorer, probe_output, quoted, scoring_udf
+from ._distribute import _probe, batch_scorer, quoted, scoring_udf
 from ._outputs import OutputColumn, default_names, output_columns
 from ._shipping import ShippedModel
-from ._validation import check_method, check_optional_chunk_size, n_features_of
+from ._validation import check_method, check_optional_chunk_size, declares_sparse, fitted_feature_names, n_features_of
 
 
 class ScoringUDF:
@@ -116,18 +116,15 @@ def udf(
     >>> spark.sql("SELECT id, churn_score(a, b, c) FROM customers")        # doctest: +SKIP
     """
     check_method(estimator, method)
-    chunk_size = check_optional_chunk_size(chunk_size)
+    chunk_size = check_optional_chunk_size(chunk_size, "udf")
     spark = SparkSession.getActiveSession()
     if spark is None:
         raise RuntimeError("sklspark.udf() ships the model through the active Spark session; start one first")
     columns = _return_columns(estimator, method, method_kwargs, return_type)
     model = ShippedModel(estimator, spark)
-    names = getattr(estimator, "feature_names_in_", None)
-    return ScoringUDF(
-        scoring_udf(batch_scorer(estimator, model, method, method_kwargs, columns, chunk_size, None), method, columns),
-        None if names is None else tuple(map(str, names)),
-        n_features_of(estimator),
-    )
+    names = fitted_feature_names(estimator)
+    score = batch_scorer(model, method, method_kwargs, None, chunk_size, declares_sparse(estimator), columns, names)
+    return ScoringUDF(scoring_udf(score, method, columns), names, n_features_of(estimator))
 
 
 def _return_columns(
@@ -144,9 +141,7 @@ def _return_columns(
         return [OutputColumn(f.name, to_arrow_type(f.dataType), f.dataType) for f in fields]
     name = f"{type(estimator).__name__}.{method}"
     try:
-        sample = probe_output(
-            estimator, method, method_kwargs, n_features_of(estimator), np.dtype(np.float64), _no_rows
-        )
+        sample = _probe(estimator, method, method_kwargs, n_features_of(estimator), np.dtype(np.float64), _no_rows)
     except ValueError as exc:
         raise TypeError(f"cannot derive the return type of {name}: {exc}; pass return_type=...") from exc
     if sample is None:
@@ -154,7 +149,7 @@ def _return_columns(
             f"cannot derive the return type of {name} without reading data: the estimator records no "
             f'n_features_in_; pass return_type=..., e.g. return_type="double"'
         )
-    return output_columns(method, sample, None, ())
+    return output_columns(method, sample, None, (), estimator)
 
 
 def _no_rows() -> None:

@@ -14,6 +14,9 @@ import pytest
 
 pytest.importorskip("grpc", reason="Spark Connect needs pyspark[connect]")
 
+# A local Connect server listens on a fixed port: one Connect test at a time.
+pytestmark = pytest.mark.xdist_group("connect")
+
 SCRIPT = textwrap.dedent(
     """
     import os, sys

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import functools
 import re
 import tempfile
@@ -20,7 +21,9 @@ from rich.table import Table
 from .. import __version__
 from .._distribute import distribute
 from .._progress import SparkProgress
+from .._runner import ERROR_MARKER
 from .._session import spark_session
+from ..neighbors._backends import BACKENDS
 from ._java import JavaMissing, java_major_version
 from ._models import load_model
 from ._paths import FORMATS, HadoopPaths, input_format, read_input, write_atomically
@@ -46,8 +49,8 @@ def _one_paragraph(exc: BaseException) -> str:
     """The useful part of an exception from Spark: sklspark's own message, else the last Python error line."""
     text = str(exc)
     for line in text.splitlines():
-        if "sklspark:" in line:
-            return line[line.index("sklspark:") + len("sklspark:") :].strip()
+        if ERROR_MARKER in line:
+            return line[line.index(ERROR_MARKER) + len(ERROR_MARKER) :].strip()
     errors = [ln.strip() for ln in text.splitlines() if re.match(r"^\s*[\w.]+(Error|Exception): ", ln)]
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
     return errors[-1] if errors else f"{type(exc).__name__}: {first}"
@@ -82,19 +85,74 @@ def _split_columns(_ctx: Any, _param: Any, value: str | None) -> list[str] | Non
     return columns
 
 
-def _options(*options: Callable) -> Callable:
-    """Apply several click options as one decorator, in the order given (as they show in --help)."""
+def _grouped(group: type, name: str, *options: Callable) -> Callable:
+    """Apply click options (in the order given, as they show in --help) and hand them to the command as one object.
+
+    Each option's parameter name must be a field of the dataclass ``group``; the command receives an
+    instance of it as its keyword argument ``name``.
+    """
+    fields = [f.name for f in dataclasses.fields(group)]
 
     def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs[name] = group(**{field: kwargs.pop(field) for field in fields})
+            return command(*args, **kwargs)
+
         for option in reversed(options):
-            command = option(command)
-        return command
+            wrapper = option(wrapper)
+        return wrapper
 
     return decorate
 
 
-#: Options every command has: where Spark runs, its configuration, and how much to say.
-spark_options = _options(
+@dataclasses.dataclass(frozen=True)
+class SparkOptions:
+    """Where Spark runs, its configuration, and how much to say."""
+
+    master: str = "local[*]"
+    conf: dict[str, str] = dataclasses.field(default_factory=dict)
+    spark_connect: str | None = None
+    verbose: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputOptions:
+    """Where the result goes, in which format, and how the input is read."""
+
+    output: str
+    output_format: str = "parquet"
+    input_format: str | None = None
+    overwrite: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureOptions:
+    """Where the features are: one vector/array column, or a list of numeric columns."""
+
+    features_col: str = "features"
+    feature_list: list[str] | None = None
+
+    @property
+    def features(self) -> str | list[str]:
+        return self.feature_list or self.features_col
+
+
+@dataclasses.dataclass(frozen=True)
+class KnnOptions:
+    """What ``all_neighbors`` searches for, and how."""
+
+    k: int
+    id_col: str = "id"
+    metric: str = "euclidean"
+    backend: str = "sklearn"
+    shards: int | None = None
+    exclude_self: bool = True
+
+
+spark_options = _grouped(
+    SparkOptions,
+    "spark_opts",
     click.option(
         "--master",
         default="local[*]",
@@ -118,7 +176,9 @@ spark_options = _options(
     click.option("--verbose", is_flag=True, help="Show Spark's log and full stack traces on failure."),
 )
 
-output_options = _options(
+output_options = _grouped(
+    OutputOptions,
+    "io",
     click.option("-o", "--output", required=True, help="Where to write the result (any path Spark can write)."),
     click.option(
         "--format",
@@ -137,7 +197,9 @@ output_options = _options(
     click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists."),
 )
 
-feature_options = _options(
+feature_options = _grouped(
+    FeatureOptions,
+    "feature_opts",
     click.option(
         "--features-col",
         default="features",
@@ -153,19 +215,56 @@ feature_options = _options(
     ),
 )
 
+knn_options = _grouped(
+    KnnOptions,
+    "knn_opts",
+    click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours per point."),
+    click.option("--id-col", default="id", show_default=True, help="The column of point ids."),
+    click.option(
+        "--metric",
+        default="euclidean",
+        show_default=True,
+        help="Distance metric (any NearestNeighbors metric with the sklearn backend).",
+    ),
+    click.option(
+        "--backend",
+        type=click.Choice(sorted(BACKENDS)),
+        default="sklearn",
+        show_default=True,
+        help="Candidate search: "
+        + ", ".join(f"{n} ({'exact' if b.exact else 'approximate'})" for n, b in BACKENDS.items())
+        + ".",
+    ),
+    click.option(
+        "--shards",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Split the reference into S shards (default: automatic, by size).",
+    ),
+    click.option(
+        "--exclude-self/--include-self",
+        default=True,
+        show_default=True,
+        help="Leave each point's own id out of its neighbours.",
+    ),
+)
+
 
 @contextlib.contextmanager
-def _spark(master: str, conf: dict, spark_connect: str | None, verbose: bool) -> Iterator[Any]:
-    if spark_connect is None:
+def _spark(opts: SparkOptions) -> Iterator[Any]:
+    if opts.spark_connect is None:
         try:
             java_major_version()
         except JavaMissing as exc:
             raise JobFailed(str(exc)) from exc
     # sklspark draws its own progress; Spark's console bar would interleave with it.
     spark = spark_session(
-        master, app_name="sklspark", conf={"spark.ui.showConsoleProgress": "false", **conf}, remote=spark_connect
+        opts.master,
+        app_name="sklspark",
+        conf={"spark.ui.showConsoleProgress": "false", **opts.conf},
+        remote=opts.spark_connect,
     )
-    if not verbose and spark_connect is None:
+    if not opts.verbose and opts.spark_connect is None:
         spark.sparkContext.setLogLevel("FATAL")  # failures are reported by sklspark, in one paragraph
     try:
         yield spark
@@ -183,7 +282,7 @@ def _guarded(command: Callable) -> Callable:
         except click.ClickException:
             raise
         except Exception as exc:
-            if kwargs.get("verbose"):
+            if kwargs["spark_opts"].verbose:
                 traceback.print_exc()
             raise JobFailed(_one_paragraph(exc)) from exc
 
@@ -195,43 +294,43 @@ def _prepare(step: Callable[[], Any]) -> Any:
     try:
         return step()
     except (ValueError, TypeError) as exc:
-        raise BadArguments(_one_paragraph(exc) if "sklspark:" in str(exc) else str(exc)) from exc
+        raise BadArguments(_one_paragraph(exc) if ERROR_MARKER in str(exc) else str(exc)) from exc
 
 
-def _read(spark: Any, paths: HadoopPaths, path: str, fmt: str | None):
+def _read(spark: Any, paths: HadoopPaths, path: str, io: OutputOptions):
+    """The input DataFrame, after refusing an output that exists without --overwrite."""
+    if paths.available and paths.exists(io.output) and not io.overwrite:
+        raise BadArguments(f"output {io.output} exists; pass --overwrite to replace it")
     if paths.available and not paths.exists(path):
         raise BadArguments(f"input {path} does not exist")
     from pyspark.errors import AnalysisException
 
     try:
-        return read_input(spark, path, input_format(path, fmt))
+        return read_input(spark, path, input_format(path, io.input_format))
     except AnalysisException as exc:
         raise BadArguments(f"cannot read {path}: {_one_paragraph(exc)}") from exc
 
 
-def _check_output(paths: HadoopPaths, output: str, overwrite: bool) -> None:
-    if paths.available and paths.exists(output) and not overwrite:
-        raise BadArguments(f"output {output} exists; pass --overwrite to replace it")
-
-
-def _check_writable(df: Any, fmt: str) -> None:
-    if fmt == "csv":
+def _write_with_summary(spark: Any, paths: HadoopPaths, df: Any, io: OutputOptions, what: str) -> int:
+    """Write ``df`` atomically with a progress bar and print a summary; the rows are counted while writing."""
+    if io.output_format == "csv":
         nested = [f.name for f in df.schema.fields if f.dataType.typeName() in ("array", "struct", "map", "vector")]
         if nested:
             raise BadArguments(f"CSV cannot hold the array/vector columns {nested}; use --format parquet, json or orc")
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
 
-
-def _write_with_summary(
-    spark: Any, paths: HadoopPaths, df: Any, output: str, fmt: str, overwrite: bool, what: str
-) -> int:
+    written = Observation("sklspark-written")
     start = time.perf_counter()
     with SparkProgress(spark, what, console=err):
-        write_atomically(df, output, fmt, overwrite, paths)
+        write_atomically(
+            df.observe(written, F.count(F.lit(1)).alias("rows")), io.output, io.output_format, io.overwrite, paths
+        )
     elapsed = time.perf_counter() - start
-    rows = spark.read.format(fmt).load(output).count()
+    rows = written.get["rows"]
     err.print(
         f"[bold green]done:[/] {what}: {rows:,} rows in, {rows:,} rows out, {elapsed:.1f} s "
-        f"({rows / max(elapsed, 1e-9):,.0f} rows/s) -> {output} ({fmt})"
+        f"({rows / max(elapsed, 1e-9):,.0f} rows/s) -> {io.output} ({io.output_format})"
     )
     return rows
 
@@ -250,100 +349,35 @@ def cli() -> None:
     """
 
 
-_knn_options = _options(
-    click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours per point."),
-    click.option("--id-col", default="id", show_default=True, help="The column of point ids."),
-    click.option(
-        "--metric",
-        default="euclidean",
-        show_default=True,
-        help="Distance metric (any NearestNeighbors metric with the sklearn backend).",
-    ),
-    click.option(
-        "--backend",
-        type=click.Choice(["sklearn", "faiss", "annoy"]),
-        default="sklearn",
-        show_default=True,
-        help="sklearn and faiss are exact; annoy is approximate.",
-    ),
-    click.option(
-        "--shards",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Split the reference into S shards (default: automatic, by size).",
-    ),
-    click.option(
-        "--exclude-self/--include-self",
-        default=True,
-        show_default=True,
-        help="Leave each point's own id out of its neighbours.",
-    ),
-)
-
-
-def _run_knn(
-    spark: Any,
-    input_path: str,
-    output: str,
-    *,
-    input_format_: str | None,
-    output_format: str,
-    overwrite: bool,
-    k: int,
-    id_col: str,
-    features_col: str,
-    feature_list: list[str] | None,
-    metric: str,
-    backend: str,
-    shards: int | None,
-    exclude_self: bool,
-) -> int:
+def _run_knn(spark: Any, input_path: str, io: OutputOptions, feature_opts: FeatureOptions, knn: KnnOptions) -> int:
     from ..neighbors import all_neighbors
 
     paths = HadoopPaths(spark)
-    _check_output(paths, output, overwrite)
-    df = _read(spark, paths, input_path, input_format_)
+    df = _read(spark, paths, input_path, io)
     result = _prepare(
         lambda: all_neighbors(
             df,
-            k,
-            id_col=id_col,
-            features_col=feature_list or features_col,
-            metric=metric,
-            backend=backend,
-            shards=shards,
-            exclude_self=exclude_self,
+            knn.k,
+            id_col=knn.id_col,
+            features_col=feature_opts.features,
+            metric=knn.metric,
+            backend=knn.backend,
+            shards=knn.shards,
+            exclude_self=knn.exclude_self,
         )
     )
-    _check_writable(result, output_format)
-    return _write_with_summary(spark, paths, result, output, output_format, overwrite, f"knn k={k}")
+    return _write_with_summary(spark, paths, result, io, f"knn k={knn.k}")
 
 
 @cli.command()
 @click.argument("input_path", metavar="INPUT")
 @output_options
-@_knn_options
+@knn_options
 @feature_options
 @spark_options
 @_guarded
 def knn(
-    input_path: str,
-    output: str,
-    output_format: str,
-    input_format: str | None,
-    overwrite: bool,
-    k: int,
-    id_col: str,
-    metric: str,
-    backend: str,
-    shards: int | None,
-    exclude_self: bool,
-    features_col: str,
-    feature_list: list[str] | None,
-    master: str,
-    conf: dict,
-    spark_connect: str | None,
-    verbose: bool,
+    input_path: str, io: OutputOptions, knn_opts: KnnOptions, feature_opts: FeatureOptions, spark_opts: SparkOptions
 ) -> None:
     """Find the k nearest neighbours of every point in INPUT.
 
@@ -351,23 +385,8 @@ def knn(
     --input-format says CSV, JSON or ORC. It needs an id column and features. The result has one row
     per point: the id, neighbor_ids (nearest first) and distances.
     """
-    with _spark(master, conf, spark_connect, verbose) as spark:
-        _run_knn(
-            spark,
-            input_path,
-            output,
-            input_format_=input_format,
-            output_format=output_format,
-            overwrite=overwrite,
-            k=k,
-            id_col=id_col,
-            features_col=features_col,
-            feature_list=feature_list,
-            metric=metric,
-            backend=backend,
-            shards=shards,
-            exclude_self=exclude_self,
-        )
+    with _spark(spark_opts) as spark:
+        _run_knn(spark, input_path, io, feature_opts, knn_opts)
 
 
 @cli.command()
@@ -402,21 +421,14 @@ def knn(
 def apply(
     model_path: str,
     input_path: str,
-    output: str,
-    output_format: str,
-    input_format: str | None,
-    overwrite: bool,
+    io: OutputOptions,
     method: str,
     chunk_size: int | None,
     method_kwargs: dict,
     trust: tuple[str, ...],
     trust_pickle: bool,
-    features_col: str,
-    feature_list: list[str] | None,
-    master: str,
-    conf: dict,
-    spark_connect: str | None,
-    verbose: bool,
+    feature_opts: FeatureOptions,
+    spark_opts: SparkOptions,
 ) -> None:
     """Run a fitted model's METHOD over every row of INPUT.
 
@@ -431,17 +443,15 @@ def apply(
             warn=lambda msg: err.print(f"[bold yellow]warning:[/] {msg}"),
         )
     )
-    with _spark(master, conf, spark_connect, verbose) as spark:
+    with _spark(spark_opts) as spark:
         paths = HadoopPaths(spark)
-        _check_output(paths, output, overwrite)
-        df = _read(spark, paths, input_path, input_format)
+        df = _read(spark, paths, input_path, io)
         result = _prepare(
             lambda: distribute(
-                model, method, df, chunk_size=chunk_size, features=feature_list or features_col, **method_kwargs
+                model, method, df, chunk_size=chunk_size, features=feature_opts.features, **method_kwargs
             )
         )
-        _check_writable(result, output_format)
-        _write_with_summary(spark, paths, result, output, output_format, overwrite, f"{type(model).__name__}.{method}")
+        _write_with_summary(spark, paths, result, io, f"{type(model).__name__}.{method}")
 
 
 @cli.command()
@@ -450,9 +460,7 @@ def apply(
 @click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True)
 @spark_options
 @_guarded
-def demo(
-    n_points: int, n_features: int, k: int, master: str, conf: dict, spark_connect: str | None, verbose: bool
-) -> None:
+def demo(n_points: int, n_features: int, k: int, spark_opts: SparkOptions) -> None:
     """Generate clustered points, find every point's k nearest neighbours with Spark, show a few."""
     import numpy as np
     import pyarrow as pa
@@ -461,29 +469,11 @@ def demo(
     rng = np.random.default_rng(0)
     centres = rng.normal(scale=5.0, size=(20, n_features))
     X = (centres[rng.integers(0, 20, n_points)] + rng.normal(size=(n_points, n_features))).astype(np.float32)
-    with (
-        tempfile.TemporaryDirectory(prefix="sklspark-demo-") as tmp,
-        _spark(master, conf, spark_connect, verbose) as spark,
-    ):
+    with tempfile.TemporaryDirectory(prefix="sklspark-demo-") as tmp, _spark(spark_opts) as spark:
         input_path, output = str(Path(tmp, "points.parquet")), str(Path(tmp, "neighbours.parquet"))
         pq.write_table(pa.table({"id": np.arange(n_points), "features": list(X)}), input_path)
         err.print(f"generated {n_points:,} points x {n_features} features -> {input_path}")
-        _run_knn(
-            spark,
-            input_path,
-            output,
-            input_format_=None,
-            output_format="parquet",
-            overwrite=False,
-            k=k,
-            id_col="id",
-            features_col="features",
-            feature_list=None,
-            metric="euclidean",
-            backend="sklearn",
-            shards=None,
-            exclude_self=True,
-        )
+        _run_knn(spark, input_path, OutputOptions(output), FeatureOptions(), KnnOptions(k))
         rows = pq.read_table(output).sort_by("id").slice(0, 5).to_pylist()
         table = Table(title=f"nearest {k} neighbours of the first points")
         for column in ("id", "neighbor_ids", "distances"):

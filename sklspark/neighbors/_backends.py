@@ -47,6 +47,8 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
+from .._validation import check_scalar
+
 #: Other names of the metrics the re-rank computes itself.
 METRIC_ALIASES = {"l2": "euclidean", "l1": "manhattan", "cityblock": "manhattan", "infinity": "chebyshev"}
 
@@ -79,11 +81,7 @@ class Backend(ABC):
 
     def check_metric(self, metric: str) -> str:
         """Return the canonical name of ``metric``, or raise ``ValueError`` if the backend cannot use it."""
-        if self.metrics is not None and metric not in self.metrics:
-            raise ValueError(
-                f"backend {self.name!r} supports metric {' or '.join(repr(m) for m in self.metrics)}, got {metric!r}"
-            )
-        return metric
+        return check_scalar(metric, "metric", f"backend {self.name!r}", kind=str, options=self.metrics)
 
     def fresh(self) -> Backend:
         """An unbuilt copy to build on, leaving this instance untouched."""
@@ -129,8 +127,7 @@ class SklearnBackend(Backend):
         return backend
 
     def check_metric(self, metric: str) -> str:
-        if not isinstance(metric, str):
-            raise TypeError(f"metric must be a str, got {type(metric).__name__}: {metric!r}")
+        check_scalar(metric, "metric", kind=str)
         try:  # NearestNeighbors validates the name and resolves minkowski (p=1: manhattan, p=2: euclidean)
             effective = NearestNeighbors(algorithm="brute", metric=metric).fit(np.zeros((1, 1))).effective_metric_
         except ValueError as exc:
@@ -212,8 +209,8 @@ class AnnoyBackend(Backend):
 
     def __init__(self, n_trees: int = 50, search_k: int = -1) -> None:
         _import_extra("annoy", "annoy", "annoy")
-        self.n_trees = n_trees
-        self.search_k = search_k
+        self.n_trees = check_scalar(n_trees, "n_trees", "AnnoyBackend", low=1)
+        self.search_k = check_scalar(search_k, "search_k", "AnnoyBackend", low=-1)
         self._index: Any = None
 
     def _new_index(self, metric: str, n_features: int):
@@ -247,20 +244,17 @@ class AnnoyBackend(Backend):
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (SklearnBackend, FaissBackend, AnnoyBackend)}
 
 
-def get_backend(backend: str | Backend) -> Backend:
+def get_backend(backend: str | Backend, caller: str | None = None) -> Backend:
     """Resolve ``backend=`` (a name from :data:`BACKENDS` or an unbuilt :class:`Backend` instance).
 
     Raises
     ------
-    ValueError
-        For an unknown name.
+    TypeError, ValueError
+        For anything else than a backend instance or the name of one.
     ImportError
         If the backend's optional package is not installed.
     """
     if isinstance(backend, Backend):
         return backend.fresh()
-    if isinstance(backend, str) and backend in BACKENDS:
-        return BACKENDS[backend]()
-    raise ValueError(
-        f"unknown backend {backend!r}; use one of {sorted(BACKENDS)} or an instance of sklspark.neighbors.Backend"
-    )
+    name = check_scalar(backend, "backend", caller, kind=str, options=BACKENDS, also=["an instance of 'Backend'"])
+    return BACKENDS[name]()

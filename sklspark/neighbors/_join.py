@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._inputs import batch_to_matrix
 from .._session import spark_context_of
-from .._validation import FeatureSpec, check_chunk_size, check_features
+from .._validation import FeatureSpec, check_chunk_size, check_features, check_scalar
 from ._backends import Backend, SklearnBackend, get_backend
 from ._broadcast import DISTANCES, NEIGHBOR_IDS, ReferenceIndex, broadcast_join
 from ._sharded import QUERY_BLOCK_MAX_BYTES, SHARD_MAX_BYTES, count_blocks, sharded_join, stable_order
@@ -52,14 +51,6 @@ class _Join:
         return self.k + 1 if self.exclude_self else self.k
 
 
-def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"k must be a positive int, got {type(k).__name__}: {k!r}")
-    if k <= 0:
-        raise ValueError(f"k must be a positive int, got {k}")
-    return int(k)
-
-
 def _check_k_fits(k: int, n_ref: int, exclude_self: bool) -> None:
     available = n_ref - 1 if exclude_self else n_ref
     if k > available:
@@ -68,8 +59,7 @@ def _check_k_fits(k: int, n_ref: int, exclude_self: bool) -> None:
 
 
 def _check_id(schema: StructType, id_col: Any, what: str) -> None:
-    if not isinstance(id_col, str):
-        raise TypeError(f"id_col must be a column name, got {type(id_col).__name__}: {id_col!r}")
+    check_scalar(id_col, "id_col", "kneighbors_join", kind=str)
     if id_col in (NEIGHBOR_IDS, DISTANCES):
         raise ValueError(f"id_col cannot be {id_col!r}: that is the name of a result column")
     if id_col not in schema.fieldNames():
@@ -219,14 +209,14 @@ def kneighbors_join(
     ImportError
         If the backend's optional package is missing.
     """
-    k = _check_k(k)
-    chunk_size = check_chunk_size(chunk_size)
-    if not isinstance(exclude_self, bool):
-        raise TypeError(f"exclude_self must be a bool, got {exclude_self!r}")
+    k = check_scalar(k, "k", "kneighbors_join", low=1)
+    check_scalar(exclude_self, "exclude_self", "kneighbors_join", kind=bool)
+    shards = check_scalar(shards, "shards", "kneighbors_join", low=1, none_ok=True)
+    chunk_size = check_chunk_size(chunk_size, "kneighbors_join")
     if not isinstance(queries, DataFrame):
         raise TypeError(f"queries must be a pyspark DataFrame, got {type(queries).__name__}")
     q_spec = _check_spec(queries.schema, features_col, id_col, "queries")
-    engine = get_backend(backend)
+    engine = get_backend(backend, "kneighbors_join")
     metric = engine.check_metric(metric)
     job = _Join(queries, k, exclude_self, id_col, features_col, q_spec, engine, metric, chunk_size)
 
@@ -246,8 +236,6 @@ def kneighbors_join(
                 f"exclude_self compares IDs, but id column {id_col!r} is {q_type.simpleString()} in the queries "
                 f"and {r_type.simpleString()} in the reference"
             )
-        if shards is not None and (isinstance(shards, bool) or not isinstance(shards, numbers.Integral) or shards < 1):
-            raise ValueError(f"shards must be a positive int or None, got {shards!r}")
         size = _estimated_bytes(reference)
         if shards is None and size is not None and size <= BROADCAST_MAX_BYTES:
             result = _broadcast_dataframe(job, reference, r_spec)
@@ -324,7 +312,7 @@ def _shard_dataframe(
         r_spec=r_spec,
         backend=job.engine,
         metric=job.metric,
-        shards=int(shards),
+        shards=shards,
         blocks=blocks,
         chunk_size=job.chunk_size,
     )
@@ -363,4 +351,6 @@ def all_neighbors(df: DataFrame, k: int, *, exclude_self: bool = True, **options
     """
     if "reference_ids" in options:
         raise TypeError("all_neighbors() takes no reference_ids: the reference is df itself")
+    check_scalar(k, "k", "all_neighbors", low=1)  # the other options are checked by kneighbors_join, naming it
+    check_scalar(exclude_self, "exclude_self", "all_neighbors", kind=bool)
     return kneighbors_join(df, df, k, exclude_self=exclude_self, **options)
