@@ -15,6 +15,7 @@ TINY = {
     "quickstart.py": (["--n-rows", "500", *LOCAL], SAME),
     "batch_scoring.py": (["--n-rows", "2000", *LOCAL], SAME),
     "pca_to_spark_ml.py": (["--n-rows", "2000", *LOCAL], SAME),
+    "streaming_scoring.py": (["--n-files", "4", "--rows-per-file", "200", *LOCAL], SAME),
     "item_recommender.py": (["--n-items", "500", *LOCAL], SAME),
     "approximate_knn.py": (["--n-points", "2000", *LOCAL], r"recall@10 of annoy against exact search: (0\.9\d*|1\.0+)"),
     "tabular_pipeline.py": (["--n-rows", "2000", *LOCAL], SAME),
