@@ -3,8 +3,9 @@
 Every adapter yields ``(first_row, X)`` pairs (or ``(first_row, batch, X)`` for Arrow), where
 ``first_row`` is the position of the chunk's first row inside its partition and ``X`` holds at
 most ``chunk_size`` rows: a dense ``ndarray``, or a CSR matrix when the input is sparse and
-the estimator accepts sparse input. Bad rows raise ``ValueError`` naming the row's position in
-the partition; the chunk runner adds the method and partition.
+the estimator accepts sparse input; a pandas DataFrame for named columns (layout ``"frame"``);
+a 1-D object array of ``str`` for a text column (layout ``"text"``). Bad rows raise ``ValueError``
+naming the row's position in the partition; the chunk runner adds the method and partition.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 from pyspark.ml.linalg import DenseVector, SparseVector
+from pyspark.sql import Row
 
-from ._validation import FeatureSpec
+from ._validation import MAX_BATCH_CHUNK, FeatureSpec
 
 # --------------------------------------------------------------------------- RDD elements
 
@@ -55,8 +58,39 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def stack_rows(rows: list, first_row: int, accept_sparse: bool) -> np.ndarray | sp.csr_matrix:
-    """Stack RDD elements into one matrix (CSR if any row is sparse and the estimator accepts it)."""
+def _records_frame(rows: list, names: tuple[str, ...], first_row: int) -> pd.DataFrame:
+    """``dict`` / ``Row`` elements as a pandas DataFrame of the fields ``names``, typed like named Spark columns."""
+    records = []
+    for i, row in enumerate(rows):
+        record = row.asDict() if isinstance(row, Row) else row
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"row {first_row + i} is a {type(row).__name__}; expected a dict or Row like row {first_row}"
+            )
+        missing = [name for name in names if name not in record]
+        if missing:
+            raise ValueError(
+                f"row {first_row + i} has no field(s) {missing}; the estimator was fitted on {list(names)}"
+            )
+        records.append({name: record[name] for name in names})
+    try:
+        table = pa.Table.from_pylist(records)
+    except (pa.ArrowException, TypeError) as exc:
+        raise ValueError(f"rows {first_row}-{first_row + len(rows) - 1} mix value types in one field: {exc}") from exc
+    kinds = tuple(arrow_kind(column.type) for column in table.columns)
+    return frame_from_columns(table.columns, FeatureSpec("frame", names, np.dtype(object), kinds))
+
+
+def stack_rows(
+    rows: list, first_row: int, accept_sparse: bool, names: tuple[str, ...] | None = None
+) -> np.ndarray | sp.csr_matrix | pd.DataFrame:
+    """Stack RDD elements into one matrix (CSR if any row is sparse and the estimator accepts it).
+
+    With ``names`` (the estimator's ``feature_names_in_``), ``dict`` / ``Row`` elements give a pandas
+    DataFrame of those fields instead, typed as :func:`frame_from_columns` types named columns.
+    """
+    if names is not None and isinstance(rows[0], (dict, Row)):
+        return _records_frame(rows, names, first_row)
     arrays = [_row_to_array(row, first_row + i) for i, row in enumerate(rows)]
     width = arrays[0].shape[-1]
     for i, arr in enumerate(arrays):
@@ -72,26 +106,40 @@ def stack_rows(rows: list, first_row: int, accept_sparse: bool) -> np.ndarray | 
 
 
 def iter_row_chunks(
-    rows: Iterable, chunk_size: int, accept_sparse: bool
-) -> Iterator[tuple[int, np.ndarray | sp.csr_matrix]]:
-    """Group an iterator of RDD elements into stacked chunks of at most ``chunk_size`` rows."""
+    rows: Iterable, chunk_size: int, accept_sparse: bool, names: tuple[str, ...] | None = None
+) -> Iterator[tuple[int, Any]]:
+    """Group an iterator of RDD elements into stacked chunks of at most ``chunk_size`` rows (see :func:`stack_rows`)."""
     buffer: list = []
     first_row = 0
     for row in rows:
         buffer.append(row)
         if len(buffer) == chunk_size:
-            yield first_row, stack_rows(buffer, first_row, accept_sparse)
+            yield first_row, stack_rows(buffer, first_row, accept_sparse, names)
             first_row += chunk_size
             buffer = []
     if buffer:
-        yield first_row, stack_rows(buffer, first_row, accept_sparse)
+        yield first_row, stack_rows(buffer, first_row, accept_sparse, names)
 
 
 # --------------------------------------------------------------------------- Arrow batches
 
 
-def iter_batch_chunks(batches: Iterable[pa.RecordBatch], chunk_size: int) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """Re-cut a stream of Arrow record batches into batches of exactly ``chunk_size`` rows (the last may be short)."""
+def iter_batch_chunks(
+    batches: Iterable[pa.RecordBatch], chunk_size: int | None
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Re-cut a stream of Arrow record batches into batches of exactly ``chunk_size`` rows (the last may be short).
+
+    ``chunk_size=None`` follows the stream's own batches (no copy), cutting only those longer than
+    :data:`~sklspark._validation.MAX_BATCH_CHUNK` rows.
+    """
+    if chunk_size is None:
+        first_row = 0
+        for batch in batches:
+            for start in range(0, batch.num_rows, MAX_BATCH_CHUNK):
+                piece = batch.slice(start, MAX_BATCH_CHUNK)
+                yield first_row, piece
+                first_row += piece.num_rows
+        return
     pending: list[pa.RecordBatch] = []
     n_pending = 0
     first_row = 0
@@ -186,13 +234,88 @@ def _numeric_columns(batch: pa.RecordBatch, spec: FeatureSpec, first_row: int) -
     return out
 
 
-def batch_to_matrix(
-    batch: pa.RecordBatch, spec: FeatureSpec, first_row: int, accept_sparse: bool
-) -> np.ndarray | sp.csr_matrix:
-    """Stack the feature column(s) of one Arrow record batch into a matrix."""
+def _null_rows(array: pa.Array, first_row: int, limit: int = 5) -> str:
+    rows = np.flatnonzero(np.asarray(array.is_null())) + first_row
+    shown = ", ".join(str(r) for r in rows[:limit])
+    return f"{shown} and {rows.size - limit} more" if rows.size > limit else shown
+
+
+def _text_column(column: pa.Array, spec: FeatureSpec, first_row: int) -> np.ndarray:
+    if column.null_count:
+        raise ValueError(
+            f"text column {spec.columns[0]!r} is null at row(s) {_null_rows(column, first_row)}; a missing "
+            f"document cannot be scored (fill it, e.g. with an empty string, or filter it out)"
+        )
+    return column.to_numpy(zero_copy_only=False)
+
+
+#: Arrow types, as met in RDD records, and the conversion of :func:`_pandas_column` they take.
+_ARROW_KINDS = (
+    (pa.types.is_string, "string"),
+    (pa.types.is_large_string, "string"),
+    (pa.types.is_boolean, "bool"),
+    (pa.types.is_integer, "int"),
+    (pa.types.is_floating, "float"),
+    (pa.types.is_decimal, "decimal"),
+    (pa.types.is_temporal, "datetime"),
+)
+
+
+def arrow_kind(arrow_type: pa.DataType) -> str:
+    """The conversion a column of ``arrow_type`` takes; all-null columns are missing strings (``np.nan``)."""
+    if pa.types.is_null(arrow_type):
+        return "string"
+    kind = next((k for test, k in _ARROW_KINDS if test(arrow_type)), None)
+    if kind is None:
+        raise ValueError(
+            f"a field of type {arrow_type} has no pandas scalar dtype; expected str, numbers, bool or dates"
+        )
+    return kind
+
+
+def _pandas_column(column: pa.Array, kind: str) -> np.ndarray:
+    """One Arrow column as the NumPy array pandas' readers would give (see :func:`~sklspark._validation.frame_spec`)."""
+    has_nulls = column.null_count > 0
+    if kind == "float":
+        return column.to_numpy(zero_copy_only=False)  # nulls -> NaN, width kept
+    if kind == "decimal" or (kind == "int" and has_nulls):
+        return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    if kind == "int":
+        return column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    if kind == "datetime":
+        if pa.types.is_timestamp(column.type) and column.type.tz is not None:
+            column = pc.local_timestamp(column)
+        elif pa.types.is_date(column.type):
+            column = column.cast(pa.timestamp("us"))
+        return column.to_numpy(zero_copy_only=False).astype("datetime64[ns]")
+    values = column.to_numpy(zero_copy_only=False)  # strings, and booleans with nulls: object with None
+    if kind == "bool" and not has_nulls:
+        return values
+    if has_nulls:
+        values = values.astype(object, copy=False)
+        values[np.asarray(column.is_null())] = np.nan
+    return values
+
+
+def frame_from_columns(columns: list[pa.Array], spec: FeatureSpec) -> pd.DataFrame:
+    """Arrow columns, one per name of a ``"frame"`` spec, as a pandas DataFrame with those names in that order."""
+    data = {name: _pandas_column(column, kind) for name, column, kind in zip(spec.columns, columns, spec.kinds)}
+    return pd.DataFrame(data, columns=list(spec.columns), copy=False)
+
+
+def batch_to_matrix(batch: pa.RecordBatch, spec: FeatureSpec, first_row: int, accept_sparse: bool) -> Any:
+    """The feature column(s) of one Arrow record batch as the method's input.
+
+    A dense or CSR matrix for the matrix layouts, a pandas DataFrame for ``"frame"``, a 1-D
+    object array of ``str`` for ``"text"``.
+    """
+    if spec.layout == "frame":
+        return frame_from_columns([batch.column(name) for name in spec.columns], spec)
     if spec.layout == "columns":
         return _numeric_columns(batch, spec, first_row)
     column = batch.column(spec.columns[0])
+    if spec.layout == "text":
+        return _text_column(column, spec, first_row)
     if spec.layout == "array":
         return _array_column(column, spec, first_row)
     return _vector_column(column, spec, first_row, accept_sparse)

@@ -8,11 +8,19 @@ output part                         column type
 ==================================  ==============================================
 1-D numeric / bool array            the matching scalar type (int32 stays int)
 1-D array of strings                ``string``
+``predict`` of a classifier         the type of ``classes_`` (strings: ``string``)
+``predict`` of a regressor          ``double`` (``float`` if the model gives float32)
+``predict_proba`` & co. of a        ``array<double>``
+classifier
 2-D array                           ``array<element type>`` (N-D: nested arrays)
 1-D object array of 1-D arrays      ``array<element type>`` (``radius_neighbors``)
 scipy sparse matrix                 ``VectorUDT`` (Spark ML vector)
 tuple or list of the above          one column per item
 ==================================  ==============================================
+
+Types the fitted estimator declares come first, the probe's output second. A chunk whose values
+do not fit the declared type (a float where an integer column was declared) is never truncated:
+converting it raises ``ValueError`` naming the column.
 
 For an RDD, the output is cut into one element per input row.
 """
@@ -29,6 +37,7 @@ import scipy.sparse as sp
 from pyspark.ml.linalg import VectorUDT
 from pyspark.sql.pandas.types import from_arrow_type, to_arrow_type
 from pyspark.sql.types import DataType, StructField
+from sklearn.utils import get_tags
 
 #: Default column names per method; a method not listed names its column after itself.
 _DEFAULT_NAMES = {
@@ -114,10 +123,50 @@ def _arrow_type(part: Any, method: str) -> pa.DataType:
     return arrow_type
 
 
+_CLASS_SCORES = ("predict_proba", "predict_log_proba", "decision_function")
+
+
+def fitted_element_type(estimator: Any, method: str, sample: Any) -> pa.DataType | None:
+    """The element type the fitted estimator declares for a one-part output of ``method``, or ``None``.
+
+    A classifier's ``predict`` returns values of ``classes_``; a regressor's ``predict`` and a
+    classifier's scores are floating point (float32 only if the probe's output is float32).
+    """
+    if not isinstance(sample, np.ndarray):
+        return None
+    try:
+        kind = get_tags(estimator).estimator_type
+    except Exception:  # noqa: BLE001 - objects without scikit-learn tags declare nothing
+        return None
+    floating = pa.float32() if sample.dtype == np.float32 else pa.float64()
+    if method == "predict" and kind == "classifier" and sample.ndim == 1:
+        classes = getattr(estimator, "classes_", None)
+        if not isinstance(classes, np.ndarray) or classes.ndim != 1:
+            return None  # multi-output: one array of classes per output
+        if classes.dtype.kind in "US" or (classes.dtype.kind == "O" and all(isinstance(c, str) for c in classes)):
+            return pa.string()
+        return pa.from_numpy_dtype(_element_dtype(classes.dtype)) if classes.dtype.kind in "biuf" else None
+    if method == "predict" and kind == "regressor":
+        return floating
+    if method in _CLASS_SCORES and kind == "classifier":
+        return floating
+    return None
+
+
+def _with_element_type(arrow_type: pa.DataType, element: pa.DataType) -> pa.DataType:
+    if pa.types.is_list(arrow_type):
+        return pa.list_(_with_element_type(arrow_type.value_type, element))
+    return element
+
+
 def output_columns(
-    method: str, sample_output: Any, output_cols: str | Sequence[str] | None, existing: Sequence[str]
+    method: str,
+    sample_output: Any,
+    output_cols: str | Sequence[str] | None,
+    existing: Sequence[str],
+    estimator: Any = None,
 ) -> list[OutputColumn]:
-    """Name and type the result columns from the method's output on a probe row.
+    """Name and type the result columns: from the fitted ``estimator`` where it says, else from a probe's output.
 
     Raises
     ------
@@ -140,9 +189,12 @@ def output_columns(
             f"result column name(s) {clashes or list(names)} clash with each other or with the input columns "
             f"{list(existing)}; pass output_cols=... to choose other names"
         )
+    declared = fitted_element_type(estimator, method, parts[0]) if len(parts) == 1 else None
     columns = []
     for name, part in zip(names, parts):
         arrow_type = _arrow_type(part, method)
+        if declared is not None:
+            arrow_type = _with_element_type(arrow_type, declared)
         spark_type = VectorUDT() if arrow_type == _VECTOR_ARROW_TYPE else from_arrow_type(arrow_type)
         columns.append(OutputColumn(name, arrow_type, spark_type))
     return columns
@@ -151,7 +203,9 @@ def output_columns(
 def _scalar_array(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
     if pa.types.is_string(arrow_type):
         return pa.array(values.tolist(), type=arrow_type)
-    return pa.array(values.astype(_element_dtype(values.dtype), copy=False), type=arrow_type)
+    array = pa.array(values.astype(_element_dtype(values.dtype), copy=False))
+    # A safe cast: a value the column type cannot hold (1.5 into an integer column) raises, never truncates.
+    return array if array.type == arrow_type else array.cast(arrow_type, safe=True)
 
 
 def _list_array(offsets: np.ndarray, values: pa.Array, arrow_type: pa.DataType) -> pa.Array:
@@ -172,6 +226,9 @@ def _nested_array(part: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
 
 def _vector_array(part: Any) -> pa.Array:
     csr = sp.csr_matrix(part)
+    if not csr.has_canonical_format:  # a SparseVector needs strictly increasing indices
+        csr = csr.copy()
+        csr.sum_duplicates()
     n = csr.shape[0]
     indptr = pa.array(csr.indptr, type=pa.int32())
     kind, size, indices, values = _VECTOR_ARROW_TYPE
@@ -184,6 +241,28 @@ def _vector_array(part: Any) -> pa.Array:
         ],
         fields=[kind, size, indices, values],
     )
+
+
+def chunk_arrays(output: Any, columns: Sequence[OutputColumn]) -> list[pa.Array]:
+    """One chunk's output as Arrow arrays, one per result column.
+
+    Raises
+    ------
+    ValueError
+        If a part does not fit its column's type, naming the column.
+    """
+    arrays = []
+    for part, column in zip(output_parts(output), columns):
+        try:
+            arrays.append(to_arrow(part, column))
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            got = getattr(part, "dtype", type(part).__name__)
+            raise ValueError(
+                f"the output ({got}) does not fit result column {column.name!r} of type "
+                f"{column.spark_type.simpleString()}, declared from the fitted estimator or the first rows; "
+                f"nothing is truncated: {type(exc).__name__}: {exc}"
+            ) from exc
+    return arrays
 
 
 def to_arrow(part: Any, column: OutputColumn) -> pa.Array:

@@ -7,7 +7,6 @@ it first; without it, an expensive method on too few partitions gets a warning t
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from typing import Any, TypeVar
 
@@ -15,6 +14,7 @@ from pyspark import RDD
 from pyspark.sql import DataFrame
 
 from ._session import default_parallelism, spark_context_of
+from ._validation import check_scalar
 
 _Data = TypeVar("_Data", RDD, DataFrame)
 
@@ -50,14 +50,7 @@ def spread_target(data: RDD | DataFrame) -> int | None:
 
 def check_partitions(partitions: Any) -> int | None:
     """Validate ``partitions=``: ``None`` or an int in ``[1, inf)``."""
-    if partitions is not None and (
-        isinstance(partitions, bool) or not isinstance(partitions, numbers.Integral) or partitions < 1
-    ):
-        raise ValueError(
-            f"The 'partitions' parameter of distribute must be an int in the range [1, inf) or None. "
-            f"Got {partitions!r} instead."
-        )
-    return None if partitions is None else int(partitions)
+    return check_scalar(partitions, "partitions", "distribute", low=1, none_ok=True)
 
 
 def repartition(data: _Data, partitions: int | None, method: str) -> _Data:

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from pyspark import TaskContext
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from ._shipping import ShippedModel
 from ._validation import accepts_sparse
 
 #: Per worker process: whether a shipped model's method took CSR input, learnt on its first sparse chunk.
 _takes_sparse: dict[tuple[str, str], bool] = {}
+
+#: Prefix of every message sklspark raises inside a task: the CLI finds sklspark's own error in a Spark trace by it.
+ERROR_MARKER = "sklspark:"
+
+#: Per worker process: the threadpoolctl controller, and the number of imported modules when it scanned.
+_controller: ThreadpoolController | None = None
+_scanned_modules = 0
 
 
 class ChunkError(RuntimeError):
@@ -68,42 +76,76 @@ def _densify_if_refused(model: ShippedModel, estimator: Any, method: str, method
     return X if _takes_sparse[key] else X.toarray()
 
 
-def run_chunks(
-    model: ShippedModel,
-    method: str,
-    method_kwargs: dict,
+def capped_threads() -> Any:
+    """Context manager capping BLAS/OpenMP pools at the task's CPUs (``spark.task.cpus``; no cap outside a task).
+
+    Concurrent tasks on an executor then do not oversubscribe its cores. The native libraries are
+    found once per worker process by one cached ``threadpoolctl`` controller, scanned again only after
+    new modules were imported (a backend such as faiss brings its own BLAS): ``threadpool_limits``
+    would scan every loaded library on every call (about 3 ms).
+    """
+    global _controller, _scanned_modules
+    context = TaskContext.get()
+    if _controller is None or len(sys.modules) != _scanned_modules:
+        _controller, _scanned_modules = ThreadpoolController(), len(sys.modules)
+    return _controller.limit(limits=context.cpus() if context is not None else None)
+
+
+def apply_chunks(
+    fn: Callable[[Any], Any],
+    label: str,
     chunks: Iterator[tuple[Any, ...]],
     partition: int | None = None,
 ) -> Iterator[tuple[Any, ...]]:
-    """Run ``method`` on every chunk, yielding each chunk's items followed by the output.
+    """Call ``fn(X)`` on every chunk with threads capped, yielding each chunk's items followed by the output.
 
-    ``chunks`` yields tuples whose first item is the chunk's first row in the partition and
-    whose last item is the feature matrix (CSR chunks are made dense for methods that refuse
-    sparse input, see :func:`~sklspark._validation.accepts_sparse`). BLAS/OpenMP pools are
-    capped at the task's CPUs (``spark.task.cpus``) so concurrent tasks on an executor do not
-    oversubscribe its cores.
+    ``chunks`` yields tuples whose first item is the chunk's first row in the partition and whose last
+    item ``X`` is the feature matrix. Any error reading a chunk or in ``fn`` becomes a
+    :class:`ChunkError` whose message starts with :data:`ERROR_MARKER` and names ``label`` (what ran),
+    the partition, the rows and the cause.
     """
-    context = TaskContext.get()
     if partition is None:
+        context = TaskContext.get()
         partition = context.partitionId() if context is not None else 0
-    cpus = context.cpus() if context is not None else None
-    estimator = model.get()
-    label = f"{type(estimator).__name__}.{method}"
-    fn = getattr(estimator, method)
-    with threadpool_limits(limits=cpus):
+    with capped_threads():
         while True:
             try:
                 item = next(chunks)
             except StopIteration:
                 return
             except Exception as exc:
-                raise ChunkError(f"sklspark: bad input for {label} in partition {partition}: {exc}") from exc
-            first_row, X = item[0], _densify_if_refused(model, estimator, method, method_kwargs, item[-1])
-            rows = f"rows {first_row}-{first_row + X.shape[0] - 1}"
+                raise ChunkError(f"{ERROR_MARKER} bad input for {label} in partition {partition}: {exc}") from exc
+            X = item[-1]
+            where = f"rows {item[0]}-{item[0] + X.shape[0] - 1}"
             try:
-                output = one_row_per_input(fn(X, **method_kwargs), X.shape[0])
+                output = fn(X)
             except Exception as exc:
                 raise ChunkError(
-                    f"sklspark: {label} failed in partition {partition}, {rows}: {type(exc).__name__}: {exc}"
+                    f"{ERROR_MARKER} {label} failed in partition {partition}, {where}: {type(exc).__name__}: {exc}"
                 ) from exc
             yield (*item, output)
+
+
+def run_chunks(
+    model: ShippedModel,
+    method: str,
+    method_kwargs: dict,
+    chunks: Iterator[tuple[Any, ...]],
+    partition: int | None = None,
+    convert: Callable[[Any], Any] | None = None,
+) -> Iterator[tuple[Any, ...]]:
+    """Run a shipped model's ``method`` on every chunk (see :func:`apply_chunks`), one output row per input row.
+
+    CSR chunks are made dense for methods that refuse sparse input (see
+    :func:`~sklspark._validation.accepts_sparse`). ``convert``, if given, turns each output into what is
+    yielded (e.g. Arrow arrays); its errors become :class:`ChunkError` s naming the rows like the method's.
+    """
+    estimator = model.get()
+    fn = getattr(estimator, method)
+
+    def call(X: Any) -> Any:
+        X = _densify_if_refused(model, estimator, method, method_kwargs, X)
+        output = one_row_per_input(fn(X, **method_kwargs), X.shape[0])
+        return output if convert is None else convert(output)
+
+    return apply_chunks(call, f"{type(estimator).__name__}.{method}", chunks, partition)

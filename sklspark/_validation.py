@@ -2,30 +2,44 @@
 
 from __future__ import annotations
 
+import difflib
 import numbers
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import scipy.sparse as sp
 from pyspark.ml.linalg import VectorUDT
+from pyspark.sql.pandas.types import from_arrow_type, to_arrow_type
 from pyspark.sql.types import (
     ArrayType,
+    BooleanType,
     ByteType,
     DataType,
+    DateType,
+    DecimalType,
     DoubleType,
     FloatType,
     IntegerType,
     LongType,
     ShortType,
+    StringType,
+    StructField,
     StructType,
+    TimestampNTZType,
+    TimestampType,
 )
 from sklearn.utils import get_tags
 from sklearn.utils.validation import check_is_fitted
 
 #: Largest accepted ``chunk_size``: one chunk must stay a bounded slice of a task's memory.
 MAX_CHUNK_SIZE = 1 << 22
+
+#: Largest chunk when ``chunk_size=None`` follows Spark's Arrow batches
+#: (``spark.sql.execution.arrow.maxRecordsPerBatch``, 10,000 rows by default): longer batches are cut.
+MAX_BATCH_CHUNK = 1 << 16
 
 #: Methods that fit, mutate or need targets: never run by :func:`sklspark.distribute`.
 _NOT_PREDICTION_TIME = frozenset({"score"})
@@ -53,8 +67,7 @@ def check_method(estimator: Any, method: Any) -> None:
         If ``method`` fits or mutates the estimator, if the estimator does not
         have it, or (``NotFittedError``, a ``ValueError``) if it is not fitted.
     """
-    if not isinstance(method, str):
-        raise TypeError(f"method must be the name of a method as a str, got {type(method).__name__}: {method!r}")
+    check_scalar(method, "method", "distribute", kind=str)
     name = type(estimator).__name__
     if method in _NOT_PREDICTION_TIME or method.startswith(_NOT_PREDICTION_PREFIXES):
         raise ValueError(
@@ -83,13 +96,88 @@ def _available_hint(estimator: Any) -> str:
     return f"; it has {', '.join(repr(m) for m in have)}" if have else ""
 
 
-def check_chunk_size(chunk_size: Any) -> int:
+def check_scalar(
+    value: Any,
+    name: str,
+    caller: str | None = None,
+    *,
+    kind: type = numbers.Integral,
+    low: float | None = None,
+    high: float | None = None,
+    options: Collection[str] | None = None,
+    none_ok: bool = False,
+    also: Sequence[str] = (),
+) -> Any:
+    """Check one scalar argument and return it (an ``int`` for integers), or raise with scikit-learn's wording.
+
+    Parameters
+    ----------
+    value : object
+        The argument.
+    name : str
+        The parameter's name.
+    caller : str, optional
+        The public function it was passed to, named in the message.
+    kind : {numbers.Integral, numbers.Real, bool, str}, default=numbers.Integral
+        Its type; ``bool`` is refused where a number is expected.
+    low, high : float, optional
+        Inclusive bounds for numbers (``None``: unbounded).
+    options : collection of str, optional
+        Accepted values of a ``str``.
+    none_ok : bool, default=False
+        Whether ``None`` is accepted (and returned).
+    also : sequence of str, default=()
+        Other accepted values, checked by the caller, for the message (e.g. ``"an instance of 'Backend'"``).
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not of ``kind``.
+    ValueError
+        If it is out of ``[low, high]`` or not among ``options``.
+
+    Examples
+    --------
+    >>> check_scalar(0, "k", "all_neighbors", low=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: The 'k' parameter of all_neighbors must be an int in the range [1, inf). Got 0 instead.
+    """
+    if value is None and none_ok:
+        return None
+    if kind in (numbers.Integral, numbers.Real):
+        noun = "an int" if kind is numbers.Integral else "a float"
+        expected = f"{noun} in the range {_interval(low, high)}"
+        right_type = isinstance(value, kind) and not isinstance(value, (bool, np.bool_))
+        in_range = right_type and (low is None or value >= low) and (high is None or value <= high)
+    elif options is not None:
+        expected = f"a str among {{{', '.join(repr(o) for o in sorted(options))}}}"
+        right_type = isinstance(value, str)
+        in_range = right_type and value in options
+    else:
+        expected = "a bool" if kind is bool else f"a {kind.__name__}"
+        right_type = in_range = isinstance(value, kind)
+    if not in_range:
+        accepted = [expected, *also, *(["None"] if none_ok else [])]
+        listed = f"{', '.join(accepted[:-1])} or {accepted[-1]}" if len(accepted) > 1 else expected
+        error = ValueError if right_type else TypeError
+        where = f" of {caller}" if caller else ""
+        raise error(f"The {name!r} parameter{where} must be {listed}. Got {value!r} instead.")
+    return int(value) if kind is numbers.Integral else value
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    return f"{'(-inf' if low is None else f'[{low}'}, {'inf)' if high is None else f'{high}]'}"
+
+
+def check_chunk_size(chunk_size: Any, caller: str) -> int:
     """Return ``chunk_size`` as an int after checking it is an integer in ``[1, MAX_CHUNK_SIZE]``."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
-        raise TypeError(f"chunk_size must be a positive int, got {type(chunk_size).__name__}: {chunk_size!r}")
-    if not 1 <= int(chunk_size) <= MAX_CHUNK_SIZE:
-        raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE} rows, got {chunk_size}")
-    return int(chunk_size)
+    return check_scalar(chunk_size, "chunk_size", caller, low=1, high=MAX_CHUNK_SIZE)
+
+
+def check_optional_chunk_size(chunk_size: Any, caller: str) -> int | None:
+    """``None`` (one chunk per Arrow batch, see :data:`MAX_BATCH_CHUNK`), or a checked ``chunk_size``."""
+    return None if chunk_size is None else check_chunk_size(chunk_size, caller)
 
 
 def declares_sparse(estimator: Any) -> bool:
@@ -134,26 +222,41 @@ def check_width(estimator: Any, width: int, where: str) -> None:
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Where a DataFrame's features are: one vector/array column, or several numeric columns.
+    """Where a DataFrame's features are, and what the method is handed per chunk.
+
+    Layouts: ``"vector"`` (one ``VectorUDT`` column), ``"array"`` (one ``array<numeric>`` column) and
+    ``"columns"`` (several numeric columns) stack into a matrix; ``"frame"`` (named columns of any
+    scalar type, for an estimator with ``feature_names_in_``) gives a pandas DataFrame with one
+    column per name, converted as ``kinds`` says (see :func:`frame_spec`); ``"text"`` (one string
+    column) gives a 1-D object array of ``str``.
 
     Attributes
     ----------
-    layout : {"vector", "array", "columns"}
+    layout : {"vector", "array", "columns", "frame", "text"}
     columns : tuple of str
-    dtype : numpy dtype of the stacked matrix
+    dtype : numpy dtype of the stacked matrix (``object`` for ``"frame"`` and ``"text"``)
+    kinds : tuple of str
+        ``"frame"`` only: each column's conversion, one of ``"string"``, ``"int"``, ``"float"``,
+        ``"bool"``, ``"decimal"``, ``"datetime"``.
     """
 
     layout: str
     columns: tuple[str, ...]
     dtype: np.dtype
+    kinds: tuple[str, ...] = ()
 
     @property
     def width(self) -> int | None:
         """Feature count when the schema alone tells it (numeric columns), else ``None``."""
         return len(self.columns) if self.layout == "columns" else None
 
+    @property
+    def is_matrix(self) -> bool:
+        """Whether chunks are stacked into a numeric matrix (dense or CSR)."""
+        return self.layout in ("vector", "array", "columns")
+
     def describe(self) -> str:
-        if self.layout == "columns":
+        if self.layout in ("columns", "frame"):
             return f"feature columns {list(self.columns)}"
         return f"{self.layout} column {self.columns[0]!r}"
 
@@ -195,9 +298,7 @@ def check_features(schema: StructType, features: str | Sequence[str] | None) -> 
         raise TypeError(f"features must be a column name or a list of column names, got {features!r}")
 
     fields = {f.name: f.dataType for f in schema.fields}
-    missing = [c for c in names if c not in fields]
-    if missing:
-        raise ValueError(f"feature column(s) {missing} not found; the DataFrame has columns {list(fields)}")
+    _check_present(schema, names)
 
     if len(names) == 1:
         data_type = fields[names[0]]
@@ -222,3 +323,152 @@ def check_features(schema: StructType, features: str | Sequence[str] | None) -> 
             )
         dtypes.append(dtype)
     return FeatureSpec("columns", names, np.result_type(*dtypes))
+
+
+# --------------------------------------------------------------------------- named columns
+
+#: Spark scalar types a named feature column may have, and how its chunk column is converted.
+_FRAME_KINDS: tuple[tuple[type, str], ...] = (
+    (StringType, "string"),
+    (BooleanType, "bool"),
+    (LongType, "int"),
+    (IntegerType, "int"),
+    (ShortType, "int"),
+    (ByteType, "int"),
+    (DoubleType, "float"),
+    (FloatType, "float"),
+    (DecimalType, "decimal"),
+    (DateType, "datetime"),
+    (TimestampType, "datetime"),
+    (TimestampNTZType, "datetime"),
+)
+
+
+def fitted_feature_names(estimator: Any) -> tuple[str, ...] | None:
+    """The column names the estimator was fitted on (``feature_names_in_``), or ``None``."""
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is None:
+        return None
+    return tuple(str(n) for n in names)
+
+
+def quote_column(name: str) -> str:
+    """``name`` quoted for Spark's column resolution (dots, spaces and backticks taken literally)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _close_matches(name: str, candidates: Sequence[str]) -> list[str]:
+    same_case = [c for c in candidates if c.lower() == name.lower()]
+    return same_case or difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.75)
+
+
+def _check_present(schema: StructType, names: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming every column of ``names`` that is missing or duplicated in ``schema``."""
+    present = [f.name for f in schema.fields]
+    missing = [c for c in names if c not in present]
+    if missing:
+        hints = [
+            f"{c!r} (did you mean {', '.join(repr(m) for m in close)}?)"
+            for c in missing
+            if (close := _close_matches(c, present))
+        ]
+        hint = f"; close matches: {'; '.join(hints)}" if hints else ""
+        raise ValueError(f"feature column(s) {missing} not found; the DataFrame has columns {present}{hint}")
+    ambiguous = sorted({c for c in names if present.count(c) > 1})
+    if ambiguous:
+        raise ValueError(
+            f"feature column(s) {ambiguous} appear more than once in the DataFrame, so which one holds the feature "
+            f"is ambiguous; rename or drop the duplicates first"
+        )
+
+
+def frame_spec(schema: StructType, names: Sequence[str]) -> FeatureSpec:
+    """The ``"frame"`` layout: ``names`` read from ``schema`` and handed over as a pandas DataFrame.
+
+    Each column is converted the way pandas' own readers type it, so a model fitted on a pandas
+    DataFrame sees what it saw at fit time:
+
+    ===========================  ==============================================================
+    Spark type                   pandas dtype in the chunk
+    ===========================  ==============================================================
+    string                       ``object`` of ``str``, ``np.nan`` for null
+    byte, short, int, long       ``int64``; ``float64`` with ``NaN`` if the chunk has nulls
+    float, double                ``float32`` / ``float64``, ``NaN`` for null
+    boolean                      ``bool``; ``object`` with ``np.nan`` if the chunk has nulls
+    decimal                      ``float64``, ``NaN`` for null
+    date, timestamp              ``datetime64[ns]`` (session time zone, no zone), ``NaT``
+    ===========================  ==============================================================
+
+    Raises
+    ------
+    ValueError
+        A column is missing (naming it and close matches) or appears more than once.
+    TypeError
+        A column is a vector, an array, a struct or another type with no pandas scalar dtype.
+    """
+    names = tuple(names)
+    _check_present(schema, names)
+    fields = {f.name: f.dataType for f in schema.fields}
+    kinds = []
+    for name in names:
+        data_type = fields[name]
+        kind = next((k for t, k in _FRAME_KINDS if isinstance(data_type, t)), None)
+        if kind is None:
+            raise TypeError(
+                f"feature column {name!r} is {data_type.simpleString()}; a model fitted on named columns takes "
+                f"scalar columns (string, numeric, boolean, decimal, date, timestamp), not vectors or arrays"
+            )
+        kinds.append(kind)
+    return FeatureSpec("frame", names, np.dtype(object), tuple(kinds))
+
+
+def resolve_features(schema: StructType, estimator: Any, features: str | Sequence[str] | None) -> FeatureSpec:
+    """The :class:`FeatureSpec` for ``estimator`` over a DataFrame of ``schema``.
+
+    An estimator fitted on a pandas DataFrame (it has ``feature_names_in_``) is given exactly those
+    columns, by name, in the fitted order (:func:`frame_spec`); ``features``, if given, must name the
+    same set. An estimator that records no feature count (a text pipeline fitted on a list of
+    documents) is given one string column as a 1-D object array of ``str`` (layout ``"text"``).
+    Any other estimator gets :func:`check_features`.
+    """
+    fitted = fitted_feature_names(estimator)
+    if fitted is None:
+        if isinstance(features, str) and n_features_of(estimator) is None:
+            field = next((f for f in schema.fields if f.name == features), None)
+            if field is not None and isinstance(field.dataType, StringType):
+                _check_present(schema, (features,))
+                return FeatureSpec("text", (features,), np.dtype(object))
+        return check_features(schema, features)
+    if features is not None:
+        given = (features,) if isinstance(features, str) else tuple(features)
+        if set(given) != set(fitted) or len(given) != len(fitted):
+            raise ValueError(
+                f"features={list(given)} does not name the columns {type(estimator).__name__} was fitted on: "
+                f"{list(fitted)} (feature_names_in_); pass features=None to use those by name"
+            )
+    return frame_spec(schema, fitted)
+
+
+_VECTOR_FIELDS = tuple(field.name for field in to_arrow_type(VectorUDT()))
+
+
+def check_arrow_features(schema: pa.Schema, estimator: Any) -> FeatureSpec:
+    """Resolve the feature columns of Arrow batches whose Spark types were not known on the driver.
+
+    A ``udf()`` Column is built before it meets a DataFrame, so its argument columns are first seen
+    as Arrow arrays in the task. A struct shaped like Spark ML's vector (``type, size, indices,
+    values``) is a ``VectorUDT`` column; every other type is read as its Spark type. Columns named
+    exactly as the estimator's ``feature_names_in_`` are the ``"frame"`` layout; otherwise they are
+    resolved as :func:`resolve_features` resolves a DataFrame's (one string column is ``"text"`` for an
+    estimator without a feature count), except that an estimator with ``feature_names_in_`` is also
+    given a vector, array or numeric columns positionally (:func:`check_features`).
+    """
+    fields = []
+    for field in schema:
+        is_vector = pa.types.is_struct(field.type) and tuple(f.name for f in field.type) == _VECTOR_FIELDS
+        fields.append(StructField(field.name, VectorUDT() if is_vector else from_arrow_type(field.type)))
+    struct, names = StructType(fields), list(schema.names)
+    fitted = fitted_feature_names(estimator)
+    if fitted is None:
+        return resolve_features(struct, estimator, names[0] if len(names) == 1 else names)
+    return frame_spec(struct, names) if tuple(names) == fitted else check_features(struct, names)

@@ -74,27 +74,34 @@ class StandaloneCluster:
             "--webui-port",
             str(self.ui_port),
         )
-        for i in range(self.n_workers):
-            self._spawn(
-                f"worker{i}",
-                "org.apache.spark.deploy.worker.Worker",
-                "--host",
-                "127.0.0.1",
-                "--cores",
-                "1",
-                "--memory",
-                self.worker_memory,
-                "--webui-port",
-                str(_free_port()),
-                self.url,
-            )
+        self.workers = [self._spawn_worker(i) for i in range(self.n_workers)]
+        self.wait_for_workers(self.n_workers, timeout)
+        return self
+
+    def _spawn_worker(self, index: int) -> subprocess.Popen:
+        return self._spawn(
+            f"worker{index}",
+            "org.apache.spark.deploy.worker.Worker",
+            "--host",
+            "127.0.0.1",
+            "--cores",
+            "1",
+            "--memory",
+            self.worker_memory,
+            "--webui-port",
+            str(_free_port()),
+            self.url,
+        )
+
+    def wait_for_workers(self, n: int, timeout: float = 120.0) -> None:
+        """Wait until ``n`` workers are registered with the master."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.alive_workers() == self.n_workers:
-                return self
+            if self.alive_workers() == n:
+                return
             time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"{self.n_workers} workers did not register with {self.url} in {timeout:.0f}s")
+        raise RuntimeError(f"{n} workers did not register with {self.url} in {timeout:.0f}s")
 
     def alive_workers(self) -> int:
         try:
@@ -118,9 +125,14 @@ class StandaloneCluster:
 
     def stop_worker(self, index: int) -> None:
         """Stop worker ``index`` for good (its executors go with it)."""
-        proc = self.processes[1 + index]
+        proc = self.workers[index]
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+    def restart_worker(self, index: int) -> None:
+        """Start a new worker in place of the stopped worker ``index`` and wait until all are registered."""
+        self.workers[index] = self._spawn_worker(index)
+        self.wait_for_workers(self.n_workers)
 
     def stop(self) -> None:
         for proc in reversed(self.processes):

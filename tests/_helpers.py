@@ -72,14 +72,14 @@ def _sparse_vector(csr, i):
 
 def collect_rdd(rdd, like):
     """Re-stack an RDD result (one element per row) into the shape of the in-process output ``like``."""
-    return _stack(rdd.collect(), like)
+    return stack_results(rdd.collect(), like)
 
 
-def _stack(rows, like):
+def stack_results(rows, like):
     if isinstance(like, (tuple, list)):
         assert all(isinstance(r, type(like)) and len(r) == len(like) for r in rows)
         parts = list(zip(*rows)) if rows else [[] for _ in like]
-        return type(like)(_stack(list(p), part) for p, part in zip(parts, like))
+        return type(like)(stack_results(list(p), part) for p, part in zip(parts, like))
     if sp.issparse(like):
         assert all(sp.issparse(r) and r.shape[0] == 1 for r in rows)
         return sp.vstack(rows).tocsr()
@@ -95,11 +95,11 @@ def collect_df(df, names, like):
     table = df.toArrow()
     table = table.take(np.argsort(table.column("id").to_numpy()))
     parts = like if isinstance(like, (tuple, list)) else [like]
-    got = [_column(table.column(name).combine_chunks(), p) for name, p in zip(names, parts)]
+    got = [column_values(table.column(name).combine_chunks(), p) for name, p in zip(names, parts)]
     return type(like)(got) if isinstance(like, (tuple, list)) else got[0]
 
 
-def _column(column: pa.Array, like):
+def column_values(column: pa.Array, like):
     if pa.types.is_struct(column.type):  # a VectorUDT column
         assert sp.issparse(like)
         return sp.csr_matrix(np.stack([_vector_row(v) for v in column.to_pylist()]))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from _cluster import StandaloneCluster
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 
 JOB = Path(__file__).with_name("_fault_job.py")
 
@@ -84,14 +84,13 @@ def test_exception_in_one_chunk_is_retried(cluster, tmp_path):
     assert (markers / "fault-done").exists()
 
 
-def test_worker_stopped_for_good_mid_job(tmp_path):
-    """Last: it takes a worker away for good (on its own cluster, so the other tests keep two)."""
-    cluster = StandaloneCluster(tmp_path / "cluster").start()
+def test_worker_stopped_for_good_mid_job(cluster, tmp_path):
+    """The job finishes on the one worker left; a new worker then takes its place for the other tests."""
+    proc, markers, out = _start_job(cluster, tmp_path, "rdd")
     try:
-        proc, markers, out = _start_job(cluster, tmp_path, "rdd")
         _wait_for_chunks(markers, 10, proc)
         cluster.stop_worker(1)
         _check_complete(proc, out)
         assert cluster.alive_workers() == 1
     finally:
-        cluster.stop()
+        cluster.restart_worker(1)

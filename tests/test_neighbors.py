@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import pytest
 import scipy.sparse as sp
 from _helpers import no_spark_job
 from numpy.testing import assert_allclose
+from pyspark.errors import PythonException
 from pyspark.ml.linalg import Vectors, VectorUDT
 from pyspark.sql.types import LongType, StructField, StructType
 from sklearn.metrics import pairwise_distances
@@ -87,6 +89,10 @@ def assert_matches_truth(got, Q, R, ref_ids, k, metric="euclidean", exclude_self
 def assert_identical(a, b):
     for x, y in zip(a, b):
         assert np.array_equal(x, y)
+
+
+#: The message of a bad ``k``, as scikit-learn words it: format with the function's name and the value.
+K_MESSAGE = "The 'k' parameter of {} must be an int in the range [1, inf). Got {!r} instead."
 
 
 @pytest.fixture
@@ -286,19 +292,35 @@ def test_errors_before_any_job(spark, grid):
     nn = NearestNeighbors().fit(GRID[:10])
     sc = spark.sparkContext
     with no_spark_job(sc):
-        with pytest.raises(ValueError, match="k must be a positive int"):
+        with pytest.raises(ValueError, match=re.escape(K_MESSAGE.format("all_neighbors", 0))):
             all_neighbors(df, 0)
-        with pytest.raises(ValueError, match="k must be a positive int"):
+        with pytest.raises(ValueError, match=re.escape(K_MESSAGE.format("kneighbors_join", -2))):
             kneighbors_join(df, df, -2)
-        with pytest.raises(TypeError, match="k must be a positive int"):
+        with pytest.raises(TypeError, match=re.escape(K_MESSAGE.format("kneighbors_join", 2.0))):
             kneighbors_join(df, df, 2.0)
+        with pytest.raises(TypeError, match=r"The 'k' parameter of all_neighbors .* Got True instead"):
+            all_neighbors(df, True)
+        with pytest.raises(ValueError, match=r"'shards' parameter of kneighbors_join .* or None. Got 0 instead"):
+            all_neighbors(df, 3, shards=0)
+        with pytest.raises(TypeError, match="The 'exclude_self' parameter of all_neighbors must be a bool"):
+            all_neighbors(df, 3, exclude_self="yes")
         with pytest.raises(ValueError, match="larger than the reference set"):
             kneighbors_join(df, nn, 11)
         with pytest.raises(ValueError, match="larger than the reference set"):
             kneighbors_join(df, nn, 10, exclude_self=True)
-        with pytest.raises(ValueError, match="unknown backend 'hnsw'"):
+        with pytest.raises(
+            ValueError,
+            match=re.escape(
+                "The 'backend' parameter of kneighbors_join must be a str among {'annoy', 'auto', 'faiss', 'gemm', "
+                "'sklearn'} "
+                "or an instance of 'Backend'. Got 'hnsw' instead."
+            ),
+        ):
             all_neighbors(df, 3, backend="hnsw")
-        with pytest.raises(ValueError, match="backend 'faiss' supports metric 'euclidean', got 'manhattan'"):
+        with pytest.raises(
+            ValueError,
+            match=re.escape("The 'metric' parameter of backend 'faiss' must be a str among {'euclidean'}. Got 'manh"),
+        ):
             all_neighbors(df, 3, backend="faiss", metric="manhattan")
         with pytest.raises(ValueError, match="cannot use metric 'nonsense'"):
             all_neighbors(df, 3, metric="nonsense")
@@ -311,7 +333,7 @@ def test_errors_before_any_job(spark, grid):
         with pytest.raises(ValueError, match="feature column"):
             all_neighbors(df, 3, features_col="vec")
         for bad in (-1.0, float("nan"), "1"):
-            with pytest.raises(ValueError, match="The 'max_distance' parameter of kneighbors_join must be a float"):
+            with pytest.raises((TypeError, ValueError), match=r"The 'max_distance' parameter of \w+ must be a float"):
                 all_neighbors(df, 3, max_distance=bad)
 
 
@@ -323,6 +345,22 @@ def test_duplicate_and_too_few_reference_rows(spark, shards):
     small = array_df(spark, GRID[:20], np.arange(20), n_partitions=2)
     with pytest.raises(ValueError, match="k=20 is larger than the reference set"):
         all_neighbors(small, 20, shards=shards)
+
+
+@pytest.mark.parametrize("side", ["queries", "reference"])
+def test_sharded_bad_row_raises_chunk_error(spark, side):
+    """A NaN row in sharded mode fails the job like the core does: a ChunkError naming side, rows and ID."""
+    R, Q = GRID[:40].copy(), GRID[40:60].copy()
+    (Q if side == "queries" else R)[7, 1] = np.nan
+    ref = array_df(spark, R, np.arange(40), n_partitions=1)
+    queries = array_df(spark, Q, np.arange(100, 120), n_partitions=1)
+    with pytest.raises(PythonException) as info:
+        kneighbors_join(queries, ref, 3, shards=2).collect()
+    message = str(info.value)
+    assert "sklspark._runner.ChunkError: sklspark: bad input for SklearnBackend." in message
+    bad_id = 107 if side == "queries" else 7
+    what = "search of the queries' block 0 in shard" if side == "queries" else "build on the reference's shard"
+    assert re.search(rf"{what} \d in partition \d+: row \d+ \(id {bad_id}\) has NaN or infinite features", message)
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ def _check(run, X, null_rows):
         got = run()
     except ValueError as exc:  # a null among the rows read on the driver before the job
         message = str(exc)
-        assert null_rows and "read on the driver to check the feature width" in message and "is null" in message
+        assert null_rows and "read on the driver to check the method on them" in message and "is null" in message
         return
     except PythonException as exc:
         message = str(exc)

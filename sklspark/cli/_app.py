@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import functools
 import re
 import tempfile
@@ -20,7 +21,10 @@ from rich.table import Table
 from .. import __version__
 from .._distribute import distribute
 from .._progress import SparkProgress
+from .._runner import ERROR_MARKER
 from .._session import spark_session
+from .._validation import fitted_feature_names
+from ..neighbors._backends import BACKENDS
 from ._java import JavaMissing, java_major_version
 from ._models import load_model
 from ._paths import FORMATS, HadoopPaths, input_format, read_input, write_atomically
@@ -46,8 +50,8 @@ def _one_paragraph(exc: BaseException) -> str:
     """The useful part of an exception from Spark: sklspark's own message, else the last Python error line."""
     text = str(exc)
     for line in text.splitlines():
-        if "sklspark:" in line:
-            return line[line.index("sklspark:") + len("sklspark:") :].strip()
+        if ERROR_MARKER in line:
+            return line[line.index(ERROR_MARKER) + len(ERROR_MARKER) :].strip()
     errors = [ln.strip() for ln in text.splitlines() if re.match(r"^\s*[\w.]+(Error|Exception): ", ln)]
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
     return errors[-1] if errors else f"{type(exc).__name__}: {first}"
@@ -82,19 +86,75 @@ def _split_columns(_ctx: Any, _param: Any, value: str | None) -> list[str] | Non
     return columns
 
 
-def _options(*options: Callable) -> Callable:
-    """Apply several click options as one decorator, in the order given (as they show in --help)."""
+def _grouped(group: type, name: str, *options: Callable) -> Callable:
+    """Apply click options (in the order given, as they show in --help) and hand them to the command as one object.
+
+    Each option's parameter name must be a field of the dataclass ``group``; the command receives an
+    instance of it as its keyword argument ``name``.
+    """
+    fields = [f.name for f in dataclasses.fields(group)]
 
     def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs[name] = group(**{field: kwargs.pop(field) for field in fields})
+            return command(*args, **kwargs)
+
         for option in reversed(options):
-            command = option(command)
-        return command
+            wrapper = option(wrapper)
+        return wrapper
 
     return decorate
 
 
-#: Options every command has: where Spark runs, its configuration, and how much to say.
-spark_options = _options(
+@dataclasses.dataclass(frozen=True)
+class SparkOptions:
+    """Where Spark runs, its configuration, and how much to say."""
+
+    master: str = "local[*]"
+    conf: dict[str, str] = dataclasses.field(default_factory=dict)
+    spark_connect: str | None = None
+    verbose: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputOptions:
+    """Where the result goes, in which format, and how the input is read."""
+
+    output: str
+    output_format: str = "parquet"
+    input_format: str | None = None
+    overwrite: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureOptions:
+    """Where the features are: one vector/array column, or a list of numeric columns."""
+
+    features_col: str = "features"
+    feature_list: list[str] | None = None
+
+    @property
+    def features(self) -> str | list[str]:
+        return self.feature_list or self.features_col
+
+
+@dataclasses.dataclass(frozen=True)
+class KnnOptions:
+    """What ``all_neighbors`` searches for, and how."""
+
+    k: int
+    id_col: str = "id"
+    metric: str = "euclidean"
+    backend: str = "auto"
+    shards: int | None = None
+    max_distance: float | None = None
+    exclude_self: bool = True
+
+
+spark_options = _grouped(
+    SparkOptions,
+    "spark_opts",
     click.option(
         "--master",
         default="local[*]",
@@ -118,7 +178,9 @@ spark_options = _options(
     click.option("--verbose", is_flag=True, help="Show Spark's log and full stack traces on failure."),
 )
 
-output_options = _options(
+output_options = _grouped(
+    OutputOptions,
+    "io",
     click.option("-o", "--output", required=True, help="Where to write the result (any path Spark can write)."),
     click.option(
         "--format",
@@ -137,120 +199,28 @@ output_options = _options(
     click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists."),
 )
 
-feature_options = _options(
+feature_options = _grouped(
+    FeatureOptions,
+    "feature_opts",
     click.option(
         "--features-col",
         default="features",
         show_default=True,
-        help="The feature column: a vector or an array of numbers.",
+        help="The feature column: a vector, an array of numbers, or (apply) a string column of documents.",
     ),
     click.option(
         "--features",
         "feature_list",
         callback=_split_columns,
         metavar="C1,C2,...",
-        help="Numeric feature columns, instead of --features-col.",
+        help="Feature columns, instead of --features-col (apply: any scalar type for a model fitted on a "
+        "pandas DataFrame, which by default takes the columns it was fitted on, by name).",
     ),
 )
 
-
-@contextlib.contextmanager
-def _spark(master: str, conf: dict, spark_connect: str | None, verbose: bool) -> Iterator[Any]:
-    if spark_connect is None:
-        try:
-            java_major_version()
-        except JavaMissing as exc:
-            raise JobFailed(str(exc)) from exc
-    # sklspark draws its own progress; Spark's console bar would interleave with it.
-    spark = spark_session(
-        master, app_name="sklspark", conf={"spark.ui.showConsoleProgress": "false", **conf}, remote=spark_connect
-    )
-    if not verbose and spark_connect is None:
-        spark.sparkContext.setLogLevel("FATAL")  # failures are reported by sklspark, in one paragraph
-    try:
-        yield spark
-    finally:
-        spark.stop()
-
-
-def _guarded(command: Callable) -> Callable:
-    """Turn failures into exit codes: refused arguments 2, failed jobs 1 (full trace with --verbose)."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except click.ClickException:
-            raise
-        except Exception as exc:
-            if kwargs.get("verbose"):
-                traceback.print_exc()
-            raise JobFailed(_one_paragraph(exc)) from exc
-
-    return wrapper
-
-
-def _prepare(step: Callable[[], Any]) -> Any:
-    """Run a step that must not start a job; its ValueError/TypeError are bad arguments (exit 2)."""
-    try:
-        return step()
-    except (ValueError, TypeError) as exc:
-        raise BadArguments(_one_paragraph(exc) if "sklspark:" in str(exc) else str(exc)) from exc
-
-
-def _read(spark: Any, paths: HadoopPaths, path: str, fmt: str | None):
-    if paths.available and not paths.exists(path):
-        raise BadArguments(f"input {path} does not exist")
-    from pyspark.errors import AnalysisException
-
-    try:
-        return read_input(spark, path, input_format(path, fmt))
-    except AnalysisException as exc:
-        raise BadArguments(f"cannot read {path}: {_one_paragraph(exc)}") from exc
-
-
-def _check_output(paths: HadoopPaths, output: str, overwrite: bool) -> None:
-    if paths.available and paths.exists(output) and not overwrite:
-        raise BadArguments(f"output {output} exists; pass --overwrite to replace it")
-
-
-def _check_writable(df: Any, fmt: str) -> None:
-    if fmt == "csv":
-        nested = [f.name for f in df.schema.fields if f.dataType.typeName() in ("array", "struct", "map", "vector")]
-        if nested:
-            raise BadArguments(f"CSV cannot hold the array/vector columns {nested}; use --format parquet, json or orc")
-
-
-def _write_with_summary(
-    spark: Any, paths: HadoopPaths, df: Any, output: str, fmt: str, overwrite: bool, what: str
-) -> int:
-    start = time.perf_counter()
-    with SparkProgress(spark, what, console=err):
-        write_atomically(df, output, fmt, overwrite, paths)
-    elapsed = time.perf_counter() - start
-    rows = spark.read.format(fmt).load(output).count()
-    err.print(
-        f"[bold green]done:[/] {what}: {rows:,} rows in, {rows:,} rows out, {elapsed:.1f} s "
-        f"({rows / max(elapsed, 1e-9):,.0f} rows/s) -> {output} ({fmt})"
-    )
-    return rows
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="sklspark")
-def cli() -> None:
-    """Run fitted scikit-learn models over data in Spark.
-
-    \b
-    sklspark demo                         generate data, find every point's neighbours, show them
-    sklspark knn INPUT -o OUTPUT -k 10    every point's k nearest neighbours, by id
-    sklspark apply MODEL INPUT -o OUTPUT  any fitted model's method over a data set
-
-    Exit codes: 0 success, 1 the job failed, 2 bad arguments (refused before any job).
-    """
-
-
-_knn_options = _options(
+knn_options = _grouped(
+    KnnOptions,
+    "knn_opts",
     click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours per point."),
     click.option("--id-col", default="id", show_default=True, help="The column of point ids."),
     click.option(
@@ -261,10 +231,12 @@ _knn_options = _options(
     ),
     click.option(
         "--backend",
-        type=click.Choice(["auto", "gemm", "sklearn", "faiss", "annoy"]),
+        type=click.Choice(["auto", *sorted(BACKENDS)]),
         default="auto",
         show_default=True,
-        help="auto: gemm for euclidean/cosine, else sklearn; gemm, sklearn and faiss are exact; annoy is approximate.",
+        help="Candidate search: auto (gemm for euclidean and cosine, else sklearn), "
+        + ", ".join(f"{n} ({'exact' if b.exact else 'approximate'})" for n, b in BACKENDS.items())
+        + ".",
     ),
     click.option(
         "--shards",
@@ -287,72 +259,152 @@ _knn_options = _options(
 )
 
 
-def _run_knn(
-    spark: Any,
-    input_path: str,
-    output: str,
-    *,
-    input_format_: str | None,
-    output_format: str,
-    overwrite: bool,
-    k: int,
-    id_col: str,
-    features_col: str,
-    feature_list: list[str] | None,
-    metric: str,
-    backend: str,
-    shards: int | None,
-    exclude_self: bool,
-    max_distance: float | None = None,
-) -> int:
+#: Spark master URLs: local[N] / local[N,F] / local-cluster[...], spark://host:port[,host:port], yarn, k8s://, mesos://.
+_MASTER_URL = re.compile(
+    r"local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|spark://[^/\s:]+:\d+(,[^/\s:]+:\d+)*"
+    r"|yarn|k8s://\S+|mesos://\S+"
+)
+
+
+@contextlib.contextmanager
+def _spark(opts: SparkOptions) -> Iterator[Any]:
+    if opts.spark_connect is None:
+        if not _MASTER_URL.fullmatch(opts.master):
+            raise BadArguments(
+                f"--master {opts.master!r} is not a Spark master URL; expected local[N], local[*], spark://host:port, "
+                f"yarn or k8s://https://host:port"
+            )
+        try:
+            java_major_version()
+        except JavaMissing as exc:
+            raise JobFailed(str(exc)) from exc
+    # sklspark draws its own progress; Spark's console bar would interleave with it.
+    try:
+        spark = spark_session(
+            opts.master,
+            app_name="sklspark",
+            conf={"spark.ui.showConsoleProgress": "false", **opts.conf},
+            remote=opts.spark_connect,
+            quiet=not opts.verbose,
+        )
+    except Exception as exc:
+        where = f"--spark-connect {opts.spark_connect}" if opts.spark_connect else f"--master {opts.master}"
+        raise JobFailed(f"cannot start Spark with {where}: {_one_paragraph(exc)}") from exc
+    if not opts.verbose and opts.spark_connect is None:
+        spark.sparkContext.setLogLevel("FATAL")  # failures are reported by sklspark, in one paragraph
+    try:
+        yield spark
+    finally:
+        spark.stop()
+
+
+def _guarded(command: Callable) -> Callable:
+    """Turn failures into exit codes: refused arguments 2, failed jobs 1 (full trace with --verbose)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            if kwargs["spark_opts"].verbose:
+                traceback.print_exc()
+            raise JobFailed(_one_paragraph(exc)) from exc
+
+    return wrapper
+
+
+def _prepare(step: Callable[[], Any]) -> Any:
+    """Run a step that must not start a job; its ValueError/TypeError are bad arguments (exit 2)."""
+    try:
+        return step()
+    except (ValueError, TypeError) as exc:
+        raise BadArguments(_one_paragraph(exc) if ERROR_MARKER in str(exc) else str(exc)) from exc
+
+
+def _read(spark: Any, paths: HadoopPaths, path: str, io: OutputOptions):
+    """The input DataFrame, after refusing an output that exists without --overwrite."""
+    if paths.available and paths.exists(io.output) and not io.overwrite:
+        raise BadArguments(f"output {io.output} exists; pass --overwrite to replace it")
+    if paths.available and not paths.exists(path):
+        raise BadArguments(f"input {path} does not exist")
+    from pyspark.errors import AnalysisException
+
+    try:
+        return read_input(spark, path, input_format(path, io.input_format))
+    except AnalysisException as exc:
+        raise BadArguments(f"cannot read {path}: {_one_paragraph(exc)}") from exc
+
+
+def _write_with_summary(spark: Any, paths: HadoopPaths, df: Any, io: OutputOptions, what: str) -> int:
+    """Write ``df`` atomically with a progress bar and print a summary; the rows are counted while writing."""
+    if io.output_format == "csv":
+        nested = [f.name for f in df.schema.fields if f.dataType.typeName() in ("array", "struct", "map", "vector")]
+        if nested:
+            raise BadArguments(f"CSV cannot hold the array/vector columns {nested}; use --format parquet, json or orc")
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    written = Observation("sklspark-written")
+    start = time.perf_counter()
+    with SparkProgress(spark, what, console=err):
+        write_atomically(
+            df.observe(written, F.count(F.lit(1)).alias("rows")), io.output, io.output_format, io.overwrite, paths
+        )
+    elapsed = time.perf_counter() - start
+    rows = written.get["rows"]
+    err.print(
+        f"[bold green]done:[/] {what}: {rows:,} rows in, {rows:,} rows out, {elapsed:.1f} s "
+        f"({rows / max(elapsed, 1e-9):,.0f} rows/s) -> {io.output} ({io.output_format})"
+    )
+    return rows
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="sklspark")
+def cli() -> None:
+    """Run fitted scikit-learn models over data in Spark.
+
+    \b
+    sklspark demo                         generate data, find every point's neighbours, show them
+    sklspark knn INPUT -o OUTPUT -k 10    every point's k nearest neighbours, by id
+    sklspark apply MODEL INPUT -o OUTPUT  any fitted model's method over a data set
+
+    Exit codes: 0 success, 1 the job failed, 2 bad arguments (refused before any job).
+    """
+
+
+def _run_knn(spark: Any, input_path: str, io: OutputOptions, feature_opts: FeatureOptions, knn: KnnOptions) -> int:
     from ..neighbors import all_neighbors
 
     paths = HadoopPaths(spark)
-    _check_output(paths, output, overwrite)
-    df = _read(spark, paths, input_path, input_format_)
+    df = _read(spark, paths, input_path, io)
     result = _prepare(
         lambda: all_neighbors(
             df,
-            k,
-            id_col=id_col,
-            features_col=feature_list or features_col,
-            metric=metric,
-            backend=backend,
-            shards=shards,
-            exclude_self=exclude_self,
-            max_distance=max_distance,
+            knn.k,
+            id_col=knn.id_col,
+            features_col=feature_opts.features,
+            metric=knn.metric,
+            backend=knn.backend,
+            shards=knn.shards,
+            exclude_self=knn.exclude_self,
+            max_distance=knn.max_distance,
         )
     )
-    _check_writable(result, output_format)
-    return _write_with_summary(spark, paths, result, output, output_format, overwrite, f"knn k={k}")
+    return _write_with_summary(spark, paths, result, io, f"knn k={knn.k}")
 
 
 @cli.command()
 @click.argument("input_path", metavar="INPUT")
 @output_options
-@_knn_options
+@knn_options
 @feature_options
 @spark_options
 @_guarded
 def knn(
-    input_path: str,
-    output: str,
-    output_format: str,
-    input_format: str | None,
-    overwrite: bool,
-    k: int,
-    id_col: str,
-    metric: str,
-    backend: str,
-    shards: int | None,
-    max_distance: float | None,
-    exclude_self: bool,
-    features_col: str,
-    feature_list: list[str] | None,
-    master: str,
-    conf: dict,
-    spark_connect: str | None,
-    verbose: bool,
+    input_path: str, io: OutputOptions, knn_opts: KnnOptions, feature_opts: FeatureOptions, spark_opts: SparkOptions
 ) -> None:
     """Find the k nearest neighbours of every point in INPUT.
 
@@ -360,24 +412,8 @@ def knn(
     --input-format says CSV, JSON or ORC. It needs an id column and features. The result has one row
     per point: the id, neighbor_ids (nearest first) and distances.
     """
-    with _spark(master, conf, spark_connect, verbose) as spark:
-        _run_knn(
-            spark,
-            input_path,
-            output,
-            input_format_=input_format,
-            output_format=output_format,
-            overwrite=overwrite,
-            k=k,
-            id_col=id_col,
-            features_col=features_col,
-            feature_list=feature_list,
-            metric=metric,
-            backend=backend,
-            shards=shards,
-            exclude_self=exclude_self,
-            max_distance=max_distance,
-        )
+    with _spark(spark_opts) as spark:
+        _run_knn(spark, input_path, io, feature_opts, knn_opts)
 
 
 @cli.command()
@@ -393,9 +429,8 @@ def knn(
 @click.option(
     "--chunk-size",
     type=click.IntRange(min=1),
-    default=4096,
-    show_default=True,
-    help="Most rows per call of the method.",
+    default=None,
+    help="Rows per call of the method (default: one Arrow batch, 10,000 rows unless Spark is set otherwise).",
 )
 @click.option(
     "--kwarg",
@@ -413,21 +448,14 @@ def knn(
 def apply(
     model_path: str,
     input_path: str,
-    output: str,
-    output_format: str,
-    input_format: str | None,
-    overwrite: bool,
+    io: OutputOptions,
     method: str,
-    chunk_size: int,
+    chunk_size: int | None,
     method_kwargs: dict,
     trust: tuple[str, ...],
     trust_pickle: bool,
-    features_col: str,
-    feature_list: list[str] | None,
-    master: str,
-    conf: dict,
-    spark_connect: str | None,
-    verbose: bool,
+    feature_opts: FeatureOptions,
+    spark_opts: SparkOptions,
 ) -> None:
     """Run a fitted model's METHOD over every row of INPUT.
 
@@ -442,17 +470,20 @@ def apply(
             warn=lambda msg: err.print(f"[bold yellow]warning:[/] {msg}"),
         )
     )
-    with _spark(master, conf, spark_connect, verbose) as spark:
+    with _spark(spark_opts) as spark:
         paths = HadoopPaths(spark)
-        _check_output(paths, output, overwrite)
-        df = _read(spark, paths, input_path, input_format)
+        df = _read(spark, paths, input_path, io)
+        features: str | list[str] | None = feature_opts.features
+        if (
+            feature_opts.feature_list is None
+            and feature_opts.features_col == "features"
+            and fitted_feature_names(model)
+        ):
+            features = None  # a model fitted on a pandas DataFrame: its own columns, by name
         result = _prepare(
-            lambda: distribute(
-                model, method, df, chunk_size=chunk_size, features=feature_list or features_col, **method_kwargs
-            )
+            lambda: distribute(model, method, df, chunk_size=chunk_size, features=features, **method_kwargs)
         )
-        _check_writable(result, output_format)
-        _write_with_summary(spark, paths, result, output, output_format, overwrite, f"{type(model).__name__}.{method}")
+        _write_with_summary(spark, paths, result, io, f"{type(model).__name__}.{method}")
 
 
 @cli.command()
@@ -461,9 +492,7 @@ def apply(
 @click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True)
 @spark_options
 @_guarded
-def demo(
-    n_points: int, n_features: int, k: int, master: str, conf: dict, spark_connect: str | None, verbose: bool
-) -> None:
+def demo(n_points: int, n_features: int, k: int, spark_opts: SparkOptions) -> None:
     """Generate clustered points, find every point's k nearest neighbours with Spark, show a few."""
     import numpy as np
     import pyarrow as pa
@@ -472,29 +501,11 @@ def demo(
     rng = np.random.default_rng(0)
     centres = rng.normal(scale=5.0, size=(20, n_features))
     X = (centres[rng.integers(0, 20, n_points)] + rng.normal(size=(n_points, n_features))).astype(np.float32)
-    with (
-        tempfile.TemporaryDirectory(prefix="sklspark-demo-") as tmp,
-        _spark(master, conf, spark_connect, verbose) as spark,
-    ):
+    with tempfile.TemporaryDirectory(prefix="sklspark-demo-") as tmp, _spark(spark_opts) as spark:
         input_path, output = str(Path(tmp, "points.parquet")), str(Path(tmp, "neighbours.parquet"))
         pq.write_table(pa.table({"id": np.arange(n_points), "features": list(X)}), input_path)
         err.print(f"generated {n_points:,} points x {n_features} features -> {input_path}")
-        _run_knn(
-            spark,
-            input_path,
-            output,
-            input_format_=None,
-            output_format="parquet",
-            overwrite=False,
-            k=k,
-            id_col="id",
-            features_col="features",
-            feature_list=None,
-            metric="euclidean",
-            backend="auto",
-            shards=None,
-            exclude_self=True,
-        )
+        _run_knn(spark, input_path, OutputOptions(output), FeatureOptions(), KnnOptions(k))
         rows = pq.read_table(output).sort_by("id").slice(0, 5).to_pylist()
         table = Table(title=f"nearest {k} neighbours of the first points")
         for column in ("id", "neighbor_ids", "distances"):

@@ -51,6 +51,7 @@ import scipy.sparse as sp
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import normalize
 
+from .._validation import check_scalar
 from ._gemm import top_scores
 
 #: Other names of the metrics the re-rank computes itself.
@@ -89,11 +90,7 @@ class Backend(ABC):
 
     def check_metric(self, metric: str) -> str:
         """Return the canonical name of ``metric``, or raise ``ValueError`` if the backend cannot use it."""
-        if self.metrics is not None and metric not in self.metrics:
-            raise ValueError(
-                f"backend {self.name!r} supports metric {' or '.join(repr(m) for m in self.metrics)}, got {metric!r}"
-            )
-        return metric
+        return check_scalar(metric, "metric", f"backend {self.name!r}", kind=str, options=self.metrics)
 
     def fresh(self) -> Backend:
         """An unbuilt copy to build on, leaving this instance untouched."""
@@ -140,8 +137,7 @@ class SklearnBackend(Backend):
         return backend
 
     def check_metric(self, metric: str) -> str:
-        if not isinstance(metric, str):
-            raise TypeError(f"metric must be a str, got {type(metric).__name__}: {metric!r}")
+        check_scalar(metric, "metric", kind=str)
         try:  # NearestNeighbors validates the name and resolves minkowski (p=1: manhattan, p=2: euclidean)
             effective = NearestNeighbors(algorithm="brute", metric=metric).fit(np.zeros((1, 1))).effective_metric_
         except ValueError as exc:
@@ -307,8 +303,8 @@ class AnnoyBackend(Backend):
 
     def __init__(self, n_trees: int = 50, search_k: int = -1) -> None:
         _import_extra("annoy", "annoy", "annoy")
-        self.n_trees = n_trees
-        self.search_k = search_k
+        self.n_trees = check_scalar(n_trees, "n_trees", "AnnoyBackend", low=1)
+        self.search_k = check_scalar(search_k, "search_k", "AnnoyBackend", low=-1)
         self._index: Any = None
 
     def _new_index(self, metric: str, n_features: int):
@@ -342,25 +338,23 @@ class AnnoyBackend(Backend):
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (GemmBackend, SklearnBackend, FaissBackend, AnnoyBackend)}
 
 
-def get_backend(backend: str | Backend, metric: str) -> Backend:
+def get_backend(backend: str | Backend, metric: str, caller: str | None = None) -> Backend:
     """Resolve ``backend=`` (``"auto"``, a name from :data:`BACKENDS` or an unbuilt :class:`Backend` instance).
 
     ``"auto"`` is ``gemm`` for the metrics it computes (euclidean, cosine) and ``sklearn`` for any other.
 
     Raises
     ------
-    ValueError
-        For an unknown name, or with ``"auto"`` a metric scikit-learn does not know.
+    TypeError, ValueError
+        For anything else than ``"auto"``, a backend instance or the name of one; with ``"auto"``, for a
+        metric scikit-learn does not know.
     ImportError
         If the backend's optional package is not installed.
     """
     if isinstance(backend, Backend):
         return backend.fresh()
-    if backend == "auto":
+    options = ["auto", *BACKENDS]
+    name = check_scalar(backend, "backend", caller, kind=str, options=options, also=["an instance of 'Backend'"])
+    if name == "auto":
         return GemmBackend() if SklearnBackend().check_metric(metric) in GemmBackend.metrics else SklearnBackend()
-    if isinstance(backend, str) and backend in BACKENDS:
-        return BACKENDS[backend]()
-    raise ValueError(
-        f"unknown backend {backend!r}; use 'auto', one of {sorted(BACKENDS)} or an instance of "
-        f"sklspark.neighbors.Backend"
-    )
+    return BACKENDS[name]()

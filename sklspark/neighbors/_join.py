@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import reduce
@@ -23,7 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._inputs import batch_to_matrix
 from .._partitions import TASKS_PER_CORE
 from .._session import default_parallelism
-from .._validation import FeatureSpec, check_chunk_size, check_features
+from .._validation import FeatureSpec, check_chunk_size, check_features, check_scalar
 from ._backends import Backend, SklearnBackend, get_backend
 from ._broadcast import DISTANCES, NEIGHBOR_IDS, ReferenceIndex, broadcast_join
 from ._sharded import QUERY_BLOCK_MAX_BYTES, SHARD_MAX_BYTES, count_blocks, sharded_join, stable_order
@@ -33,6 +34,35 @@ from ._sharded import QUERY_BLOCK_MAX_BYTES, SHARD_MAX_BYTES, count_blocks, shar
 BROADCAST_MAX_BYTES = 256 << 20
 
 _ID_TYPES = (LongType, IntegerType, ShortType, ByteType, StringType)
+
+#: Column names Spark resolves as written; others (dots, spaces, backticks) are renamed for the join.
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _plain_names(frames: list[Any], id_col: Any, features_col: Any) -> tuple[list[Any], Any, Any, dict[str, str]]:
+    """``frames`` with the ID and feature columns that need quoting renamed to plain names.
+
+    Returns the frames, the new ``id_col`` and ``features_col``, and the renames. Columns that are
+    missing keep their names, so the checks that follow name them as the caller wrote them.
+    """
+    if not isinstance(id_col, str) or not isinstance(features_col, Sequence):
+        return frames, id_col, features_col, {}
+    names = [id_col] + ([features_col] if isinstance(features_col, str) else list(features_col))
+    present = set.intersection(*(set(f.columns) for f in frames if isinstance(f, DataFrame)))
+    renames = {
+        name: f"_sklspark_col_{i}"
+        for i, name in enumerate(names)
+        if isinstance(name, str) and name in present and not _PLAIN_NAME.fullmatch(name)
+    }
+    if not renames:
+        return frames, id_col, features_col, {}
+    frames = [f.withColumnsRenamed(renames) if isinstance(f, DataFrame) else f for f in frames]
+    features = (
+        renames.get(features_col, features_col)
+        if isinstance(features_col, str)
+        else [renames.get(c, c) for c in features_col]
+    )
+    return frames, renames.get(id_col, id_col), features, renames
 
 
 @dataclass(frozen=True)
@@ -55,25 +85,6 @@ class _Join:
         return self.k + 1 if self.exclude_self else self.k
 
 
-def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"k must be a positive int, got {type(k).__name__}: {k!r}")
-    if k <= 0:
-        raise ValueError(f"k must be a positive int, got {k}")
-    return int(k)
-
-
-def _check_max_distance(max_distance: Any) -> float | None:
-    if max_distance is None:
-        return None
-    if isinstance(max_distance, bool) or not isinstance(max_distance, numbers.Real) or not float(max_distance) >= 0:
-        raise ValueError(
-            f"The 'max_distance' parameter of kneighbors_join must be a float in the range [0, inf] or None. "
-            f"Got {max_distance!r} instead."
-        )
-    return float(max_distance)
-
-
 def _check_k_fits(k: int, n_ref: int, exclude_self: bool) -> None:
     available = n_ref - 1 if exclude_self else n_ref
     if k > available:
@@ -82,8 +93,7 @@ def _check_k_fits(k: int, n_ref: int, exclude_self: bool) -> None:
 
 
 def _check_id(schema: StructType, id_col: Any, what: str) -> None:
-    if not isinstance(id_col, str):
-        raise TypeError(f"id_col must be a column name, got {type(id_col).__name__}: {id_col!r}")
+    check_scalar(id_col, "id_col", "kneighbors_join", kind=str)
     if id_col in (NEIGHBOR_IDS, DISTANCES):
         raise ValueError(f"id_col cannot be {id_col!r}: that is the name of a result column")
     if id_col not in schema.fieldNames():
@@ -281,16 +291,41 @@ def kneighbors_join(
         reference (knowing the reference's size and IDs takes one small job for a DataFrame).
     ImportError
         If the backend's optional package is missing.
+
+    Examples
+    --------
+    >>> reference = spark.createDataFrame([(1, [0.0]), (2, [1.0]), (3, [5.0])], "id long, features array<double>")
+    >>> queries = spark.createDataFrame([(10, [0.4]), (11, [4.0])], "id long, features array<double>")
+    >>> result = kneighbors_join(queries, reference, 2)
+    >>> [(row.id, row.neighbor_ids, row.distances) for row in result.orderBy("id").collect()]
+    [(10, [1, 2], [0.4, 0.6]), (11, [3, 2], [1.0, 3.0])]
     """
-    k = _check_k(k)
-    chunk_size = check_chunk_size(chunk_size)
-    max_distance = _check_max_distance(max_distance)
-    if not isinstance(exclude_self, bool):
-        raise TypeError(f"exclude_self must be a bool, got {exclude_self!r}")
+    k = check_scalar(k, "k", "kneighbors_join", low=1)
+    check_scalar(exclude_self, "exclude_self", "kneighbors_join", kind=bool)
+    shards = check_scalar(shards, "shards", "kneighbors_join", low=1, none_ok=True)
+    chunk_size = check_chunk_size(chunk_size, "kneighbors_join")
+    max_distance = check_scalar(max_distance, "max_distance", "kneighbors_join", kind=numbers.Real, low=0, none_ok=True)
     if not isinstance(queries, DataFrame):
         raise TypeError(f"queries must be a pyspark DataFrame, got {type(queries).__name__}")
+    (queries, reference), plain_id, features_col, renames = _plain_names([queries, reference], id_col, features_col)
+    if renames:  # names with dots or spaces: joined under plain names, the ID column named back at the end
+        result = kneighbors_join(
+            queries,
+            reference,
+            k,
+            id_col=plain_id,
+            features_col=features_col,
+            exclude_self=exclude_self,
+            metric=metric,
+            backend=backend,
+            shards=shards,
+            chunk_size=chunk_size,
+            reference_ids=reference_ids,
+            max_distance=max_distance,
+        )
+        return result.withColumnRenamed(plain_id, id_col)
     q_spec = _check_spec(queries.schema, features_col, id_col, "queries")
-    engine = get_backend(backend, metric)
+    engine = get_backend(backend, metric, "kneighbors_join")
     metric = engine.check_metric(metric)
     job = _Join(queries, k, exclude_self, id_col, features_col, q_spec, engine, metric, chunk_size)
 
@@ -310,8 +345,6 @@ def kneighbors_join(
                 f"exclude_self compares IDs, but id column {id_col!r} is {q_type.simpleString()} in the queries "
                 f"and {r_type.simpleString()} in the reference"
             )
-        if shards is not None and (isinstance(shards, bool) or not isinstance(shards, numbers.Integral) or shards < 1):
-            raise ValueError(f"shards must be a positive int or None, got {shards!r}")
         size = _estimated_bytes(reference)
         if shards is None and size is None:  # no plan statistics: an RDD, Python rows, Spark Connect
             size = _counted_bytes(reference, r_spec)
@@ -387,7 +420,7 @@ def _shard_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec, shar
         r_spec=r_spec,
         backend=job.engine,
         metric=job.metric,
-        shards=int(shards),
+        shards=shards,
         blocks=blocks,
         chunk_size=job.chunk_size,
     )
@@ -430,7 +463,15 @@ def all_neighbors(df: DataFrame, k: int, *, exclude_self: bool = True, **options
     -------
     DataFrame
         ``id_col``, ``neighbor_ids``, ``distances``: one row per row of ``df``.
+
+    Examples
+    --------
+    >>> df = spark.createDataFrame([(1, [0.0]), (2, [1.0]), (3, [5.0])], "id long, features array<double>")
+    >>> [(row.id, row.neighbor_ids) for row in all_neighbors(df, 1).orderBy("id").collect()]
+    [(1, [2]), (2, [1]), (3, [2])]
     """
     if "reference_ids" in options:
         raise TypeError("all_neighbors() takes no reference_ids: the reference is df itself")
+    check_scalar(k, "k", "all_neighbors", low=1)  # the other options are checked by kneighbors_join, naming it
+    check_scalar(exclude_self, "exclude_self", "all_neighbors", kind=bool)
     return kneighbors_join(df, df, k, exclude_self=exclude_self, **options)

@@ -36,14 +36,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
-from pyspark import TaskContext
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import ArrayType, DataType, DoubleType, LongType, StructField, StructType
-from threadpoolctl import threadpool_limits
 
 from .._inputs import batch_to_matrix, iter_batch_chunks
+from .._runner import apply_chunks
 from .._validation import FeatureSpec
 from ._backends import Backend
 from ._broadcast import DISTANCES, NEIGHBOR_IDS
@@ -90,34 +89,65 @@ def _partial_top(
     chunk_size: int,
     schema: pa.Schema,
 ) -> pa.Table:
-    """One (query block, shard) group: every query's exact top ``n`` within the shard."""
+    """One (query block, shard) group: every query's exact top ``n`` within the shard.
+
+    The shard is indexed and the queries are searched through the core's chunk runner
+    (:func:`~sklspark._runner.apply_chunks`): threads capped, and a bad row raises a ``ChunkError``
+    naming the side (queries or reference), the block or shard, and the row's position and ID.
+    """
     if queries.num_rows == 0 or shard.num_rows == 0:
         return schema.empty_table()
-    context = TaskContext.get()
-    with threadpool_limits(limits=context.cpus() if context is not None else None):
-        reference = pa.concat_batches(shard.to_batches())
-        R = batch_to_matrix(reference, r_spec, 0, accept_sparse=False)
-        keys = reference.column(_POSITION).to_numpy()
-        ids = reference.column(id_col)
+    reference = pa.concat_batches(shard.to_batches())
+    keys = reference.column(_POSITION).to_numpy()
+    ids = reference.column(id_col)
+    name, where = type(backend).__name__, f"shard {shard.column(_SHARD)[0].as_py()}"
+
+    def build(R: np.ndarray) -> np.ndarray:
         backend.build(R, metric)
-        n = min(n, R.shape[0])
-        out = []
-        for start, batch in iter_batch_chunks(queries.to_batches(), chunk_size):
-            Q = batch_to_matrix(batch, q_spec, start, accept_sparse=False)
-            positions, distances = exact_top_k(backend, R, keys, Q, n, metric)
-            flat = positions.ravel()
-            candidates = pa.StructArray.from_arrays(
-                [pa.array(distances.ravel()), pa.array(keys[flat]), ids.take(flat)],
-                fields=list(schema.field(_CANDIDATES).type.value_type),
+        return R
+
+    # one chunk, made lazily: the runner reports a bad reference row as it reports a bad query row
+    shard_matrix = ((0, _finite_matrix(reference, r_spec, 0, id_col)) for _ in range(1))
+    ((_, R, _),) = apply_chunks(build, f"{name}.build on the reference's {where}", shard_matrix)
+    n = min(n, R.shape[0])
+    query_chunks = (
+        (start, batch, _finite_matrix(batch, q_spec, start, id_col))
+        for start, batch in iter_batch_chunks(queries.to_batches(), chunk_size)
+    )
+    label = f"{name}.search of the queries' block {queries.column(_BLOCK)[0].as_py()} in {where}"
+    out = []
+    for _, batch, Q, (positions, distances) in apply_chunks(
+        lambda Q: exact_top_k(backend, R, keys, Q, n, metric), label, query_chunks
+    ):
+        flat = positions.ravel()
+        candidates = pa.StructArray.from_arrays(
+            [pa.array(distances.ravel()), pa.array(keys[flat]), ids.take(flat)],
+            fields=list(schema.field(_CANDIDATES).type.value_type),
+        )
+        offsets = pa.array(np.arange(Q.shape[0] + 1, dtype=np.int32) * n)
+        out.append(
+            pa.RecordBatch.from_arrays(
+                [batch.column(_QUERY), batch.column(id_col), pa.ListArray.from_arrays(offsets, candidates)],
+                schema=schema,
             )
-            offsets = pa.array(np.arange(Q.shape[0] + 1, dtype=np.int32) * n)
-            out.append(
-                pa.RecordBatch.from_arrays(
-                    [batch.column(_QUERY), batch.column(id_col), pa.ListArray.from_arrays(offsets, candidates)],
-                    schema=schema,
-                )
-            )
+        )
     return pa.Table.from_batches(out, schema=schema)
+
+
+def _finite_matrix(batch: pa.RecordBatch, spec: FeatureSpec, first_row: int, id_col: str) -> np.ndarray:
+    """The batch's dense feature matrix; ``ValueError`` naming the first row (and its ID) with NaN or infinity.
+
+    Every backend gets finite rows: scikit-learn refuses others without naming the row, FAISS and
+    Annoy would return meaningless neighbours.
+    """
+    X = batch_to_matrix(batch, spec, first_row, accept_sparse=False)
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    if bad.size:
+        row = int(bad[0])
+        raise ValueError(
+            f"row {first_row + row} ({id_col} {batch.column(id_col)[row].as_py()!r}) has NaN or infinite features"
+        )
+    return X
 
 
 def sharded_join(
