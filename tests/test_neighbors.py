@@ -430,21 +430,6 @@ def test_rows_without_size_statistics_are_counted_and_broadcast(spark, modes):
     assert_matches_truth(got, R[np.argsort(ids)], R, ids, 3, exclude_self=True, query_ids=got[0])
 
 
-def test_sharded_nan_names_the_side_and_rows(spark):
-    X = RNG.normal(size=(40, 3))
-    bad = X.copy()
-    bad[[4, 17], 1] = np.nan
-    clean, nans = array_df(spark, X, np.arange(40), 2), array_df(spark, bad, np.arange(40), 2)
-    with pytest.raises(
-        ValueError, match=r"the reference's array column 'features' has NaN in 2 row\(s\), e.g. id \[4, 17\]"
-    ):
-        kneighbors_join(clean, nans, 3, shards=2)
-    with pytest.raises(
-        ValueError, match=r"the queries' array column 'features' has NaN in 2 row\(s\), e.g. id \[4, 17\]"
-    ):
-        kneighbors_join(nans, clean, 3, shards=2)
-
-
 @pytest.mark.parametrize("shards", [None, 2])
 def test_max_distance_keeps_only_near_neighbours(spark, shards):
     X = GRID[:120] + RNG.normal(scale=0.3, size=(120, 3))

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import numbers
-import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import reduce
 from typing import Any
 
 import numpy as np
@@ -160,24 +158,6 @@ def _estimated_bytes(df: DataFrame) -> int | None:
     except Exception:  # noqa: BLE001 - Spark Connect: no JVM handle
         return None
     return None if size >= _UNKNOWN_SIZE else size
-
-
-def _has_nan(spec: FeatureSpec) -> Column:
-    """Whether a row's features contain a NaN."""
-    if spec.layout == "columns":
-        return reduce(operator.or_, (F.isnan(F.col(c)) for c in spec.columns))
-    column = F.col(spec.columns[0])
-    return F.exists(vector_to_array(column) if spec.layout == "vector" else column, F.isnan)
-
-
-def _check_no_nan(df: DataFrame, spec: FeatureSpec, id_col: str, n_nan: int, whose: str) -> None:
-    """Name the rows of ``df`` whose features contain NaN (one small job), if ``n_nan`` says there are some."""
-    if n_nan:
-        examples = [r[0] for r in df.where(_has_nan(spec)).select(id_col).limit(5).collect()]
-        raise ValueError(
-            f"Input X contains NaN: the {whose} {spec.describe()} has NaN in {n_nan} row(s), "
-            f"e.g. {id_col} {sorted(examples)}"
-        )
 
 
 def _counted_bytes(df: DataFrame, spec: FeatureSpec) -> int:
@@ -372,7 +352,7 @@ def _broadcast_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec) 
 
 
 def _shard_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec, shards: int | None) -> DataFrame:
-    """Check the reference's IDs, widths and NaNs with one aggregate job, size the shards and blocks, and shard it."""
+    """Check the reference's IDs and widths with one aggregate job, size the shards and blocks, and shard it."""
     queries, id_col, q_spec, k, exclude_self = job.queries, job.id_col, job.q_spec, job.k, job.exclude_self
     stats = reference.agg(
         F.count(F.lit(1)),
@@ -380,10 +360,9 @@ def _shard_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec, shar
         F.count_distinct(id_col),
         F.min(_width(r_spec)),
         F.max(_width(r_spec)),
-        F.count_if(_has_nan(r_spec)),
     ).first()
     assert stats is not None  # an aggregate without grouping has one row
-    n_ref, n_ids, n_distinct, width, max_width, r_nan = stats
+    n_ref, n_ids, n_distinct, width, max_width = stats
     if n_ids != n_ref:
         raise ValueError("the reference has null IDs; every reference row needs a unique ID")
     if n_distinct != n_ids:
@@ -392,18 +371,14 @@ def _shard_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec, shar
     _check_k_fits(k, n_ref, exclude_self)
     if width != max_width:
         raise ValueError(f"the reference's {r_spec.describe()} has rows of {width} and of {max_width} features")
-    _check_no_nan(reference, r_spec, id_col, r_nan, "reference's")
-    q_stats = queries.agg(
-        F.count(F.lit(1)), F.min(_width(q_spec)), F.max(_width(q_spec)), F.count_if(_has_nan(q_spec))
-    ).first()
+    q_stats = queries.agg(F.count(F.lit(1)), F.min(_width(q_spec)), F.max(_width(q_spec))).first()
     assert q_stats is not None
-    n_queries, q_width, q_max_width, q_nan = q_stats
+    n_queries, q_width, q_max_width = q_stats
     if n_queries and (q_width, q_max_width) != (width, width):
         raise ValueError(
             f"the queries' {q_spec.describe()} has rows of {q_width} to {q_max_width} features, but the "
             f"reference's has {width}"
         )
-    _check_no_nan(queries, q_spec, id_col, q_nan, "queries'")
     row_bytes = width * r_spec.dtype.itemsize
     if shards is None:
         shards = count_blocks(n_ref, row_bytes, SHARD_MAX_BYTES)

@@ -16,9 +16,7 @@ Plan
    (:func:`~sklspark.neighbors._rerank.exact_top_k`), as candidates ``(distance, position, id)``.
 4. The ``S`` partial lists of a query are merged by a second shuffle on the query key (``S x n``
    candidates per query): sorted by ``(distance, position)`` in Spark SQL and cut to ``n``, which is
-   exactly the top ``n`` over the whole reference under the tie rule. With one shard (``S = 1``, the
-   automatic choice up to :data:`SHARD_MAX_BYTES` of reference) there is nothing to merge and no
-   second shuffle.
+   exactly the top ``n`` over the whole reference under the tie rule.
 
 Memory bound
 ------------
@@ -211,12 +209,11 @@ def sharded_join(
         )
 
     tops = qry.groupBy(_BLOCK, _SHARD).cogroup(ref.groupBy(_BLOCK, _SHARD)).applyInArrow(partial, schema)
-    if shards > 1:  # with one shard a query's only partial list is its top n already: no second shuffle
-        tops = tops.groupBy(_QUERY).agg(
-            F.first(id_col).alias(id_col),
-            F.slice(F.array_sort(F.flatten(F.collect_list(_CANDIDATES))), 1, n).alias(_CANDIDATES),
-        )
-    return tops.select(
+    merged = tops.groupBy(_QUERY).agg(
+        F.first(id_col).alias(id_col),
+        F.slice(F.array_sort(F.flatten(F.collect_list(_CANDIDATES))), 1, n).alias(_CANDIDATES),
+    )
+    return merged.select(
         id_col,
         F.transform(_CANDIDATES, lambda c: c["id"]).alias(NEIGHBOR_IDS),
         F.transform(_CANDIDATES, lambda c: c["distance"]).alias(DISTANCES),
