@@ -107,9 +107,14 @@ def distribute(
 
     Examples
     --------
-    >>> nn = NearestNeighbors().fit(X)                                      # doctest: +SKIP
-    >>> out = distribute(nn, "kneighbors", df, n_neighbors=10)             # doctest: +SKIP
-    >>> out.select("id", "indices", "distances").show()                    # doctest: +SKIP
+    >>> from sklearn.neighbors import NearestNeighbors
+    >>> nn = NearestNeighbors(n_neighbors=2).fit([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    >>> df = spark.createDataFrame([(7, [0.1, 0.0]), (8, [0.0, 1.9])], "id long, features array<double>")
+    >>> out = distribute(nn, "kneighbors", df)
+    >>> [(row.id, row.indices) for row in out.orderBy("id").collect()]
+    [(7, [0, 1]), (8, [2, 0])]
+    >>> distribute(nn, "kneighbors", spark.sparkContext.parallelize([[0.9, 0.1]]), return_distance=False).collect()
+    [array([1, 0])]
     """
     check_method(estimator, method)
     chunk_size = check_optional_chunk_size(chunk_size, "distribute")

@@ -30,13 +30,13 @@ METHODS = (
     "apply",
 )
 
-#: Estimators that take something other than a numeric feature matrix, and why.
+#: Estimators that take something other than a numeric feature matrix, and why (text: see TEXT_CASES).
 EXCLUDED = {
-    "CountVectorizer": "takes text",
-    "TfidfVectorizer": "takes text",
-    "HashingVectorizer": "takes text",
-    "DictVectorizer": "takes dicts",
-    "FeatureHasher": "takes dicts or strings",
+    "CountVectorizer": "takes text: swept in TEXT_CASES",
+    "TfidfVectorizer": "takes text: swept in TEXT_CASES",
+    "HashingVectorizer": "takes text: swept in TEXT_CASES",
+    "FeatureHasher": "takes an iterable of strings or a dict per sample: no input form hands those to a model",
+    "DictVectorizer": "takes dicts: no input form hands dicts to a model (RDD dicts are read by feature_names_in_)",
     "LabelEncoder": "transforms targets (1-D)",
     "LabelBinarizer": "transforms targets (1-D)",
     "MultiLabelBinarizer": "transforms targets (label sets)",
@@ -150,3 +150,26 @@ def sweep_cases():
             continue
         cases.extend((name, m) for m in METHODS if callable(getattr(est, m, None)) and (name, m) not in NOT_ROW_WISE)
     return cases
+
+
+#: Estimators that take a string column as documents (layout "text"): name -> constructor arguments.
+TEXT_CASES = {
+    "CountVectorizer": {},
+    "TfidfVectorizer": {"sublinear_tf": True},
+    "HashingVectorizer": {"n_features": 256},
+}
+
+_WORDS = ("red", "green", "blue", "late", "refund", "fast", "slow", "happy", "app", "call", "bill", "price")
+
+
+def make_text(n: int = N_SAMPLES, seed: int = 0) -> list[str]:
+    """Short documents from a small vocabulary."""
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(_WORDS, int(rng.integers(1, 8)))) for _ in range(n)]
+
+
+@functools.cache
+def fitted_text(name: str):
+    """The text estimator ``name`` fitted on :func:`make_text`."""
+    cls = dict(all_estimators())[name]
+    return cls(**TEXT_CASES[name]).fit(make_text())

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
 
 
@@ -29,11 +31,25 @@ def test_benchmark_script_smoke(tmp_path):
             (results / f"{name}{suffix}").unlink(missing_ok=True)
 
 
-def test_large_model_script_smoke(tmp_path):
-    script = SCRIPT.with_name("large_model.py")
+def _large_model_ok(text: str) -> bool:
+    return len([line for line in text.splitlines() if line.startswith(("| broadcast", "| file"))]) == 2
+
+
+def _pipeline_ok(text: str) -> bool:
+    return "Throughput of distribute() / hand-written" in text and "equal in-process scikit-learn: True" in text
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "check"),
+    [
+        ("large_model.py", ["--rows", "20000", "--queries", "500"], _large_model_ok),
+        ("pipeline.py", ["--quick"], _pipeline_ok),
+    ],
+)
+def test_single_benchmark_script_smoke(tmp_path, script, args, check):
     name = f"smoke-{tmp_path.name}"
     proc = subprocess.run(
-        [sys.executable, str(script), "--rows", "20000", "--queries", "500", "--name", name],
+        [sys.executable, str(SCRIPT.with_name(script)), *args, "--name", name],
         capture_output=True,
         text=True,
         timeout=600,
@@ -41,7 +57,6 @@ def test_large_model_script_smoke(tmp_path):
     result = SCRIPT.parent / "results" / f"{name}.md"
     try:
         assert proc.returncode == 0, proc.stderr[-4000:]
-        rows = [line for line in result.read_text().splitlines() if line.startswith(("| broadcast", "| file"))]
-        assert len(rows) == 2
+        assert check(result.read_text())
     finally:
         result.unlink(missing_ok=True)

@@ -13,14 +13,48 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import skops.io as sio
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 SKLSPARK = [sys.executable, "-m", "sklspark"]
 X = np.random.default_rng(0).normal(size=(300, 4))
 Y = (X[:, 0] > 0).astype(int)
+
+
+def _churn(n: int = 200) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(
+        {
+            "plan": rng.choice(["basic", "pro", "plus"], n).astype(object),
+            "tenure": rng.integers(1, 60, n).astype(np.float64),
+            "autopay": rng.random(n) < 0.5,
+        }
+    )
+    frame.loc[rng.random(n) < 0.15, "plan"] = np.nan
+    frame.loc[rng.random(n) < 0.15, "tenure"] = np.nan
+    return frame, np.where(rng.random(n) < 0.3, "churn", "stay")
+
+
+CHURN, CHURN_Y = _churn()
+CHURN_MODEL = make_pipeline(
+    ColumnTransformer(
+        [
+            (
+                "plan",
+                make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")),
+                ["plan"],
+            ),
+            ("tenure", SimpleImputer(), ["tenure"]),
+            ("autopay", "passthrough", ["autopay"]),
+        ]
+    ),
+    HistGradientBoostingClassifier(max_iter=10, random_state=0),
+).fit(CHURN, CHURN_Y)
 
 
 def run(*args, env=None, timeout=300):
@@ -48,6 +82,15 @@ def files(tmp_path_factory):
     joblib.dump(model, d / "model.joblib")
     sio.dump(FunctionTransformer(operator.neg).fit(X), d / "neg.skops")
     sio.dump(NearestNeighbors(n_neighbors=3, algorithm="brute").fit(X), d / "nn.skops")  # skops does not trust KD-trees
+    (d / "corrupt.skops").write_bytes(b"not a zip file")
+    (d / "garbage.pkl").write_bytes(b"garbage")
+    sio.dump(CHURN_MODEL, d / "churn.skops")
+    # Spark's own types, columns in another order, an extra column: an int column with gaps is a nullable long.
+    table = pa.Table.from_pandas(CHURN[::-1].iloc[:, ::-1].assign(id=np.arange(len(CHURN))[::-1]), preserve_index=False)
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("tenure"), "tenure", table["tenure"].cast("int64")),
+        d / "churn.parquet",
+    )
     return d
 
 
@@ -152,6 +195,18 @@ def test_apply_with_kwargs_and_trusted_type(files, tmp_path):
         ),
         (["knn", "{d}/in.parquet", "-o", "{o}", "-k", "0"], "Invalid value for '-k'"),
         (
+            ["apply", "{d}/corrupt.skops", "{d}/in.parquet", "-o", "{o}"],
+            "cannot load the model from {d}/corrupt.skops: BadZipFile",
+        ),
+        (
+            ["apply", "{d}/garbage.pkl", "{d}/in.parquet", "-o", "{o}", "--trust-pickle"],
+            "cannot load the model from {d}/garbage.pkl:",
+        ),
+        (
+            ["apply", "{d}/churn.skops", "{d}/in.parquet", "-o", "{o}"],
+            "feature column(s) ['plan', 'tenure', 'autopay'] not found",
+        ),
+        (
             ["apply", "{d}/model.skops", "{d}/in.parquet", "-o", "{o}", "--conf", "novalue"],
             "expected key=value, got 'novalue'",
         ),
@@ -163,6 +218,33 @@ def test_bad_arguments_exit_2_before_any_job(files, tmp_path, args, message):
     assert code == 2, err
     assert message.format(d=files) in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("features", [[], ["--features", "autopay,plan,tenure"]])
+def test_apply_pipeline_on_named_string_columns(files, tmp_path, features):
+    code, _, err = run(
+        "apply",
+        str(files / "churn.skops"),
+        str(files / "churn.parquet"),
+        "-o",
+        str(tmp_path / "out"),
+        "--method",
+        "predict_proba",
+        "--chunk-size",
+        "32",
+        *features,
+    )
+    assert code == 0, err
+    got = pd.read_parquet(tmp_path / "out").sort_values("id")
+    np.testing.assert_allclose(np.stack(got["probability"]), CHURN_MODEL.predict_proba(CHURN), rtol=1e-7)
+
+
+def test_bad_master_is_one_line(files, tmp_path):
+    args = ["apply", str(files / "model.skops"), str(files / "in.parquet"), "-o", str(tmp_path / "out")]
+    proc = subprocess.run([*SKLSPARK, *args, "--master", "spork://nowhere"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "--master 'spork://nowhere' is not a Spark master URL" in proc.stderr
+    assert "at org.apache" not in proc.stderr
 
 
 def test_failed_job_exits_1_with_one_paragraph_and_no_output(files, tmp_path):

@@ -12,15 +12,25 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import scipy.sparse as sp
-from _estimators import EXCLUDED, METHODS, NOT_ROW_WISE, fitted, make_data, sweep_cases
+from _estimators import (
+    EXCLUDED,
+    METHODS,
+    NOT_ROW_WISE,
+    TEXT_CASES,
+    fitted,
+    fitted_text,
+    make_data,
+    make_text,
+    sweep_cases,
+)
 from _helpers import assert_same, collect_df, collect_rdd, column_values, make_input, stack_results
-from pyspark.sql.types import ArrayType, DoubleType, LongType, StructField, StructType
+from pyspark.sql.types import ArrayType, DoubleType, LongType, StringType, StructField, StructType
 
 from sklspark import distribute
 from sklspark._distribute import _probe, score_batches, score_rows
 from sklspark._outputs import default_names, output_columns, output_parts
 from sklspark._shipping import ShippedModel
-from sklspark._validation import check_features
+from sklspark._validation import check_features, resolve_features
 
 CASES = sweep_cases()
 CHUNK_SIZE = 16
@@ -105,11 +115,48 @@ def test_spark_round_trip_matches_in_process(spark, name, method, kind):
     assert_same(got, expected)
 
 
+_TEXT_SCHEMA = StructType([StructField("id", LongType()), StructField("text", StringType())])
+
+
+@pytest.mark.parametrize("name", TEXT_CASES)
+def test_text_vectorizers_task_function(spark, name):
+    est, docs = fitted_text(name), make_text()
+    expected = est.transform(docs)
+    table = pa.table({"id": np.arange(len(docs)), "text": docs})
+    spec = resolve_features(_TEXT_SCHEMA, est, "text")
+    assert spec.layout == "text"
+    columns = output_columns(
+        "transform",
+        _probe(est, "transform", {}, None, spec.dtype, lambda: np.array(docs[:2])),
+        None,
+        table.column_names,
+        est,
+    )
+    batches = table.to_batches(max_chunksize=50)
+    result = pa.Table.from_batches(
+        list(
+            score_batches(
+                ShippedModel(est, spark), "transform", {}, batches, table.column_names, spec, CHUNK_SIZE, False, columns
+            )
+        )
+    )
+    assert_same(column_values(result.column("transform").combine_chunks(), expected), expected)
+
+
+def test_text_vectorizer_spark_round_trip(spark):
+    est, docs = fitted_text("TfidfVectorizer"), make_text()
+    df = spark.createDataFrame(pa.table({"id": np.arange(len(docs)), "text": docs})).repartition(3)
+    got = collect_df(
+        distribute(est, "transform", df, features="text", chunk_size=CHUNK_SIZE), ["transform"], est.transform(docs)
+    )
+    assert_same(got, est.transform(docs))
+
+
 def test_sweep_covers_every_estimator():
     """Every estimator is swept, excluded with a reason, or has no prediction-time method."""
     from sklearn.utils import all_estimators
 
-    swept = {n for n, _ in CASES} | {n for n, _ in NOT_ROW_WISE}
+    swept = {n for n, _ in CASES} | {n for n, _ in NOT_ROW_WISE} | set(TEXT_CASES)
     for name, _ in all_estimators():
         if name in swept or name in EXCLUDED:
             continue

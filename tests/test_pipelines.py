@@ -16,13 +16,14 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfVectorizer
 from sklearn.impute import KNNImputer, SimpleImputer
 from sklearn.linear_model import LinearRegression, LogisticRegression
-from sklearn.neighbors import KNeighborsTransformer, RadiusNeighborsRegressor
+from sklearn.neighbors import KNeighborsTransformer, NearestNeighbors, RadiusNeighborsRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, TargetEncoder
 
 from sklspark import distribute
 from sklspark._inputs import frame_from_columns
 from sklspark._validation import frame_spec, resolve_features
+from sklspark.neighbors import all_neighbors, to_edges
 
 WORDS = np.array(
     [
@@ -288,3 +289,15 @@ def test_rdd_of_records(spark):
     for data in (records, rows):
         rdd = spark.sparkContext.parallelize(data, 3)
         assert_same(np.stack(distribute(model, "predict_proba", rdd, chunk_size=16).collect()), expected)
+
+
+def test_any_column_name_in_neighbors(spark):
+    X = np.random.default_rng(9).normal(size=(30, 3))
+    table = pa.table({"item.id": np.arange(30) * 10, "emb vec": pa.array(list(X), pa.list_(pa.float64()))})
+    df = spark.createDataFrame(table).repartition(2)
+    result = all_neighbors(df, 2, id_col="item.id", features_col="emb vec")
+    assert result.columns == ["item.id", "neighbor_ids", "distances"]
+    edges = to_edges(result, id_col="item.id").toPandas().sort_values(["src", "rank"])
+    distances, indices = NearestNeighbors(n_neighbors=3).fit(X).kneighbors(X)
+    np.testing.assert_array_equal(edges["dst"].to_numpy().reshape(30, 2), indices[:, 1:] * 10)
+    assert_same(edges["distance"].to_numpy().reshape(30, 2), distances[:, 1:])

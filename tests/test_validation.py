@@ -92,6 +92,16 @@ def test_method_kwargs_checked_on_the_driver(spark, df, rdd, kind, kwargs, match
         distribute(NN, "kneighbors", df if kind == "df" else rdd, **kwargs)
 
 
+def test_input_computed_in_python_is_not_read_on_the_driver(spark, df):
+    """Reading the first rows of another distribute()'s output would run it and stop it mid-stream."""
+    scored = distribute(NN, "kneighbors", df, n_neighbors=2)
+    with no_spark_job(spark.sparkContext):
+        chained = distribute(NN, "kneighbors", scored, output_cols=["d2", "i2"])
+    np.testing.assert_array_equal(
+        np.array(chained.orderBy("id").select("i2").toPandas()["i2"].tolist()), NN.kneighbors(X)[1]
+    )
+
+
 def test_data_must_be_spark(spark):
     with pytest.raises(TypeError, match=r"data must be a pyspark RDD or DataFrame, got numpy\.ndarray"):
         distribute(NN, "kneighbors", X)

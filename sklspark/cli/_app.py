@@ -23,6 +23,7 @@ from .._distribute import distribute
 from .._progress import SparkProgress
 from .._runner import ERROR_MARKER
 from .._session import spark_session
+from .._validation import fitted_feature_names
 from ..neighbors._backends import BACKENDS
 from ._java import JavaMissing, java_major_version
 from ._models import load_model
@@ -204,14 +205,15 @@ feature_options = _grouped(
         "--features-col",
         default="features",
         show_default=True,
-        help="The feature column: a vector or an array of numbers.",
+        help="The feature column: a vector, an array of numbers, or (apply) a string column of documents.",
     ),
     click.option(
         "--features",
         "feature_list",
         callback=_split_columns,
         metavar="C1,C2,...",
-        help="Numeric feature columns, instead of --features-col.",
+        help="Feature columns, instead of --features-col (apply: any scalar type for a model fitted on a "
+        "pandas DataFrame, which by default takes the columns it was fitted on, by name).",
     ),
 )
 
@@ -250,20 +252,37 @@ knn_options = _grouped(
 )
 
 
+#: Spark master URLs: local[N] / local[N,F] / local-cluster[...], spark://host:port[,host:port], yarn, k8s://, mesos://.
+_MASTER_URL = re.compile(
+    r"local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|spark://[^/\s:]+:\d+(,[^/\s:]+:\d+)*"
+    r"|yarn|k8s://\S+|mesos://\S+"
+)
+
+
 @contextlib.contextmanager
 def _spark(opts: SparkOptions) -> Iterator[Any]:
     if opts.spark_connect is None:
+        if not _MASTER_URL.fullmatch(opts.master):
+            raise BadArguments(
+                f"--master {opts.master!r} is not a Spark master URL; expected local[N], local[*], spark://host:port, "
+                f"yarn or k8s://https://host:port"
+            )
         try:
             java_major_version()
         except JavaMissing as exc:
             raise JobFailed(str(exc)) from exc
     # sklspark draws its own progress; Spark's console bar would interleave with it.
-    spark = spark_session(
-        opts.master,
-        app_name="sklspark",
-        conf={"spark.ui.showConsoleProgress": "false", **opts.conf},
-        remote=opts.spark_connect,
-    )
+    try:
+        spark = spark_session(
+            opts.master,
+            app_name="sklspark",
+            conf={"spark.ui.showConsoleProgress": "false", **opts.conf},
+            remote=opts.spark_connect,
+            quiet=not opts.verbose,
+        )
+    except Exception as exc:
+        where = f"--spark-connect {opts.spark_connect}" if opts.spark_connect else f"--master {opts.master}"
+        raise JobFailed(f"cannot start Spark with {where}: {_one_paragraph(exc)}") from exc
     if not opts.verbose and opts.spark_connect is None:
         spark.sparkContext.setLogLevel("FATAL")  # failures are reported by sklspark, in one paragraph
     try:
@@ -446,10 +465,15 @@ def apply(
     with _spark(spark_opts) as spark:
         paths = HadoopPaths(spark)
         df = _read(spark, paths, input_path, io)
+        features: str | list[str] | None = feature_opts.features
+        if (
+            feature_opts.feature_list is None
+            and feature_opts.features_col == "features"
+            and fitted_feature_names(model)
+        ):
+            features = None  # a model fitted on a pandas DataFrame: its own columns, by name
         result = _prepare(
-            lambda: distribute(
-                model, method, df, chunk_size=chunk_size, features=feature_opts.features, **method_kwargs
-            )
+            lambda: distribute(model, method, df, chunk_size=chunk_size, features=features, **method_kwargs)
         )
         _write_with_summary(spark, paths, result, io, f"{type(model).__name__}.{method}")
 

@@ -9,6 +9,14 @@ from typing import Any
 SKOPS_SUFFIXES = (".skops",)
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 
+#: Types scikit-learn's own estimators hold that skops does not trust by default: a dtype (the
+#: ``dtype=`` parameter of encoders and vectorizers) and the trees of ``HistGradientBoosting*``.
+#: Both are plain data; loading them runs no code from the file.
+SKLEARN_DATA_TYPES = (
+    "numpy.dtype",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+)
+
 
 class ModelFileError(ValueError):
     """The model file cannot be loaded as asked."""
@@ -17,14 +25,16 @@ class ModelFileError(ValueError):
 def load_model(path: str, *, trust: Sequence[str] = (), trust_pickle: bool = False, warn: Callable[[str], None]) -> Any:
     """Load a fitted estimator from ``path``.
 
-    ``.skops`` files load with :func:`skops.io.load`, which only builds types it trusts; any other type in
-    the file must be named in ``trust``. Pickle and joblib files run code from the file when loaded, so
-    they load only with ``trust_pickle=True`` (after ``warn`` is called).
+    ``.skops`` files load with :func:`skops.io.load`, which only builds types it trusts (and
+    :data:`SKLEARN_DATA_TYPES`); any other type in the file must be named in ``trust``. Pickle and
+    joblib files run code from the file when loaded, so they load only with ``trust_pickle=True``
+    (after ``warn`` is called).
 
     Raises
     ------
     ModelFileError
-        Missing file, unknown suffix, untrusted types, or a pickle without ``trust_pickle``.
+        Missing file, unknown suffix, untrusted types, a pickle without ``trust_pickle``, or a file
+        that cannot be read as a model ("cannot load the model from FILE: ...").
     """
     file = Path(path)
     if not file.is_file():
@@ -33,14 +43,16 @@ def load_model(path: str, *, trust: Sequence[str] = (), trust_pickle: bool = Fal
     if suffix in SKOPS_SUFFIXES:
         import skops.io as sio
 
-        untrusted = [t for t in sio.get_untrusted_types(file=file) if t not in trust]
+        trusted = [*SKLEARN_DATA_TYPES, *trust]
+        found = _readable(path, lambda: sio.get_untrusted_types(file=file))
+        untrusted = [t for t in found if t not in trusted]
         if untrusted:
             flags = " ".join(f"--trust {t}" for t in untrusted)
             raise ModelFileError(
                 f"{path} contains types skops does not trust by default: {', '.join(untrusted)}. "
                 f"If you trust this file, pass {flags}"
             )
-        return sio.load(file, trusted=list(trust) or None)
+        return _readable(path, lambda: sio.load(file, trusted=[t for t in found if t in trusted]))
     if suffix in PICKLE_SUFFIXES:
         if not trust_pickle:
             raise ModelFileError(
@@ -50,7 +62,17 @@ def load_model(path: str, *, trust: Sequence[str] = (), trust_pickle: bool = Fal
         warn(f"loading {path} with --trust-pickle: this runs code from the file")
         import joblib
 
-        return joblib.load(file)
+        return _readable(path, lambda: joblib.load(file))
     raise ModelFileError(
         f"{path}: unknown model file type {suffix or '(none)'}; expected {', '.join(SKOPS_SUFFIXES + PICKLE_SUFFIXES)}"
     )
+
+
+def _readable(path: str, read: Callable[[], Any]) -> Any:
+    """``read()``, with any failure to read the file reported as a :class:`ModelFileError` naming it."""
+    try:
+        return read()
+    except ModelFileError:
+        raise
+    except Exception as exc:  # a corrupt file fails anywhere inside skops, joblib or pickle
+        raise ModelFileError(f"cannot load the model from {path}: {type(exc).__name__}: {exc}") from exc

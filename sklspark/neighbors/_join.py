@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,35 @@ from ._sharded import QUERY_BLOCK_MAX_BYTES, SHARD_MAX_BYTES, count_blocks, shar
 BROADCAST_MAX_BYTES = 256 << 20
 
 _ID_TYPES = (LongType, IntegerType, ShortType, ByteType, StringType)
+
+#: Column names Spark resolves as written; others (dots, spaces, backticks) are renamed for the join.
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _plain_names(frames: list[Any], id_col: Any, features_col: Any) -> tuple[list[Any], Any, Any, dict[str, str]]:
+    """``frames`` with the ID and feature columns that need quoting renamed to plain names.
+
+    Returns the frames, the new ``id_col`` and ``features_col``, and the renames. Columns that are
+    missing keep their names, so the checks that follow name them as the caller wrote them.
+    """
+    if not isinstance(id_col, str) or not isinstance(features_col, Sequence):
+        return frames, id_col, features_col, {}
+    names = [id_col] + ([features_col] if isinstance(features_col, str) else list(features_col))
+    present = set.intersection(*(set(f.columns) for f in frames if isinstance(f, DataFrame)))
+    renames = {
+        name: f"_sklspark_col_{i}"
+        for i, name in enumerate(names)
+        if isinstance(name, str) and name in present and not _PLAIN_NAME.fullmatch(name)
+    }
+    if not renames:
+        return frames, id_col, features_col, {}
+    frames = [f.withColumnsRenamed(renames) if isinstance(f, DataFrame) else f for f in frames]
+    features = (
+        renames.get(features_col, features_col)
+        if isinstance(features_col, str)
+        else [renames.get(c, c) for c in features_col]
+    )
+    return frames, renames.get(id_col, id_col), features, renames
 
 
 @dataclass(frozen=True)
@@ -208,6 +238,14 @@ def kneighbors_join(
         reference (knowing the reference's size and IDs takes one small job for a DataFrame).
     ImportError
         If the backend's optional package is missing.
+
+    Examples
+    --------
+    >>> reference = spark.createDataFrame([(1, [0.0]), (2, [1.0]), (3, [5.0])], "id long, features array<double>")
+    >>> queries = spark.createDataFrame([(10, [0.4]), (11, [4.0])], "id long, features array<double>")
+    >>> result = kneighbors_join(queries, reference, 2)
+    >>> [(row.id, row.neighbor_ids, row.distances) for row in result.orderBy("id").collect()]
+    [(10, [1, 2], [0.4, 0.6]), (11, [3, 2], [1.0, 3.0])]
     """
     k = check_scalar(k, "k", "kneighbors_join", low=1)
     check_scalar(exclude_self, "exclude_self", "kneighbors_join", kind=bool)
@@ -215,6 +253,22 @@ def kneighbors_join(
     chunk_size = check_chunk_size(chunk_size, "kneighbors_join")
     if not isinstance(queries, DataFrame):
         raise TypeError(f"queries must be a pyspark DataFrame, got {type(queries).__name__}")
+    (queries, reference), plain_id, features_col, renames = _plain_names([queries, reference], id_col, features_col)
+    if renames:  # names with dots or spaces: joined under plain names, the ID column named back at the end
+        result = kneighbors_join(
+            queries,
+            reference,
+            k,
+            id_col=plain_id,
+            features_col=features_col,
+            exclude_self=exclude_self,
+            metric=metric,
+            backend=backend,
+            shards=shards,
+            chunk_size=chunk_size,
+            reference_ids=reference_ids,
+        )
+        return result.withColumnRenamed(plain_id, id_col)
     q_spec = _check_spec(queries.schema, features_col, id_col, "queries")
     engine = get_backend(backend, "kneighbors_join")
     metric = engine.check_metric(metric)
@@ -348,6 +402,12 @@ def all_neighbors(df: DataFrame, k: int, *, exclude_self: bool = True, **options
     -------
     DataFrame
         ``id_col``, ``neighbor_ids``, ``distances``: one row per row of ``df``.
+
+    Examples
+    --------
+    >>> df = spark.createDataFrame([(1, [0.0]), (2, [1.0]), (3, [5.0])], "id long, features array<double>")
+    >>> [(row.id, row.neighbor_ids) for row in all_neighbors(df, 1).orderBy("id").collect()]
+    [(1, [2]), (2, [1]), (3, [2])]
     """
     if "reference_ids" in options:
         raise TypeError("all_neighbors() takes no reference_ids: the reference is df itself")
