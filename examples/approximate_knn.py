@@ -37,7 +37,6 @@ def main(argv=None) -> None:
     centres = rng.normal(scale=3.0, size=(max(2, args.n_points // 500), args.dim))
     X = centres[rng.integers(0, len(centres), args.n_points)] + rng.normal(size=(args.n_points, args.dim))
     spark = sklspark.spark_session(args.master, app_name="sklspark-approximate-knn")
-    spark.sparkContext.setLogLevel("ERROR")
     df = spark.createDataFrame(pa.table({"id": np.arange(args.n_points), "features": list(X.astype(np.float32))}))
 
     approx, t_approx = neighbour_ids(df, args.k, AnnoyBackend(n_trees=args.n_trees))

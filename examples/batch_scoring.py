@@ -48,7 +48,6 @@ def main(argv=None) -> None:
     ).fit(X[:50_000], churned[:50_000])
 
     spark = sklspark.spark_session(args.master, app_name="sklspark-batch-scoring")
-    spark.sparkContext.setLogLevel("ERROR")
     with tempfile.TemporaryDirectory() as tmp:
         pq.write_table(events, Path(tmp, "events.parquet"))
         df = spark.read.parquet(str(Path(tmp, "events.parquet")))

@@ -50,7 +50,6 @@ def main(argv=None) -> None:
     output = args.output or os.path.join(workdir, "recommendations")
 
     spark = sklspark.spark_session(args.master, app_name="sklspark-item-recommender")
-    spark.sparkContext.setLogLevel("ERROR")
     items = spark.read.parquet(source)
 
     start = time.perf_counter()

@@ -30,7 +30,6 @@ def main(argv=None) -> None:
     pca = PCA(n_components=5, random_state=0).fit(X[:20_000])
 
     spark = sklspark.spark_session(args.master, app_name="sklspark-pca")
-    spark.sparkContext.setLogLevel("ERROR")
     df = spark.createDataFrame(pa.table({"id": np.arange(args.n_rows), "features": list(X.astype(np.float32))}))
 
     reduced = sklspark.distribute(pca, "transform", df, output_cols="pca")  # array<float> column

@@ -32,8 +32,8 @@ def main(argv=None) -> None:
     clf = LogisticRegression().fit(X[:10_000], y[:10_000])
     nn = NearestNeighbors(n_neighbors=5).fit(X[:20_000])
 
+    # quiet=True (the default): Spark logs errors only; pass quiet=False to see its warnings too
     spark = sklspark.spark_session(args.master, app_name="sklspark-quickstart")
-    spark.sparkContext.setLogLevel("ERROR")
     df = spark.createDataFrame(pa.table({"id": np.arange(len(X)), "features": list(X)}))
 
     start = time.perf_counter()
@@ -48,7 +48,8 @@ def main(argv=None) -> None:
     same_proba = np.allclose(proba, clf.predict_proba(X), atol=1e-6)
     same_nn = np.array_equal(indices[:1000], nn.kneighbors(X[:1000])[1])
 
-    print(scored.select("id", "probability", "indices").limit(5).toPandas().to_string(index=False))
+    # The first rows of what was collected: scored.limit(5) would run both models again, and stop them mid-way.
+    print(table.select(["id", "probability", "indices"]).take(order[:5]).to_pandas().to_string(index=False))
     print(
         f"\nscored {table.num_rows:,} rows x {args.n_features} features with predict_proba and kneighbors(k=5) "
         f"in {elapsed:.1f} s on {spark.sparkContext.master}"

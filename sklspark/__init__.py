@@ -3,7 +3,8 @@
 from ._distribute import distribute
 from ._runner import ChunkError
 from ._session import spark_session
+from ._udf import ScoringUDF, udf
 
 __version__ = "0.1.0"
 
-__all__ = ["ChunkError", "__version__", "distribute", "spark_session"]
+__all__ = ["ChunkError", "ScoringUDF", "__version__", "distribute", "spark_session", "udf"]

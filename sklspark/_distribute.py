@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from pyspark import RDD
-from pyspark.sql import DataFrame
-from pyspark.sql.types import StructType
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.functions import arrow_udf
+from pyspark.sql.types import DataType, StructType
 
 from ._inputs import batch_to_matrix, iter_batch_chunks, iter_row_chunks, stack_rows
 from ._outputs import OutputColumn, chunk_arrays, output_columns, split_rows
@@ -18,8 +20,9 @@ from ._runner import one_row_per_input, run_chunks
 from ._shipping import ShippedModel
 from ._validation import (
     FeatureSpec,
-    check_chunk_size,
+    check_arrow_features,
     check_method,
+    check_optional_chunk_size,
     check_width,
     declares_sparse,
     fitted_feature_names,
@@ -28,13 +31,16 @@ from ._validation import (
     resolve_features,
 )
 
+#: Rows per chunk for an RDD, whose elements come one by one (DataFrames follow their Arrow batches).
+RDD_CHUNK_SIZE = 4096
+
 
 def distribute(
     estimator: Any,
     method: str,
     data: RDD | DataFrame,
     *,
-    chunk_size: int = 4096,
+    chunk_size: int | None = None,
     features: str | Sequence[str] | None = None,
     output_cols: str | Sequence[str] | None = None,
     **method_kwargs: Any,
@@ -42,9 +48,9 @@ def distribute(
     """Apply a fitted estimator's prediction-time method to every row of an RDD or DataFrame.
 
     The estimator is serialised once on the driver (cloudpickle), shipped once, and loaded once per
-    Python worker process. Each partition is stacked into matrices of at most ``chunk_size`` rows
-    (CSR when the rows are sparse and the estimator accepts sparse input) and the method runs once
-    per chunk, with BLAS/OpenMP threads capped at ``spark.task.cpus``. The result is lazy, like any
+    Python worker process. Each partition is stacked into matrices (CSR when the rows are sparse and
+    the estimator accepts sparse input) and the method runs once per matrix ("chunk"), with
+    BLAS/OpenMP threads capped at ``spark.task.cpus``. The result is lazy, like any
     Spark transformation: nothing runs until an action (``collect``, ``count``, ``write``...).
 
     Parameters
@@ -59,8 +65,12 @@ def distribute(
         An RDD whose elements are feature vectors (1-D numpy arrays, lists/tuples of numbers,
         ``pyspark.ml.linalg`` vectors or 1-row scipy sparse matrices), or, for an estimator with
         ``feature_names_in_``, ``dict`` or ``Row`` records holding those fields; or a DataFrame.
-    chunk_size : int, default=4096
-        Most rows passed to one call of the method; bounds the memory a task needs.
+    chunk_size : int, default=None
+        Rows passed to one call of the method; bounds the memory a task needs. ``None``: for a
+        DataFrame, one call per Arrow batch Spark hands to Python
+        (``spark.sql.execution.arrow.maxRecordsPerBatch``, 10,000 rows by default; batches over
+        65,536 rows are cut), with no copy; for an RDD, 4,096 rows. An int: chunks of exactly that
+        many rows (the last of a partition may be shorter), re-cut across Arrow batches.
     features : str or list of str, default=None
         DataFrame only: a ``VectorUDT`` column, an ``array<numeric>`` column, a list of
         numeric columns, or one string column of documents (passed as a 1-D array of ``str``).
@@ -83,7 +93,9 @@ def distribute(
         output for that row (a scalar for ``predict``, a 1-D array for ``predict_proba`` or
         ``transform``, a ``(distances, indices)`` tuple for ``kneighbors``...).
         For a DataFrame: every input column plus the typed result columns (see
-        :mod:`sklspark._outputs` for the types).
+        :mod:`sklspark._outputs` for the types), in the input's row order and partitioning. Only the
+        feature columns cross into Python; every other column stays in the JVM. A streaming
+        DataFrame gives a streaming DataFrame, with no Spark job started on the driver.
 
     Raises
     ------
@@ -95,19 +107,24 @@ def distribute(
 
     Examples
     --------
-    >>> nn = NearestNeighbors().fit(X)                                      # doctest: +SKIP
-    >>> out = distribute(nn, "kneighbors", df, n_neighbors=10)             # doctest: +SKIP
-    >>> out.select("id", "indices", "distances").show()                    # doctest: +SKIP
+    >>> from sklearn.neighbors import NearestNeighbors
+    >>> nn = NearestNeighbors(n_neighbors=2).fit([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    >>> df = spark.createDataFrame([(7, [0.1, 0.0]), (8, [0.0, 1.9])], "id long, features array<double>")
+    >>> out = distribute(nn, "kneighbors", df)
+    >>> [(row.id, row.indices) for row in out.orderBy("id").collect()]
+    [(7, [0, 1]), (8, [2, 0])]
+    >>> distribute(nn, "kneighbors", spark.sparkContext.parallelize([[0.9, 0.1]]), return_distance=False).collect()
+    [array([1, 0])]
     """
     check_method(estimator, method)
-    chunk_size = check_chunk_size(chunk_size, "distribute")
+    chunk_size = check_optional_chunk_size(chunk_size, "distribute")
     if isinstance(data, RDD):
         if features is not None or output_cols is not None:
             raise TypeError(
                 "features= and output_cols= apply to DataFrame input; the elements of an RDD are "
                 "the feature vectors themselves"
             )
-        return _distribute_rdd(estimator, method, data, chunk_size, method_kwargs)
+        return _distribute_rdd(estimator, method, data, chunk_size or RDD_CHUNK_SIZE, method_kwargs)
     if isinstance(data, DataFrame):
         return _distribute_dataframe(estimator, method, data, chunk_size, features, output_cols, method_kwargs)
     raise TypeError(f"data must be a pyspark RDD or DataFrame, got {type(data).__module__}.{type(data).__name__}")
@@ -201,33 +218,130 @@ def score_batches(
     method: str,
     method_kwargs: dict,
     batches: Iterable[pa.RecordBatch],
-    input_names: Sequence[str],
-    spec: FeatureSpec,
-    chunk_size: int,
+    input_names: Sequence[str] | None,
+    spec: FeatureSpec | None,
+    chunk_size: int | None,
     sparse_ok: bool,
-    columns: list[OutputColumn],
+    columns: Sequence[OutputColumn],
 ) -> Iterator[pa.RecordBatch]:
-    """The task of a DataFrame partition: Arrow batches re-cut into chunks, scored, result columns appended.
+    """The task of a DataFrame partition: Arrow batches stacked into chunks, scored, one result batch per chunk.
 
-    The batches arrive with positional column names (see :func:`_distribute_dataframe`) and are read by
-    ``input_names``; they leave with the same positional names followed by the result columns' names.
+    The batches are read by ``input_names`` (when given, they replace the batches' own names), stacked
+    into chunks (see :func:`~sklspark._inputs.iter_batch_chunks`; ``sparse_ok`` lets a vector column
+    give CSR chunks) and run through the chunk runner; each chunk yields a batch of the result columns.
+    ``spec=None`` resolves the features from the first batch's Arrow types (``udf()`` Columns meet their
+    input types only in the task, see :func:`~sklspark._validation.check_arrow_features`). Where the
+    estimator records ``n_features_in_``, every stacked chunk is checked against it, naming its rows.
     """
-    named = (pa.RecordBatch.from_arrays(b.columns, names=list(input_names)) for b in batches)
-    chunks = (
-        (start, batch, batch_to_matrix(batch, spec, start, sparse_ok))
-        for start, batch in iter_batch_chunks(named, chunk_size)
-    )
-    output_names = _positional(len(input_names)) + [c.name for c in columns]
+    estimator = model.get()
+    if input_names is not None:
+        batches = (pa.RecordBatch.from_arrays(b.columns, names=list(input_names)) for b in batches)
+    chunks = _feature_chunks(batches, spec, chunk_size, estimator, sparse_ok)
     convert = functools.partial(chunk_arrays, columns=columns)
-    for _, batch, _, arrays in run_chunks(model, method, method_kwargs, chunks, convert=convert):
-        yield pa.RecordBatch.from_arrays(batch.columns + arrays, names=output_names)
+    names = [c.name for c in columns]
+    for *_, arrays in run_chunks(model, method, method_kwargs, chunks, convert=convert):
+        yield pa.RecordBatch.from_arrays(arrays, names=names)
 
 
-def _positional(n: int) -> list[str]:
-    return [f"_sklspark_{i}" for i in range(n)]
+def _feature_chunks(
+    batches: Iterable[pa.RecordBatch], spec: FeatureSpec | None, chunk_size: int | None, estimator: Any, sparse_ok: bool
+) -> Iterator[tuple[int, Any]]:
+    """Stack a task's feature batches into the method's chunks, checking matrices against ``n_features_in_``."""
+    n_features = n_features_of(estimator)
+    for start, batch in iter_batch_chunks(batches, chunk_size):
+        if spec is None:
+            spec = check_arrow_features(batch.schema, estimator)
+        X = batch_to_matrix(batch, spec, start, sparse_ok and spec.layout == "vector")
+        if spec.is_matrix and n_features is not None and X.shape[1] != n_features:
+            raise ValueError(
+                f"{spec.describe()} has {X.shape[1]} features at rows {start}-{start + X.shape[0] - 1}, but the "
+                f"estimator was fitted on {n_features} features"
+            )
+        yield start, X
 
 
-def _head_matrix(df: DataFrame, spec: FeatureSpec):
+def batch_scorer(
+    model: ShippedModel,
+    method: str,
+    method_kwargs: dict,
+    spec: FeatureSpec | None,
+    chunk_size: int | None,
+    sparse_ok: bool,
+    columns: Sequence[OutputColumn],
+    feature_names: tuple[str, ...] | None,
+) -> Callable[[Iterator[Any]], Iterator[pa.Array]]:
+    """The function an Arrow iterator UDF runs in its task: :func:`score_batches` over its argument columns.
+
+    It takes an iterator of one Arrow array per batch (one argument column) or of tuples of arrays
+    (several), as Spark's Arrow iterator UDFs receive them, and yields one array per chunk: the result
+    column, or a struct of the result columns for multi-part outputs. The arrays are named after
+    ``spec.columns``, else ``feature_names`` when there are as many, else ``argument 1``, ``argument 2``...
+    """
+    known_names = spec.columns if spec is not None else feature_names
+    fields = [pa.field(c.name, c.arrow_type) for c in columns]
+
+    def to_batch(arrays: Any) -> pa.RecordBatch:
+        arrays = arrays if isinstance(arrays, tuple) else (arrays,)
+        names = known_names
+        if names is None or len(names) != len(arrays):
+            names = tuple(f"argument {i + 1}" for i in range(len(arrays)))
+        return pa.RecordBatch.from_arrays(list(arrays), names=list(names))
+
+    def score(batches: Iterator[tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
+        results = score_batches(
+            model, method, method_kwargs, map(to_batch, batches), None, spec, chunk_size, sparse_ok, columns
+        )
+        for result in results:
+            yield result.column(0) if len(fields) == 1 else pa.StructArray.from_arrays(result.columns, fields=fields)
+
+    return score
+
+
+def scoring_udf(
+    score: Callable[[Iterator[Any]], Iterator[pa.Array]], method: str, columns: Sequence[OutputColumn]
+) -> Any:
+    """A :func:`batch_scorer` as an Arrow iterator UDF named after the method.
+
+    Only the UDF's argument columns cross into Python; Spark keeps the rest of each row in the JVM.
+    """
+    score.__name__ = method
+    return arrow_udf(score, result_type(columns))  # type: ignore[call-overload]  # a struct type is fine
+
+
+def result_type(columns: Sequence[OutputColumn]) -> DataType:
+    """The Spark type of a scoring Column: the one result column's type, or a struct of all of them."""
+    return columns[0].spark_type if len(columns) == 1 else StructType([c.field for c in columns])
+
+
+def quoted(name: str) -> Column:
+    """The column named ``name`` exactly (dots and backticks in it are not struct paths)."""
+    return F.col(quote_column(name))
+
+
+def _head_reader(df: DataFrame, spec: FeatureSpec) -> Callable[[], Any]:
+    """A function returning the DataFrame's first two rows as the method's input (read once, by a small job).
+
+    It returns ``None`` for an empty DataFrame. A streaming DataFrame cannot be read before its
+    query starts: there the function raises ``ValueError`` saying what would let sklspark do without.
+    """
+    head: list = []
+
+    def head_rows() -> Any:
+        if df.isStreaming:
+            raise ValueError(
+                f"cannot read the first rows of a streaming DataFrame before its query starts, to probe "
+                f"{spec.describe()} (its width is not recorded, or the estimator refuses rows of zeros): fit the "
+                f"estimator on a numeric matrix so it records n_features_in_, or pass numeric feature columns "
+                f"(features=[...]), or use sklspark.udf(..., return_type=...)"
+            )
+        if not head:
+            head.append(_head_matrix(df, spec))
+        return head[0]
+
+    return head_rows
+
+
+def _head_matrix(df: DataFrame, spec: FeatureSpec) -> Any:
     """The DataFrame's first two rows as the method's input (a small Spark job), or ``None`` if it is empty."""
     table = df.select(*(quote_column(c) for c in spec.columns)).limit(2).toArrow()
     if table.num_rows == 0:
@@ -238,33 +352,38 @@ def _head_matrix(df: DataFrame, spec: FeatureSpec):
         raise ValueError(f"the DataFrame's first rows, read on the driver to check the method on them: {exc}") from exc
 
 
+def feature_width(estimator: Any, spec: FeatureSpec, head_rows: Callable[[], Any]) -> int | None:
+    """The width of a matrix layout: from the schema, else the estimator's ``n_features_in_``, else the first rows.
+
+    A width known from the estimator is trusted without reading data: every chunk is checked against it
+    in its task (see :func:`score_batches`). ``None`` for frames and text, and for an empty DataFrame
+    whose estimator records no ``n_features_in_``.
+    """
+    if not spec.is_matrix:
+        return None
+    width = spec.width if spec.width is not None else n_features_of(estimator)
+    if width is None:
+        rows = head_rows()
+        width = rows.shape[1] if rows is not None else None
+    if width is not None:
+        check_width(estimator, width, f"The DataFrame's {spec.describe()}")
+    return width
+
+
 def _distribute_dataframe(
     estimator: Any,
     method: str,
     df: DataFrame,
-    chunk_size: int,
+    chunk_size: int | None,
     features: str | Sequence[str] | None,
     output_cols: str | Sequence[str] | None,
     method_kwargs: dict,
 ) -> DataFrame:
     spec = resolve_features(df.schema, estimator, features)
-    head: list = []
-
-    def head_rows():
-        if not head:
-            head.append(_head_matrix(df, spec))
-        return head[0]
-
-    width = spec.width
-    if spec.is_matrix and width is None and n_features_of(estimator) is not None:
-        rows = head_rows()
-        width = rows.shape[1] if rows is not None else n_features_of(estimator)
-    if width is not None:
-        check_width(estimator, width, f"The DataFrame's {spec.describe()}")
-    sparse_ok = spec.layout == "vector" and declares_sparse(estimator)
+    head_rows = _head_reader(df, spec)
+    width = feature_width(estimator, spec, head_rows)
     # Frames and text are probed on the data's first rows: zeros are no valid category or document.
-    zero_width = width if spec.is_matrix else None
-    sample = _probe(estimator, method, method_kwargs, zero_width, spec.dtype, head_rows)
+    sample = _probe(estimator, method, method_kwargs, width, spec.dtype, head_rows)
     if sample is None:
         raise ValueError(
             f"cannot tell the result columns of {type(estimator).__name__}.{method}: the DataFrame is empty and "
@@ -272,13 +391,14 @@ def _distribute_dataframe(
         )
     columns = output_columns(method, sample, output_cols, df.columns, estimator)
     model = ShippedModel(estimator, df)
-    input_names = df.columns
-    # mapInArrow resolves every input column by name and reads the output's names back, which fails on names
-    # with dots or duplicates: the batches travel with positional names, and get their real ones inside the task.
-
-    def apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        return score_batches(model, method, method_kwargs, batches, input_names, spec, chunk_size, sparse_ok, columns)
-
-    return df.toDF(*_positional(len(input_names))).mapInArrow(
-        apply, StructType(df.schema.fields + [c.field for c in columns])
+    sparse_ok = spec.layout == "vector" and declares_sparse(estimator)
+    score = batch_scorer(model, method, method_kwargs, spec, chunk_size, sparse_ok, columns, None)
+    result = scoring_udf(score, method, columns)(*map(quoted, spec.columns))
+    if len(columns) == 1:
+        return df.select("*", result.alias(columns[0].name))
+    packed = f"__sklspark_{model.token}"
+    return (
+        df.select("*", result.alias(packed))
+        .withColumns({c.name: F.col(packed).getField(c.name) for c in columns})
+        .drop(packed)
     )

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from pyspark.ml.linalg import DenseVector, SparseVector
 from pyspark.sql import Row
 
-from ._validation import FeatureSpec
+from ._validation import MAX_BATCH_CHUNK, FeatureSpec
 
 # --------------------------------------------------------------------------- RDD elements
 
@@ -124,8 +124,22 @@ def iter_row_chunks(
 # --------------------------------------------------------------------------- Arrow batches
 
 
-def iter_batch_chunks(batches: Iterable[pa.RecordBatch], chunk_size: int) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """Re-cut a stream of Arrow record batches into batches of exactly ``chunk_size`` rows (the last may be short)."""
+def iter_batch_chunks(
+    batches: Iterable[pa.RecordBatch], chunk_size: int | None
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Re-cut a stream of Arrow record batches into batches of exactly ``chunk_size`` rows (the last may be short).
+
+    ``chunk_size=None`` follows the stream's own batches (no copy), cutting only those longer than
+    :data:`~sklspark._validation.MAX_BATCH_CHUNK` rows.
+    """
+    if chunk_size is None:
+        first_row = 0
+        for batch in batches:
+            for start in range(0, batch.num_rows, MAX_BATCH_CHUNK):
+                piece = batch.slice(start, MAX_BATCH_CHUNK)
+                yield first_row, piece
+                first_row += piece.num_rows
+        return
     pending: list[pa.RecordBatch] = []
     n_pending = 0
     first_row = 0

@@ -33,8 +33,9 @@ class SparkProgress:
 
     Examples
     --------
-    >>> with SparkProgress(spark, "scoring"):                       # doctest: +SKIP
-    ...     result.write.parquet("out.parquet")
+    >>> with SparkProgress(spark, "counting"):
+    ...     spark.range(1000).count()
+    1000
     """
 
     def __init__(self, spark: Any, description: str, *, console: Console | None = None, plain_interval: float = 5.0):
@@ -45,8 +46,6 @@ class SparkProgress:
         self._group = f"sklspark-{uuid.uuid4().hex[:12]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.tasks_done = 0
-        self.tasks_total = 0
 
     def __enter__(self) -> SparkProgress:
         if self._sc is not None:
@@ -79,7 +78,6 @@ class SparkProgress:
             self._watch_live()
         else:
             self._watch_plain()
-        self.tasks_done, self.tasks_total = self._counts()
 
     def _watch_live(self) -> None:
         columns = (

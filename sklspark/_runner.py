@@ -96,15 +96,13 @@ def apply_chunks(
     label: str,
     chunks: Iterator[tuple[Any, ...]],
     partition: int | None = None,
-    *,
-    rows: Callable[[tuple[Any, ...], Any], str] | None = None,
 ) -> Iterator[tuple[Any, ...]]:
     """Call ``fn(X)`` on every chunk with threads capped, yielding each chunk's items followed by the output.
 
     ``chunks`` yields tuples whose first item is the chunk's first row in the partition and whose last
     item ``X`` is the feature matrix. Any error reading a chunk or in ``fn`` becomes a
     :class:`ChunkError` whose message starts with :data:`ERROR_MARKER` and names ``label`` (what ran),
-    the partition, the rows (``rows(item, X)``, default ``"rows first-last"``) and the cause.
+    the partition, the rows and the cause.
     """
     if partition is None:
         context = TaskContext.get()
@@ -118,7 +116,7 @@ def apply_chunks(
             except Exception as exc:
                 raise ChunkError(f"{ERROR_MARKER} bad input for {label} in partition {partition}: {exc}") from exc
             X = item[-1]
-            where = rows(item, X) if rows is not None else f"rows {item[0]}-{item[0] + X.shape[0] - 1}"
+            where = f"rows {item[0]}-{item[0] + X.shape[0] - 1}"
             try:
                 output = fn(X)
             except Exception as exc:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 from pyspark import SparkContext
 from pyspark.sql import DataFrame, SparkSession
+
+#: The log4j2 configuration a quiet session's JVM starts with: Spark's errors only.
+QUIET_LOG4J2 = Path(__file__).with_name("log4j2-quiet.properties")
+_DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 
 
 def spark_session(
@@ -16,6 +21,7 @@ def spark_session(
     app_name: str = "sklspark",
     conf: Mapping[str, str] | None = None,
     remote: str | None = None,
+    quiet: bool = True,
 ) -> SparkSession:
     """Get or create a Spark session.
 
@@ -32,10 +38,22 @@ def spark_session(
         Extra Spark configuration, e.g. ``{"spark.executor.memory": "4g"}``.
     remote : str, optional
         A Spark Connect URL (``sc://host:port``); ``master`` is then ignored.
+    quiet : bool, default=True
+        Start the driver's JVM with Spark's log at level ERROR (the log4j2 file :data:`QUIET_LOG4J2`),
+        so that a run prints its results and no ``WARN`` lines. ``False`` keeps Spark's default log
+        (``WARN`` and above). Either way ``spark.sparkContext.setLogLevel()`` changes it later. It applies
+        when this call starts the JVM: not to a session that already exists, not under Spark Connect, and
+        not when ``conf`` gives ``spark.driver.extraJavaOptions`` with a ``log4j2.configurationFile``.
 
     Returns
     -------
     SparkSession
+
+    Examples
+    --------
+    >>> spark = spark_session("local[2]")  # the session already running here, else a new one
+    >>> spark.range(3).count()
+    3
     """
     builder = SparkSession.builder.appName(app_name)
     if remote is not None:
@@ -45,7 +63,11 @@ def spark_session(
             os.environ["PYSPARK_PYTHON"] = sys.executable
             os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
         builder = builder.master(master)
-    for key, value in (conf or {}).items():
+    conf = dict(conf or {})
+    java_options = conf.get(_DRIVER_JAVA_OPTIONS, "")
+    if quiet and remote is None and "log4j2.configurationFile" not in java_options:
+        conf[_DRIVER_JAVA_OPTIONS] = f'"-Dlog4j2.configurationFile={QUIET_LOG4J2.as_uri()}" {java_options}'.strip()
+    for key, value in conf.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
 

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import scipy.sparse as sp
 from pyspark.ml.linalg import VectorUDT
+from pyspark.sql.pandas.types import from_arrow_type, to_arrow_type
 from pyspark.sql.types import (
     ArrayType,
     BooleanType,
@@ -24,6 +26,7 @@ from pyspark.sql.types import (
     LongType,
     ShortType,
     StringType,
+    StructField,
     StructType,
     TimestampNTZType,
     TimestampType,
@@ -33,6 +36,10 @@ from sklearn.utils.validation import check_is_fitted
 
 #: Largest accepted ``chunk_size``: one chunk must stay a bounded slice of a task's memory.
 MAX_CHUNK_SIZE = 1 << 22
+
+#: Largest chunk when ``chunk_size=None`` follows Spark's Arrow batches
+#: (``spark.sql.execution.arrow.maxRecordsPerBatch``, 10,000 rows by default): longer batches are cut.
+MAX_BATCH_CHUNK = 1 << 16
 
 #: Methods that fit, mutate or need targets: never run by :func:`sklspark.distribute`.
 _NOT_PREDICTION_TIME = frozenset({"score"})
@@ -166,6 +173,11 @@ def _interval(low: float | None, high: float | None) -> str:
 def check_chunk_size(chunk_size: Any, caller: str) -> int:
     """Return ``chunk_size`` as an int after checking it is an integer in ``[1, MAX_CHUNK_SIZE]``."""
     return check_scalar(chunk_size, "chunk_size", caller, low=1, high=MAX_CHUNK_SIZE)
+
+
+def check_optional_chunk_size(chunk_size: Any, caller: str) -> int | None:
+    """``None`` (one chunk per Arrow batch, see :data:`MAX_BATCH_CHUNK`), or a checked ``chunk_size``."""
+    return None if chunk_size is None else check_chunk_size(chunk_size, caller)
 
 
 def declares_sparse(estimator: Any) -> bool:
@@ -435,3 +447,28 @@ def resolve_features(schema: StructType, estimator: Any, features: str | Sequenc
                 f"{list(fitted)} (feature_names_in_); pass features=None to use those by name"
             )
     return frame_spec(schema, fitted)
+
+
+_VECTOR_FIELDS = tuple(field.name for field in to_arrow_type(VectorUDT()))
+
+
+def check_arrow_features(schema: pa.Schema, estimator: Any) -> FeatureSpec:
+    """Resolve the feature columns of Arrow batches whose Spark types were not known on the driver.
+
+    A ``udf()`` Column is built before it meets a DataFrame, so its argument columns are first seen
+    as Arrow arrays in the task. A struct shaped like Spark ML's vector (``type, size, indices,
+    values``) is a ``VectorUDT`` column; every other type is read as its Spark type. Columns named
+    exactly as the estimator's ``feature_names_in_`` are the ``"frame"`` layout; otherwise they are
+    resolved as :func:`resolve_features` resolves a DataFrame's (one string column is ``"text"`` for an
+    estimator without a feature count), except that an estimator with ``feature_names_in_`` is also
+    given a vector, array or numeric columns positionally (:func:`check_features`).
+    """
+    fields = []
+    for field in schema:
+        is_vector = pa.types.is_struct(field.type) and tuple(f.name for f in field.type) == _VECTOR_FIELDS
+        fields.append(StructField(field.name, VectorUDT() if is_vector else from_arrow_type(field.type)))
+    struct, names = StructType(fields), list(schema.names)
+    fitted = fitted_feature_names(estimator)
+    if fitted is None:
+        return resolve_features(struct, estimator, names[0] if len(names) == 1 else names)
+    return frame_spec(struct, names) if tuple(names) == fitted else check_features(struct, names)

@@ -1,4 +1,4 @@
-"""distribute() and all_neighbors over Spark Connect, where there is no SparkContext and no broadcast.
+"""distribute(), udf() and all_neighbors over Spark Connect, where there is no SparkContext and no broadcast.
 
 The model travels in the closure, or as an uploaded artifact when large; ANN index files as artifacts.
 
@@ -43,6 +43,15 @@ SCRIPT = textwrap.dedent(
     clf = make_pipeline(FunctionTransformer(lambda Z: Z * 2), LogisticRegression()).fit(X, X[:, 0] > 0)
     got = sklspark.distribute(clf, "predict_proba", df).toArrow().sort_by("id")
     assert np.allclose(np.stack(got.column("probability").to_numpy(zero_copy_only=False)), clf.predict_proba(X))
+
+    # udf(): a struct Column for kneighbors, and a SQL function over named columns.
+    knn = df.select("id", sklspark.udf(nn, "kneighbors")("features").alias("knn")).select("id", "knn.*")
+    got = knn.toArrow().sort_by("id")
+    assert np.array_equal(np.stack(got.column("indices").to_numpy(zero_copy_only=False)), ind)
+    spark.udf.register("score", sklspark.udf(clf))
+    df.select("id", *(df.features[i].alias(f"x{i}") for i in range(6))).createOrReplaceTempView("t")
+    got = spark.sql("SELECT id, score(x0, x1, x2, x3, x4, x5) AS p FROM t").toArrow().sort_by("id")
+    assert np.array_equal(got.column("p").to_numpy(), clf.predict(X))
 
     try:
         sklspark.distribute(nn, "kneighbors", spark.createDataFrame(

@@ -23,5 +23,5 @@ def test_docs_build_strict(tmp_path):
     for text in ("sklspark knn", "sklspark apply", "sklspark demo", "--trust-pickle", "--spark-connect"):
         assert text in cli
     api = (tmp_path / "api" / "index.html").read_text() + (tmp_path / "neighbors" / "index.html").read_text()
-    for name in ("distribute", "spark_session", "ChunkError", "kneighbors_join", "all_neighbors", "to_edges"):
+    for name in ("distribute", "udf", "spark_session", "ChunkError", "kneighbors_join", "all_neighbors", "to_edges"):
         assert name in api

@@ -15,6 +15,7 @@ TINY = {
     "quickstart.py": (["--n-rows", "500", *LOCAL], SAME),
     "batch_scoring.py": (["--n-rows", "2000", *LOCAL], SAME),
     "pca_to_spark_ml.py": (["--n-rows", "2000", *LOCAL], SAME),
+    "streaming_scoring.py": (["--n-files", "4", "--rows-per-file", "200", *LOCAL], SAME),
     "item_recommender.py": (["--n-items", "500", *LOCAL], SAME),
     "approximate_knn.py": (["--n-points", "2000", *LOCAL], r"recall@10 of annoy against exact search: (0\.9\d*|1\.0+)"),
     "tabular_pipeline.py": (["--n-rows", "2000", *LOCAL], SAME),
@@ -27,6 +28,9 @@ def test_example_runs(name):
     proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert re.search(expected, proc.stdout), proc.stdout
+    # a quiet run: no Python trace (e.g. a worker stopped mid-stream), no Spark log lines
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    assert not re.search(r" (WARN|INFO) ", proc.stderr), proc.stderr[-4000:]
 
 
 def test_every_example_is_smoke_tested():

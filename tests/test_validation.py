@@ -92,6 +92,16 @@ def test_method_kwargs_checked_on_the_driver(spark, df, rdd, kind, kwargs, match
         distribute(NN, "kneighbors", df if kind == "df" else rdd, **kwargs)
 
 
+def test_input_computed_in_python_is_not_read_on_the_driver(spark, df):
+    """Reading the first rows of another distribute()'s output would run it and stop it mid-stream."""
+    scored = distribute(NN, "kneighbors", df, n_neighbors=2)
+    with no_spark_job(spark.sparkContext):
+        chained = distribute(NN, "kneighbors", scored, output_cols=["d2", "i2"])
+    np.testing.assert_array_equal(
+        np.array(chained.orderBy("id").select("i2").toPandas()["i2"].tolist()), NN.kneighbors(X)[1]
+    )
+
+
 def test_data_must_be_spark(spark):
     with pytest.raises(TypeError, match=r"data must be a pyspark RDD or DataFrame, got numpy\.ndarray"):
         distribute(NN, "kneighbors", X)
@@ -152,11 +162,14 @@ def test_missing_default_features_column(spark, typed_df):
 
 
 def test_width_mismatch_in_array_column(spark):
-    df = make_input(spark, X[:, :3], "df-array")
-    with pytest.raises(
-        ValueError, match="The DataFrame's array column 'features' has 3 features, but NearestNeighbors was fitted on 4"
-    ):
-        distribute(NN, "kneighbors", df)
+    """A width the estimator records is trusted on the driver (no data read) and checked by every chunk."""
+    df = make_input(spark, X[:, :3], "df-array").coalesce(1)
+    with no_spark_job(spark.sparkContext):
+        result = distribute(NN, "kneighbors", df)
+    assert (
+        "bad input for NearestNeighbors.kneighbors in partition 0: array column 'features' has 3 features at "
+        "rows 0-39, but the estimator was fitted on 4 features" in _task_error(result)
+    )
 
 
 def test_zero_column_vectors(spark):
@@ -164,16 +177,12 @@ def test_zero_column_vectors(spark):
         pa.table({"id": np.arange(4), "features": [[]] * 4}).cast(
             pa.schema([("id", pa.int64()), ("features", pa.list_(pa.float64()))])
         )
-    )
-    with pytest.raises(
-        ValueError, match="array column 'features' has 0 features, but NearestNeighbors was fitted on 4"
-    ):
-        distribute(NN, "kneighbors", empty)
-    vectors = spark.createDataFrame([(0, Vectors.dense([]))], ["id", "features"])
-    with pytest.raises(
-        ValueError, match="vector column 'features' has 0 features, but NearestNeighbors was fitted on 4"
-    ):
-        distribute(NN, "kneighbors", vectors)
+    ).coalesce(1)
+    message = _task_error(distribute(NN, "kneighbors", empty))
+    assert "array column 'features' has 0 features at rows 0-3, but the estimator was fitted on 4" in message
+    vectors = spark.createDataFrame([(0, Vectors.dense([]))], ["id", "features"]).coalesce(1)
+    message = _task_error(distribute(NN, "kneighbors", vectors))
+    assert "vector column 'features' has 0 features at rows 0-0, but the estimator was fitted on 4" in message
     rows = spark.sparkContext.parallelize([np.zeros(0)] * 4, 2)
     message = _task_error(distribute(NN, "kneighbors", rows))
     assert re.search(

@@ -278,6 +278,7 @@ def _spark(opts: SparkOptions) -> Iterator[Any]:
             app_name="sklspark",
             conf={"spark.ui.showConsoleProgress": "false", **opts.conf},
             remote=opts.spark_connect,
+            quiet=not opts.verbose,
         )
     except Exception as exc:
         where = f"--spark-connect {opts.spark_connect}" if opts.spark_connect else f"--master {opts.master}"
@@ -420,9 +421,8 @@ def knn(
 @click.option(
     "--chunk-size",
     type=click.IntRange(min=1),
-    default=4096,
-    show_default=True,
-    help="Most rows per call of the method.",
+    default=None,
+    help="Rows per call of the method (default: one Arrow batch, 10,000 rows unless Spark is set otherwise).",
 )
 @click.option(
     "--kwarg",
@@ -442,7 +442,7 @@ def apply(
     input_path: str,
     io: OutputOptions,
     method: str,
-    chunk_size: int,
+    chunk_size: int | None,
     method_kwargs: dict,
     trust: tuple[str, ...],
     trust_pickle: bool,

@@ -30,6 +30,13 @@ def to_edges(
     DataFrame
         Columns ``src`` (query ID), ``dst`` (neighbour ID), ``distance`` (double) and ``rank``
         (int, 1 for the nearest), one row per neighbour.
+
+    Examples
+    --------
+    >>> schema = "id long, neighbor_ids array<long>, distances array<double>"
+    >>> result = spark.createDataFrame([(1, [2, 3], [0.5, 2.0])], schema)
+    >>> to_edges(result).collect()
+    [Row(src=1, dst=2, distance=0.5, rank=1), Row(src=1, dst=3, distance=2.0, rank=2)]
     """
     missing = [c for c in (id_col, neighbors_col, distances_col) if c not in result.columns]
     if missing:

@@ -238,6 +238,14 @@ def kneighbors_join(
         reference (knowing the reference's size and IDs takes one small job for a DataFrame).
     ImportError
         If the backend's optional package is missing.
+
+    Examples
+    --------
+    >>> reference = spark.createDataFrame([(1, [0.0]), (2, [1.0]), (3, [5.0])], "id long, features array<double>")
+    >>> queries = spark.createDataFrame([(10, [0.4]), (11, [4.0])], "id long, features array<double>")
+    >>> result = kneighbors_join(queries, reference, 2)
+    >>> [(row.id, row.neighbor_ids, row.distances) for row in result.orderBy("id").collect()]
+    [(10, [1, 2], [0.4, 0.6]), (11, [3, 2], [1.0, 3.0])]
     """
     k = check_scalar(k, "k", "kneighbors_join", low=1)
     check_scalar(exclude_self, "exclude_self", "kneighbors_join", kind=bool)
@@ -394,6 +402,12 @@ def all_neighbors(df: DataFrame, k: int, *, exclude_self: bool = True, **options
     -------
     DataFrame
         ``id_col``, ``neighbor_ids``, ``distances``: one row per row of ``df``.
+
+    Examples
+    --------
+    >>> df = spark.createDataFrame([(1, [0.0]), (2, [1.0]), (3, [5.0])], "id long, features array<double>")
+    >>> [(row.id, row.neighbor_ids) for row in all_neighbors(df, 1).orderBy("id").collect()]
+    [(1, [2]), (2, [1]), (3, [2])]
     """
     if "reference_ids" in options:
         raise TypeError("all_neighbors() takes no reference_ids: the reference is df itself")
