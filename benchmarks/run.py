@@ -112,12 +112,17 @@ def bench_knn(args, tmp: Path, rows: list[Row]) -> None:
     )
     path = tmp / "knn.parquet"
     write_features(path, X, partitions=8)
+    one_file = tmp / "knn-one-file.parquet"
+    write_features(one_file, X, partitions=1)  # one Parquet file: one partition
 
     nn = NearestNeighbors(n_neighbors=args.k, algorithm="brute")
     t = timed(lambda: nn.fit(X).kneighbors(X))
     rows.append(Row(group, "in-process scikit-learn kneighbors (2 BLAS threads)", t, "baseline"))
+    rows += gemm_rows(group, X, args.k)
     try:
-        import faiss
+        from sklspark.neighbors._backends import import_faiss
+
+        faiss = import_faiss()  # its bundled OpenBLAS with the CPU's kernel, not the Prescott fallback
 
         def faiss_search():
             index = faiss.IndexFlatL2(X.shape[1])
@@ -162,7 +167,16 @@ def bench_knn(args, tmp: Path, rows: list[Row]) -> None:
             timed(lambda: noop(sklspark.distribute(nn, "kneighbors", df, n_neighbors=args.k))),
         )
     )
-    for backend in ("sklearn", "faiss"):
+    t = timed(lambda: noop(all_neighbors(spark.read.parquet(str(one_file)), args.k)))
+    rows.append(
+        Row(
+            group,
+            "sklspark all_neighbors from ONE Parquet file, default (gemm) backend",
+            t,
+            "end to end, exclude_self: the issue's case (one input partition)",
+        )
+    )
+    for backend in ("gemm", "sklearn", "faiss"):
         t = timed(
             lambda: noop(all_neighbors(spark.read.parquet(str(path)), args.k, backend=backend, exclude_self=False))
         )
@@ -175,7 +189,7 @@ def bench_knn(args, tmp: Path, rows: list[Row]) -> None:
             )
         )
     t = timed(lambda: noop(all_neighbors(spark.read.parquet(str(path)), args.k, shards=4, exclude_self=False)))
-    rows.append(Row(group, "sklspark all_neighbors, sharded (4 shards), sklearn backend", t))
+    rows.append(Row(group, "sklspark all_neighbors, sharded (4 shards), gemm backend", t))
     result = {}
     t = timed(
         lambda: result.setdefault(
@@ -195,6 +209,37 @@ def bench_knn(args, tmp: Path, rows: list[Row]) -> None:
     df = spark.read.parquet(str(path))
     t1 = timed(lambda: noop(sklspark.distribute(nn, "kneighbors", df, n_neighbors=args.k)))
     rows.append(Row(group, "sklspark distribute() on a DataFrame, local[1]", t1, "scaling reference"))
+
+
+def gemm_rows(group: str, X: np.ndarray, k: int) -> list[Row]:
+    """The GEMM floor (2 n^2 d flops at numpy's SGEMM rate measured now) and the built-in kernel, in-process.
+
+    The kernel runs as Spark runs it on 2 cores: two threads (one per core) of one BLAS thread each, each
+    searching chunks of 4,096 queries with the exact re-rank.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from sklspark.neighbors import GemmBackend
+    from sklspark.neighbors._rerank import exact_top_k
+
+    kernel = next((i.get("architecture") for i in threadpool_info() if "numpy" in i["filepath"]), "?")
+    slab = X[: min(len(X), 8192)]
+    slab @ X.T  # warm-up
+    t = timed(lambda: [slab @ X.T for _ in range(3)]) / 3
+    rate = 2 * len(slab) * len(X) * X.shape[1] / t
+    floor = 2 * len(X) * len(X) * X.shape[1] / rate
+    backend = GemmBackend()
+    backend.build(X, "euclidean")
+    keys = np.arange(len(X))
+    chunks = [X[i : i + 4096] for i in range(0, len(X), 4096)]
+    with threadpool_limits(1), ThreadPoolExecutor(2) as pool:
+        t = timed(lambda: list(pool.map(lambda Q: exact_top_k(backend, X, keys, Q, k, "euclidean"), chunks)))
+    return [
+        Row(group, "GEMM floor: 2·n²·d flops at numpy's SGEMM rate", floor, f"{rate / 1e9:.0f} GFLOP/s, {kernel}"),
+        Row(group, "in-process sklspark gemm kernel + exact re-rank", t, "2 threads x 1 BLAS thread"),
+    ]
 
 
 # ------------------------------------------------------------------------------ 2. cheap models
@@ -368,6 +413,24 @@ def targets(rows: list[Row]) -> list[tuple[str, str, bool]]:
         "all_neighbors (sklearn, broadcast) time / in-process scikit-learn time <= 1.10",
         ratio(find(rows, "kNN", "sklspark all_neighbors, broadcast, sklearn"), base),
         lambda v: v <= 1.10,
+    )
+    add(
+        "all_neighbors from one Parquet file (gemm) time / in-process scikit-learn time <= 0.6",
+        ratio(find(rows, "kNN", "sklspark all_neighbors from ONE Parquet file"), base),
+        lambda v: v <= 0.6,
+    )
+    add(
+        "in-process gemm kernel time / GEMM floor <= 1.5",
+        ratio(find(rows, "kNN", "in-process sklspark gemm kernel"), find(rows, "kNN", "GEMM floor")),
+        lambda v: v <= 1.5,
+    )
+    add(
+        "all_neighbors sharded time / broadcast time (gemm) <= 1.2",
+        ratio(
+            find(rows, "kNN", "sklspark all_neighbors, sharded"),
+            find(rows, "kNN", "sklspark all_neighbors, broadcast, gemm"),
+        ),
+        lambda v: v <= 1.2,
     )
     add(
         "all_neighbors (faiss) time / in-process scikit-learn time < 1",

@@ -16,6 +16,7 @@ from pyspark.sql.types import DataType, StructType
 
 from ._inputs import batch_to_matrix, iter_batch_chunks, iter_row_chunks, stack_rows
 from ._outputs import OutputColumn, chunk_arrays, output_columns, split_rows
+from ._partitions import check_partitions, repartition
 from ._runner import one_row_per_input, run_chunks
 from ._shipping import ShippedModel
 from ._validation import (
@@ -43,6 +44,7 @@ def distribute(
     chunk_size: int | None = None,
     features: str | Sequence[str] | None = None,
     output_cols: str | Sequence[str] | None = None,
+    partitions: int | None = None,
     **method_kwargs: Any,
 ) -> RDD | DataFrame:
     """Apply a fitted estimator's prediction-time method to every row of an RDD or DataFrame.
@@ -83,6 +85,11 @@ def distribute(
         Defaults: ``prediction`` (predict), ``probability`` (predict_proba), ``log_probability``
         (predict_log_proba), ``distances`` and ``indices`` (kneighbors, radius_neighbors), and the
         method's own name otherwise.
+    partitions : int, default=None
+        Repartition the input into this many balanced partitions first, so that every core works on
+        an input with few partitions (one Parquet file is one partition). An RDD keeps its order (it
+        is counted and numbered first: two small jobs); a DataFrame is repartitioned round-robin.
+        Without it, ``kneighbors`` and ``radius_neighbors`` on fewer partitions than cores warn.
     **method_kwargs
         Passed to the method, e.g. ``n_neighbors=5`` or ``return_distance=False``.
 
@@ -118,15 +125,18 @@ def distribute(
     """
     check_method(estimator, method)
     chunk_size = check_optional_chunk_size(chunk_size, "distribute")
+    partitions = check_partitions(partitions)
     if isinstance(data, RDD):
         if features is not None or output_cols is not None:
             raise TypeError(
                 "features= and output_cols= apply to DataFrame input; the elements of an RDD are "
                 "the feature vectors themselves"
             )
-        return _distribute_rdd(estimator, method, data, chunk_size or RDD_CHUNK_SIZE, method_kwargs)
+        return _distribute_rdd(estimator, method, data, chunk_size or RDD_CHUNK_SIZE, method_kwargs, partitions)
     if isinstance(data, DataFrame):
-        return _distribute_dataframe(estimator, method, data, chunk_size, features, output_cols, method_kwargs)
+        return _distribute_dataframe(
+            estimator, method, data, chunk_size, features, output_cols, method_kwargs, partitions
+        )
     raise TypeError(f"data must be a pyspark RDD or DataFrame, got {type(data).__module__}.{type(data).__name__}")
 
 
@@ -172,7 +182,9 @@ def _kwargs_repr(method_kwargs: dict) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in method_kwargs.items())
 
 
-def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, method_kwargs: dict) -> RDD:
+def _distribute_rdd(
+    estimator: Any, method: str, rdd: RDD, chunk_size: int, method_kwargs: dict, partitions: int | None
+) -> RDD:
     width = n_features_of(estimator)
     sparse_ok = declares_sparse(estimator)
     names = fitted_feature_names(estimator)  # dict / Row elements become DataFrames of these fields
@@ -186,6 +198,7 @@ def _distribute_rdd(estimator: Any, method: str, rdd: RDD, chunk_size: int, meth
     elif width is not None:
         # float32 zeros: a float32-fitted model (a large NearestNeighbors) is not upcast to score them
         _probe(estimator, method, method_kwargs, width, np.dtype(np.float32), head_rows)
+    rdd = repartition(rdd, partitions, method)  # after the checks: an RDD is counted to keep its order
     model = ShippedModel(estimator, rdd.context)
 
     def apply(index: int, rows: Iterable[Any]) -> Iterator[Any]:
@@ -378,6 +391,7 @@ def _distribute_dataframe(
     features: str | Sequence[str] | None,
     output_cols: str | Sequence[str] | None,
     method_kwargs: dict,
+    partitions: int | None,
 ) -> DataFrame:
     spec = resolve_features(df.schema, estimator, features)
     head_rows = _head_reader(df, spec)
@@ -390,6 +404,7 @@ def _distribute_dataframe(
             f"the estimator does not record n_features_in_"
         )
     columns = output_columns(method, sample, output_cols, df.columns, estimator)
+    df = repartition(df, partitions, method)  # after the probe, which reads the first rows unshuffled
     model = ShippedModel(estimator, df)
     sparse_ok = spec.layout == "vector" and declares_sparse(estimator)
     score = batch_scorer(model, method, method_kwargs, spec, chunk_size, sparse_ok, columns, None)

@@ -85,3 +85,19 @@ def spark_context_of(spark: SparkSession | DataFrame | SparkContext) -> SparkCon
     if type(spark).__module__.startswith("pyspark.sql.connect"):
         return None
     return spark.sparkContext
+
+
+def default_parallelism(spark: SparkSession | DataFrame | SparkContext) -> int:
+    """How many tasks the session can run at once: ``SparkContext.defaultParallelism`` (the cluster's cores).
+
+    Under Spark Connect (no ``SparkContext``) it is read from the session's ``spark.conf``:
+    ``spark.default.parallelism`` if set, else ``spark.sql.shuffle.partitions`` (Spark's own number of
+    tasks for a shuffle).
+    """
+    context = spark_context_of(spark)
+    if context is not None:
+        return max(1, context.defaultParallelism)
+    session = spark.sparkSession if isinstance(spark, DataFrame) else spark
+    conf = session.conf  # type: ignore[union-attr]
+    value = conf.get("spark.default.parallelism", None) or conf.get("spark.sql.shuffle.partitions", None) or "1"
+    return max(1, int(value))

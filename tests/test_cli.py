@@ -325,6 +325,24 @@ def test_knn_writes_every_points_neighbours(points, tmp_path, extra):
     np.testing.assert_array_equal(got, _expected_ids(P, ids, 4))
 
 
+def test_knn_max_distance(points, tmp_path):
+    d, P, ids = points
+    code, _, err = run(
+        "knn", str(d / "points.parquet"), "-o", str(tmp_path / "nn"), "-k", "4", "--id-col", "pid",
+        "--max-distance", "0.5",
+    )  # fmt: skip
+    assert code == 0, err
+    table = pq.read_table(tmp_path / "nn").sort_by("pid")
+    D = np.sqrt(((P[:, None, :] - P[None, :, :]) ** 2).sum(-1))
+    position = {pid: i for i, pid in enumerate(ids)}
+    expected = _expected_ids(P, ids, 4)
+    for i, (near, dist) in enumerate(
+        zip(table.column("neighbor_ids").to_pylist(), table.column("distances").to_pylist())
+    ):
+        assert near == [n for n in expected[i] if D[i, position[n]] <= 0.5]
+        np.testing.assert_allclose(dist, [D[i, position[n]] for n in near])
+
+
 def test_knn_reads_csv_with_feature_columns(points, tmp_path):
     d, P, ids = points
     code, _, err = run(

@@ -194,3 +194,21 @@ def test_input_columns_pass_through_unchanged(spark):
     result = distribute(est, "predict", df, features=features_arg("df-columns", 5))
     assert result.columns == [*df.columns, "prediction"]
     assert sorted(result.drop("prediction").collect()) == sorted(df.collect())
+
+
+def test_partitions_spreads_one_partition_and_keeps_rdd_order(spark):
+    X = np.random.default_rng(5).normal(size=(90, 4))
+    nn = NearestNeighbors(n_neighbors=3).fit(X)
+    expected = nn.kneighbors(X)
+    rdd = make_input(spark, X, "rdd-ndarray", n_partitions=1)
+    with pytest.warns(UserWarning, match=r"kneighbors will run on 1 partition\(s\).*pass partitions="):
+        distribute(nn, "kneighbors", rdd)
+    spread = distribute(nn, "kneighbors", rdd, partitions=4)
+    assert spread.getNumPartitions() == 4
+    assert_same(collect_rdd(spread, expected), expected)
+    df = make_input(spark, X, "df-array").coalesce(1)
+    out = distribute(nn, "kneighbors", df, partitions=3)
+    assert out.rdd.getNumPartitions() == 3
+    assert_same(collect_df(out, ["distances", "indices"], expected), expected)
+    with pytest.raises(ValueError, match=r"The 'partitions' parameter of distribute must be an int .* Got 0 instead"):
+        distribute(nn, "kneighbors", df, partitions=0)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import scipy.sparse as sp
 from _helpers import no_spark_job
 from numpy.testing import assert_allclose
 from pyspark.errors import PythonException
@@ -16,13 +20,20 @@ from pyspark.sql.types import LongType, StructField, StructType
 from sklearn.metrics import pairwise_distances
 from sklearn.neighbors import NearestNeighbors
 
+import sklspark.neighbors._backends as backends_module
+import sklspark.neighbors._gemm as gemm_module
 import sklspark.neighbors._join as join_module
-from sklspark.neighbors import AnnoyBackend, all_neighbors, kneighbors_join, to_edges
+from sklspark.neighbors import AnnoyBackend, GemmBackend, all_neighbors, kneighbors_join, to_edges
+from sklspark.neighbors._backends import get_backend
+from sklspark.neighbors._broadcast import ReferenceIndex
+from sklspark.neighbors._rerank import exact_top_k
 from sklspark.neighbors._sharded import stable_order
 
 RNG = np.random.default_rng(0)
 #: Integer coordinates: many exact duplicates (distance 0) and ties.
 GRID = RNG.integers(0, 4, size=(240, 3)).astype(np.float64)
+#: OpenBLAS kernel names of x86 CPUs without AVX2.
+PRE_AVX2 = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Sandybridge", "Atom", "Barcelona", "Bobcat"}
 
 
 def array_df(spark, X, ids, n_partitions=3):
@@ -44,12 +55,21 @@ def truth(Q, R, k, metric="euclidean", query_ids=None, ref_ids=None):
     return order, np.take_along_axis(D, order, axis=1)
 
 
+def _stack(values):
+    """A 2-D array of equal-length lists, or a 1-D object array of arrays when lengths differ (max_distance)."""
+    if len({len(v) for v in values}) <= 1:
+        return np.array(values)
+    out = np.empty(len(values), dtype=object)
+    out[:] = [np.array(v) for v in values]
+    return out
+
+
 def collect(result, id_col="id"):
     """(query ids, neighbour ids, distances) in query id order."""
     table = result.toArrow()
     table = table.take(np.argsort(table.column(id_col).to_numpy(zero_copy_only=False), kind="stable"))
     rows = lambda name: table.column(name).to_pylist()  # noqa: E731
-    return np.array(rows(id_col)), np.array(rows("neighbor_ids")), np.array(rows("distances"))
+    return np.array(rows(id_col)), _stack(rows("neighbor_ids")), _stack(rows("distances"))
 
 
 def reference_order(df):
@@ -97,15 +117,56 @@ def grid(spark):
     return df, ids, X
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("data", ["grid", "normal"])
+def test_gemm_kernel_across_tiles_equals_brute_force(monkeypatch, metric, data):
+    """The gemm backend with tiny tiles (many tiles and query blocks): exact, with duplicates, ties and zero rows."""
+    monkeypatch.setattr(gemm_module, "REFERENCE_TILE", 40)
+    monkeypatch.setattr(gemm_module, "QUERY_BLOCK", 16)
+    X = (RNG.integers(0, 3, size=(300, 3)) if data == "grid" else RNG.normal(size=(300, 8))).astype(np.float32)
+    X[[5, 77]] = 0
+    backend = get_backend("auto", metric)
+    assert isinstance(backend, GemmBackend)
+    backend.build(X, metric)
+    sklearn = get_backend("sklearn", metric)
+    sklearn.build(X, metric)
+    for n in (1, 7, 45):  # within the first tile, and wider than one tile
+        positions, distances = exact_top_k(backend, X, np.arange(300), X[:50], n, metric)
+        # the sklearn backend's answer, after the same exact re-rank: identical, ties included
+        assert_identical((positions, distances), exact_top_k(sklearn, X, np.arange(300), X[:50], n, metric))
+        # and brute force, whose |q|^2 + |r|^2 - 2 q.r formula is off by ~1e-7 near 0 (tolerance)
+        _, expected_distances = truth(X[:50].astype(np.float64), X.astype(np.float64), n, metric)
+        assert_allclose(distances, expected_distances, rtol=1e-9, atol=1e-6)
+
+
+def test_faiss_runs_an_avx2_blas_kernel_where_the_cpu_has_avx2():
+    """faiss-cpu's bundled OpenBLAS falls back to Prescott (SSE3) on CPUs it does not know; import_faiss avoids that."""
+    if "OPENBLAS_CORETYPE" in os.environ:
+        pytest.skip("OPENBLAS_CORETYPE is set for this machine; import_faiss leaves it alone")
+    flags = backends_module._cpu_flags()
+    if "avx2" not in flags:
+        pytest.skip("this CPU has no AVX2")
+    code = (
+        "from sklspark.neighbors._backends import import_faiss; import_faiss(); from threadpoolctl import "
+        "threadpool_info; print([i.get('architecture') for i in threadpool_info() if 'faiss' in i['filepath'] "
+        "and i['internal_api'] == 'openblas'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    architectures = eval(out)  # a printed list of strings
+    assert architectures == [backends_module.blas_coretype(flags)]
+    assert not set(architectures) & PRE_AVX2
+
+
 def test_all_modes_and_faiss_identical_and_exact(grid, monkeypatch, modes):
     df, ids, X = grid
     broadcast = collect(all_neighbors(df, 6))
     sharded = collect(all_neighbors(df, 6, shards=3))
     faiss = collect(all_neighbors(df, 6, backend="faiss"))
+    sklearn = collect(all_neighbors(df, 6, backend="sklearn"))
     monkeypatch.setattr(join_module, "BROADCAST_MAX_BYTES", 0)
     auto_sharded = collect(all_neighbors(df, 6))
-    assert modes == ["broadcast", "sharded", "broadcast", "sharded"]
-    for other in (sharded, faiss, auto_sharded):
+    assert modes == ["broadcast", "sharded", "broadcast", "broadcast", "sharded"]
+    for other in (sharded, faiss, sklearn, auto_sharded):
         assert_identical(broadcast, other)
     query_ids = broadcast[0]
     order = np.argsort(ids)
@@ -250,7 +311,8 @@ def test_errors_before_any_job(spark, grid):
         with pytest.raises(
             ValueError,
             match=re.escape(
-                "The 'backend' parameter of kneighbors_join must be a str among {'annoy', 'faiss', 'sklearn'} "
+                "The 'backend' parameter of kneighbors_join must be a str among {'annoy', 'auto', 'faiss', 'gemm', "
+                "'sklearn'} "
                 "or an instance of 'Backend'. Got 'hnsw' instead."
             ),
         ):
@@ -270,6 +332,9 @@ def test_errors_before_any_job(spark, grid):
             kneighbors_join(df, nn, 3, metric="cosine")
         with pytest.raises(ValueError, match="feature column"):
             all_neighbors(df, 3, features_col="vec")
+        for bad in (-1.0, float("nan"), "1"):
+            with pytest.raises((TypeError, ValueError), match=r"The 'max_distance' parameter of \w+ must be a float"):
+                all_neighbors(df, 3, max_distance=bad)
 
 
 @pytest.mark.parametrize("shards", [None, 2])
@@ -292,9 +357,9 @@ def test_sharded_bad_row_raises_chunk_error(spark, side):
     with pytest.raises(PythonException) as info:
         kneighbors_join(queries, ref, 3, shards=2).collect()
     message = str(info.value)
-    assert "sklspark._runner.ChunkError: sklspark: bad input for SklearnBackend." in message
+    assert "sklspark._runner.ChunkError: sklspark: bad input for GemmBackend." in message  # the default backend
     bad_id = 107 if side == "queries" else 7
-    what = "search of the queries' block 0 in shard" if side == "queries" else "build on the reference's shard"
+    what = r"search of the queries' block \d in shard" if side == "queries" else "build on the reference's shard"
     assert re.search(rf"{what} \d in partition \d+: row \d+ \(id {bad_id}\) has NaN or infinite features", message)
 
 
@@ -314,3 +379,105 @@ def test_all_neighbors_100k_x_64_matches_sklearn(spark, modes):
         np.testing.assert_array_equal(results[-1][1], expected)
     assert modes == ["broadcast", "sharded"]
     assert_identical(*results)
+
+
+def _stage_tasks(sc, group):
+    """The number of tasks of every stage of the jobs run in job group ``group``."""
+    tracker = sc.statusTracker()
+    stages = [s for j in tracker.getJobIdsForGroup(group) for s in tracker.getJobInfo(j).stageIds]
+    return [info.numTasks for info in map(tracker.getStageInfo, stages) if info is not None]
+
+
+def test_one_parquet_file_spreads_over_every_core(spark, tmp_path, monkeypatch, modes):
+    """One Parquet file is one partition; the search still runs as a few tasks on every core, in both modes."""
+    X = RNG.normal(size=(600, 4))
+    path = str(tmp_path / "points.parquet")
+    array_df(spark, X, np.arange(600) * 3, n_partitions=1).coalesce(1).write.parquet(path)
+    df = spark.read.parquet(path)
+    assert df.rdd.getNumPartitions() == 1
+    ids, R = reference_order(df)
+    sc = spark.sparkContext
+    cores = sc.defaultParallelism
+    blocks = []
+    original = join_module.sharded_join
+    monkeypatch.setattr(
+        join_module, "sharded_join", lambda *a, **kw: blocks.append(kw["blocks"] * kw["shards"]) or original(*a, **kw)
+    )
+    broadcast = all_neighbors(df, 5)
+    assert broadcast.rdd.getNumPartitions() >= cores
+    sc.setJobGroup("sklspark-spread", "one file")
+    try:
+        got = collect(broadcast)
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    assert max(_stage_tasks(sc, "sklspark-spread")) >= cores
+    assert_matches_truth(got, R[np.argsort(ids)], R, ids, 5, exclude_self=True, query_ids=got[0])
+    sharded = collect(all_neighbors(df, 5, shards=1))
+    assert blocks[0] >= cores  # (block, shard) groups: at least one per core
+    assert_identical(got, sharded)
+    assert modes == ["broadcast", "sharded"]
+
+
+def test_rows_without_size_statistics_are_counted_and_broadcast(spark, modes):
+    """createDataFrame(list of rows) has no plan statistics (Long.MaxValue): a count decides, not the estimate."""
+    X = GRID[:30]
+    rows = [(int(i), x.tolist()) for i, x in enumerate(X)]
+    df = spark.createDataFrame(rows, "id long, features array<double>")
+    assert join_module._estimated_bytes(df) is None
+    got = collect(all_neighbors(df, 3))
+    assert modes == ["broadcast"]
+    ids, R = reference_order(df)
+    assert_matches_truth(got, R[np.argsort(ids)], R, ids, 3, exclude_self=True, query_ids=got[0])
+
+
+@pytest.mark.parametrize("shards", [None, 2])
+def test_max_distance_keeps_only_near_neighbours(spark, shards):
+    X = GRID[:120] + RNG.normal(scale=0.3, size=(120, 3))
+    df = array_df(spark, X, np.arange(120), n_partitions=2)
+    ids, R = reference_order(df)
+    k, radius = 6, 0.9
+    got = collect(all_neighbors(df, k, shards=shards, max_distance=radius))
+    positions, distances = truth(R[np.argsort(ids)], R, k, query_ids=got[0], ref_ids=ids)
+    expected_ids = [ids[p][d <= radius].tolist() for p, d in zip(positions, distances)]
+    assert [list(n) for n in got[1]] == expected_ids
+    for d, e in zip(got[2], distances):
+        assert_allclose(d, e[e <= radius], rtol=1e-9, atol=1e-12)
+    lengths = {len(n) for n in got[1]}
+    assert min(lengths) < k and max(lengths) == k  # some lists are cut short, some are not
+    # exactly at the radius stays: every neighbour within the k-th distance of a full list
+    joined = collect(kneighbors_join(df, df, 2, max_distance=0.0, shards=shards))
+    assert all(len(n) >= 1 and set(d) == {0.0} for n, d in zip(joined[1], joined[2]))
+
+
+def _tfidf_like(n, width=1 << 18, per_row=12, vocabulary=400):
+    """CSR rows of ``per_row`` entries from a small vocabulary spread over ``width`` columns (overlaps, ties)."""
+    columns = RNG.choice(vocabulary, size=(n, per_row)) * (width // vocabulary)
+    values = RNG.integers(1, 4, size=(n, per_row)).astype(np.float64)
+    X = sp.csr_matrix((values.ravel(), columns.ravel(), np.arange(n + 1) * per_row), shape=(n, width))
+    X.sum_duplicates()
+    return X
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_sparse_vectors_are_searched_as_csr(spark, monkeypatch, metric):
+    """SparseVector features (2^18 columns): the reference stays CSR; equal to brute force on the CSR matrix."""
+    X = _tfidf_like(300)
+    rows = [(i, Vectors.sparse(X.shape[1], X[i].indices.tolist(), X[i].data.tolist())) for i in range(X.shape[0])]
+    schema = StructType([StructField("id", LongType()), StructField("features", VectorUDT())])
+    df = spark.createDataFrame(rows, schema).repartition(2)
+    ids = stable_order(df, "id", ["features"]).select("id").toArrow().column("id").to_numpy()  # positions
+    R = X[ids]
+    fitted = []
+    original = ReferenceIndex.fit
+    monkeypatch.setattr(
+        ReferenceIndex, "fit", lambda self, X, *a, **kw: fitted.append(X) or original(self, X, *a, **kw)
+    )
+    got = {b: collect(all_neighbors(df, 5, metric=metric, backend=b)) for b in ("auto", "sklearn")}
+    assert all(sp.issparse(x) for x in fitted)
+    assert_identical(got["auto"], got["sklearn"])
+    # brute force on the CSR matrix, its rounding (|q|^2 + |r|^2 - 2 q.r) taken off so exact ties stay ties
+    D = np.round(pairwise_distances(X, R, metric=metric), 9)
+    D[got["auto"][0][:, None] == ids[None, :]] = np.inf
+    order = np.lexsort((np.broadcast_to(np.arange(len(ids)), D.shape), D), axis=-1)[:, :5]
+    np.testing.assert_array_equal(got["auto"][1], ids[order])
+    assert_allclose(got["auto"][2], np.take_along_axis(D, order, axis=1), atol=1e-8)

@@ -146,8 +146,9 @@ class KnnOptions:
     k: int
     id_col: str = "id"
     metric: str = "euclidean"
-    backend: str = "sklearn"
+    backend: str = "auto"
     shards: int | None = None
+    max_distance: float | None = None
     exclude_self: bool = True
 
 
@@ -230,10 +231,10 @@ knn_options = _grouped(
     ),
     click.option(
         "--backend",
-        type=click.Choice(sorted(BACKENDS)),
-        default="sklearn",
+        type=click.Choice(["auto", *sorted(BACKENDS)]),
+        default="auto",
         show_default=True,
-        help="Candidate search: "
+        help="Candidate search: auto (gemm for euclidean and cosine, else sklearn), "
         + ", ".join(f"{n} ({'exact' if b.exact else 'approximate'})" for n, b in BACKENDS.items())
         + ".",
     ),
@@ -242,6 +243,12 @@ knn_options = _grouped(
         type=click.IntRange(min=1),
         default=None,
         help="Split the reference into S shards (default: automatic, by size).",
+    ),
+    click.option(
+        "--max-distance",
+        type=click.FloatRange(min=0),
+        default=None,
+        help="Leave out neighbours farther than this (lists may then be shorter than k).",
     ),
     click.option(
         "--exclude-self/--include-self",
@@ -383,6 +390,7 @@ def _run_knn(spark: Any, input_path: str, io: OutputOptions, feature_opts: Featu
             backend=knn.backend,
             shards=knn.shards,
             exclude_self=knn.exclude_self,
+            max_distance=knn.max_distance,
         )
     )
     return _write_with_summary(spark, paths, result, io, f"knn k={knn.k}")

@@ -24,11 +24,13 @@ off (:mod:`sklspark.neighbors._rerank`). Both modes and every exact backend ther
 
 Backends
 --------
-``sklearn`` (exact, default), ``faiss`` (exact, euclidean; ``pip install 'sklspark[faiss]'``),
+``gemm`` (exact, euclidean and cosine, the default for those: float32 matrix products in cache-sized
+tiles, see :mod:`sklspark.neighbors._gemm`), ``sklearn`` (exact, any metric, the default for the others),
+``faiss`` (exact, euclidean; ``pip install 'sklspark[faiss]'``),
 ``annoy`` (approximate; ``pip install 'sklspark[annoy]'``), or your own :class:`Backend`.
 """
 
-from ._backends import AnnoyBackend, Backend, FaissBackend, SklearnBackend
+from ._backends import AnnoyBackend, Backend, FaissBackend, GemmBackend, SklearnBackend
 from ._edges import to_edges
 from ._join import all_neighbors, kneighbors_join
 
@@ -36,6 +38,7 @@ __all__ = [
     "AnnoyBackend",
     "Backend",
     "FaissBackend",
+    "GemmBackend",
     "SklearnBackend",
     "all_neighbors",
     "kneighbors_join",

@@ -41,13 +41,18 @@ copied before it is built, so one instance can serve many calls. ``save``/``load
 from __future__ import annotations
 
 import copy
+import os
+import sys
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.neighbors import NearestNeighbors
+from sklearn.preprocessing import normalize
 
 from .._validation import check_scalar
+from ._gemm import top_scores
 
 #: Other names of the metrics the re-rank computes itself.
 METRIC_ALIASES = {"l2": "euclidean", "l1": "manhattan", "cityblock": "manhattan", "infinity": "chebyshev"}
@@ -67,6 +72,9 @@ class Backend(ABC):
         Exact backends get missing ties filled in by widening the search; approximate ones do not.
     precision : numpy dtype
         Floating-point type of the arithmetic behind the distances :meth:`search` returns.
+    sparse : bool
+        Whether :meth:`build` and :meth:`search` take CSR matrices; a sparse reference is made dense
+        for backends that do not.
     ships_as_file : bool
         In broadcast mode, send the index as the file :meth:`save` writes (``SparkContext.addFile``,
         loaded once per worker process with :meth:`load`, memory-mapped where the format allows)
@@ -78,6 +86,7 @@ class Backend(ABC):
     exact: ClassVar[bool] = True
     precision: ClassVar[np.dtype] = np.dtype(np.float64)
     ships_as_file: ClassVar[bool] = False
+    sparse: ClassVar[bool] = False
 
     def check_metric(self, metric: str) -> str:
         """Return the canonical name of ``metric``, or raise ``ValueError`` if the backend cannot use it."""
@@ -89,7 +98,7 @@ class Backend(ABC):
 
     @abstractmethod
     def build(self, X: np.ndarray, metric: str) -> None:
-        """Index the rows of ``X`` (dense, ``n_ref x n_features``); row ``i`` is position ``i``."""
+        """Index the rows of ``X`` (``n_ref x n_features``; CSR if :attr:`sparse`); row ``i`` is position ``i``."""
 
     @abstractmethod
     def search(self, Q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,6 +124,7 @@ class SklearnBackend(Backend):
     """Exact brute-force search with :class:`sklearn.neighbors.NearestNeighbors`; any metric it accepts."""
 
     name = "sklearn"
+    sparse = True
 
     def __init__(self) -> None:
         self._nn: Any = None
@@ -141,6 +151,58 @@ class SklearnBackend(Backend):
         return self._nn.kneighbors(Q, n_neighbors=n)
 
 
+class GemmBackend(Backend):
+    """Exact search by float32 matrix products in cache-sized tiles (numpy's BLAS); euclidean and cosine.
+
+    No extra install. Scores come from :func:`sklspark.neighbors._gemm.top_scores`; the exact
+    re-rank then recomputes every candidate's distance in float64, so results equal the other exact
+    backends'. Cosine rows are normalised once (zero rows stay zero: distance 1, as in scikit-learn).
+    A CSR reference (``SparseVector`` features) stays CSR: tiles are sparse-sparse products.
+    """
+
+    name = "gemm"
+    metrics = ("euclidean", "cosine")
+    precision = np.dtype(np.float32)
+    sparse = True
+
+    def __init__(self) -> None:
+        self._R: Any = None
+        self._bias: np.ndarray | None = None
+        self._metric = "euclidean"
+
+    def _rows(self, X: Any) -> Any:
+        if sp.issparse(X):
+            X = sp.csr_matrix(X, dtype=np.float32)
+            return normalize(X) if self._metric == "cosine" else X
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if self._metric == "cosine":
+            norms = np.sqrt(np.einsum("ij,ij->i", X, X))
+            X = X / np.where(norms > 0, norms, 1)[:, None]
+        return X
+
+    def build(self, X: Any, metric: str) -> None:
+        self._metric = metric
+        self._R = self._rows(X)
+        self._bias = _squared_norms(self._R) if metric == "euclidean" else np.zeros(X.shape[0], np.float32)
+
+    def search(self, Q: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+        assert self._R is not None and self._bias is not None, "build() first"
+        Q = self._rows(sp.csr_matrix(Q) if sp.issparse(self._R) else Q.toarray() if sp.issparse(Q) else Q)
+        if self._metric == "euclidean":
+            scores, positions = top_scores(Q * np.float32(-2), self._R, self._bias, n)
+            squared = scores.astype(np.float64) + _squared_norms(Q).astype(np.float64)[:, None]
+            return np.sqrt(np.maximum(squared, 0)), positions
+        scores, positions = top_scores(-Q, self._R, self._bias, n)
+        return np.clip(1.0 + scores.astype(np.float64), 0.0, 2.0), positions
+
+
+def _squared_norms(X: Any) -> np.ndarray:
+    """Squared norm of each row of a dense or CSR float32 matrix, in float32."""
+    if sp.issparse(X):
+        return np.asarray(X.multiply(X).sum(axis=1), dtype=np.float32).ravel()
+    return np.einsum("ij,ij->i", X, X)
+
+
 def _import_extra(module: str, extra: str, package: str) -> Any:
     try:
         return __import__(module)
@@ -148,6 +210,42 @@ def _import_extra(module: str, extra: str, package: str) -> Any:
         raise ImportError(
             f"backend {extra!r} needs the {package} package: pip install 'sklspark[{extra}]' (or pip install {package})"
         ) from exc
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((set(line.split(":", 1)[1].split()) for line in cpuinfo if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def blas_coretype(flags: set[str]) -> str | None:
+    """The OpenBLAS kernel for a CPU with these ``/proc/cpuinfo`` flags, or ``None`` to let OpenBLAS choose."""
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        return "SkylakeX"
+    if {"avx2", "fma"} <= flags:
+        return "Haswell"
+    return None
+
+
+def import_faiss() -> Any:
+    """Import faiss so that its bundled OpenBLAS runs the CPU's kernel.
+
+    faiss-cpu wheels bundle an old OpenBLAS that does not know recent CPUs and falls back to its
+    *Prescott* (SSE3) kernels, about 3x slower. OpenBLAS reads ``OPENBLAS_CORETYPE`` when it loads, so
+    it is set from the CPU flags for the import alone (unless already set) and then removed again:
+    numpy's own OpenBLAS, loaded earlier, and processes started later are left as they were.
+    """
+    if "faiss" in sys.modules or "OPENBLAS_CORETYPE" in os.environ:
+        return _import_extra("faiss", "faiss", "faiss-cpu")
+    coretype = blas_coretype(_cpu_flags())
+    if coretype is not None:
+        os.environ["OPENBLAS_CORETYPE"] = coretype
+    try:
+        return _import_extra("faiss", "faiss", "faiss-cpu")
+    finally:
+        os.environ.pop("OPENBLAS_CORETYPE", None)
 
 
 class FaissBackend(Backend):
@@ -162,12 +260,11 @@ class FaissBackend(Backend):
     ships_as_file = True
 
     def __init__(self) -> None:
-        _import_extra("faiss", "faiss", "faiss-cpu")
+        import_faiss()
         self._index: Any = None
 
     def build(self, X: np.ndarray, metric: str) -> None:
-        import faiss
-
+        faiss = import_faiss()
         self._index = faiss.IndexFlatL2(X.shape[1])
         self._index.add(np.ascontiguousarray(X, dtype=np.float32))
 
@@ -176,13 +273,10 @@ class FaissBackend(Backend):
         return np.sqrt(np.maximum(squared, 0, dtype=np.float64)), positions.astype(np.int64)
 
     def save(self, path: str) -> None:
-        import faiss
-
-        faiss.write_index(self._index, path)
+        import_faiss().write_index(self._index, path)
 
     def load(self, path: str, metric: str, n_features: int) -> None:
-        import faiss
-
+        faiss = import_faiss()
         self._index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
 
 
@@ -241,20 +335,26 @@ class AnnoyBackend(Backend):
 
 
 #: Backends by the name ``backend=`` accepts.
-BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (SklearnBackend, FaissBackend, AnnoyBackend)}
+BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (GemmBackend, SklearnBackend, FaissBackend, AnnoyBackend)}
 
 
-def get_backend(backend: str | Backend, caller: str | None = None) -> Backend:
-    """Resolve ``backend=`` (a name from :data:`BACKENDS` or an unbuilt :class:`Backend` instance).
+def get_backend(backend: str | Backend, metric: str, caller: str | None = None) -> Backend:
+    """Resolve ``backend=`` (``"auto"``, a name from :data:`BACKENDS` or an unbuilt :class:`Backend` instance).
+
+    ``"auto"`` is ``gemm`` for the metrics it computes (euclidean, cosine) and ``sklearn`` for any other.
 
     Raises
     ------
     TypeError, ValueError
-        For anything else than a backend instance or the name of one.
+        For anything else than ``"auto"``, a backend instance or the name of one; with ``"auto"``, for a
+        metric scikit-learn does not know.
     ImportError
         If the backend's optional package is not installed.
     """
     if isinstance(backend, Backend):
         return backend.fresh()
-    name = check_scalar(backend, "backend", caller, kind=str, options=BACKENDS, also=["an instance of 'Backend'"])
+    options = ["auto", *BACKENDS]
+    name = check_scalar(backend, "backend", caller, kind=str, options=options, also=["an instance of 'Backend'"])
+    if name == "auto":
+        return GemmBackend() if SklearnBackend().check_metric(metric) in GemmBackend.metrics else SklearnBackend()
     return BACKENDS[name]()

@@ -16,11 +16,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from pyspark import SparkFiles
 from pyspark.sql import DataFrame
 from sklearn.base import BaseEstimator
 
 from .._distribute import distribute
+from .._partitions import spread_target
 from .._shipping import ship_file, staging_path
 from ._backends import Backend
 from ._rerank import exact_top_k
@@ -84,8 +86,14 @@ class ReferenceIndex(BaseEstimator):
         self.n_neighbors = n_neighbors
         self.metric = metric
 
-    def fit(self, X: np.ndarray, y: None = None, built: Backend | None = None) -> ReferenceIndex:
-        """Index the reference rows ``X`` (in position order), or adopt ``built``, a backend already built on them."""
+    def fit(self, X: Any, y: None = None, built: Backend | None = None) -> ReferenceIndex:
+        """Index the reference rows ``X`` (in position order), or adopt ``built``, a backend already built on them.
+
+        A CSR ``X`` (``SparseVector`` features) stays CSR for backends that take it (``gemm``, ``sklearn``);
+        other backends get it dense.
+        """
+        if sp.issparse(X) and not self.backend.sparse:
+            X = X.toarray()
         if built is None:
             built = self.backend.fresh()
             built.build(X, self.metric)
@@ -99,8 +107,15 @@ class ReferenceIndex(BaseEstimator):
         if not isinstance(self.index_, IndexFile) and self.index_.ships_as_file:
             self.index_ = IndexFile(self.backend, self.index_, self.metric, self.n_features_in_, spark)
 
-    def search(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = sp.issparse(getattr(self, "X_", None))  # CSR query chunks for a CSR reference
+        return tags
+
+    def search(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """The IDs and exact distances of each row's ``n_neighbors`` nearest reference rows, nearest first."""
+        if sp.issparse(X) and not sp.issparse(self.X_):
+            X = X.toarray()
         backend = self.index_.get() if isinstance(self.index_, IndexFile) else self.index_
         keys = np.arange(self.X_.shape[0], dtype=np.int64)
         positions, distances = exact_top_k(backend, self.X_, keys, X, self.n_neighbors, self.metric)
@@ -112,6 +127,9 @@ def broadcast_join(
 ) -> DataFrame:
     """Score the queries against a fitted :class:`ReferenceIndex`, shipped once to every executor.
 
+    Queries with fewer partitions than the cluster has cores (one Parquet file is one partition) are
+    first spread round-robin over a few partitions per core, so that every core searches.
+
     Returns
     -------
     DataFrame
@@ -119,11 +137,13 @@ def broadcast_join(
     """
     index.ship(queries)
     feature_cols = [features] if isinstance(features, str) else list(features)
+    queries = queries.select(id_col, *feature_cols)
     scored: DataFrame = distribute(  # type: ignore[assignment]  # a DataFrame in, a DataFrame out
         index,
         "search",
-        queries.select(id_col, *feature_cols),
+        queries,
         chunk_size=chunk_size,
+        partitions=spread_target(queries),
         features=features,
         output_cols=[NEIGHBOR_IDS, DISTANCES],
     )

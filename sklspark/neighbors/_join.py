@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.validation import check_is_fitted
 
 from .._inputs import batch_to_matrix
-from .._session import spark_context_of
+from .._partitions import TASKS_PER_CORE
+from .._session import default_parallelism
 from .._validation import FeatureSpec, check_chunk_size, check_features, check_scalar
 from ._backends import Backend, SklearnBackend, get_backend
 from ._broadcast import DISTANCES, NEIGHBOR_IDS, ReferenceIndex, broadcast_join
@@ -141,12 +143,34 @@ def _ids_from_sequence(reference_ids: Any, n_ref: int) -> np.ndarray:
     return ids
 
 
+#: Spark's size estimate for a plan it knows nothing about (an RDD, ``createDataFrame`` of Python rows).
+_UNKNOWN_SIZE = (1 << 63) - 1
+
+
 def _estimated_bytes(df: DataFrame) -> int | None:
-    """Spark's estimate of the DataFrame's size from its optimised plan (no job), or ``None``."""
+    """Spark's estimate of the DataFrame's size from its optimised plan (no job), or ``None`` if it has none.
+
+    ``None`` under Spark Connect (no JVM handle) and for plans without statistics, which Spark
+    estimates at ``Long.MaxValue`` bytes (DataFrames made from an RDD or from a list of rows).
+    """
     try:
-        return int(str(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()))
-    except Exception:  # noqa: BLE001 - Spark Connect: no JVM handle; treat as large
+        size = int(str(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()))
+    except Exception:  # noqa: BLE001 - Spark Connect: no JVM handle
         return None
+    return None if size >= _UNKNOWN_SIZE else size
+
+
+def _counted_bytes(df: DataFrame, spec: FeatureSpec) -> int:
+    """The size of a DataFrame without plan statistics: its rows (a count) x its first row's feature bytes.
+
+    Two small jobs; a sparse first row counts its stored entries only.
+    """
+    n_rows = df.count()
+    first = df.select(*spec.columns).limit(1).toArrow()
+    if n_rows == 0 or first.num_rows == 0:
+        return 0
+    row: Any = batch_to_matrix(first.combine_chunks().to_batches()[0], spec, 0, accept_sparse=True)
+    return n_rows * (row.data.nbytes + row.indices.nbytes if sp.issparse(row) else row.nbytes)
 
 
 def _width(spec: FeatureSpec) -> Column:
@@ -168,7 +192,7 @@ def _fitted_reference(nn: NearestNeighbors, metric: str, reference_ids: Any, sha
         )
     if any(v is not None for v in nn.effective_metric_params_.values()):
         raise ValueError(f"NearestNeighbors with metric parameters {nn.effective_metric_params_} is not supported")
-    X = nn._fit_X.toarray() if sp.issparse(nn._fit_X) else np.asarray(nn._fit_X)
+    X = sp.csr_matrix(nn._fit_X) if sp.issparse(nn._fit_X) else np.asarray(nn._fit_X)
     return X, _ids_from_sequence(reference_ids, X.shape[0])
 
 
@@ -181,10 +205,11 @@ def kneighbors_join(
     features_col: str | Sequence[str] = "features",
     exclude_self: bool = False,
     metric: str = "euclidean",
-    backend: str | Backend = "sklearn",
+    backend: str | Backend = "auto",
     shards: int | None = None,
     chunk_size: int = 4096,
     reference_ids: Sequence | None = None,
+    max_distance: float | None = None,
 ) -> DataFrame:
     """The ``k`` nearest reference rows of every query row, with their IDs and exact distances.
 
@@ -211,24 +236,32 @@ def kneighbors_join(
         Leave out the reference row whose ID equals the query's ID (and only that row: other rows at
         distance 0 stay).
     metric : str, default="euclidean"
-        Any metric ``NearestNeighbors`` accepts with the ``sklearn`` backend; ``euclidean`` with
-        ``faiss``; ``euclidean``, ``manhattan`` or ``cosine`` with ``annoy``.
-    backend : {"sklearn", "faiss", "annoy"} or Backend, default="sklearn"
-        Candidate search (see :mod:`sklspark.neighbors._backends`); ``annoy`` is approximate.
+        Any metric ``NearestNeighbors`` accepts with the ``sklearn`` backend; ``euclidean`` or
+        ``cosine`` with ``gemm``; ``euclidean`` with ``faiss``; ``euclidean``, ``manhattan`` or
+        ``cosine`` with ``annoy``.
+    backend : {"auto", "gemm", "sklearn", "faiss", "annoy"} or Backend, default="auto"
+        Candidate search (see :mod:`sklspark.neighbors._backends`): ``auto`` is the built-in float32
+        matrix-product kernel ``gemm`` for euclidean and cosine and ``sklearn`` for other metrics;
+        ``annoy`` is approximate.
     shards : int, optional
         Split a DataFrame reference into this many shards (sharded mode). By default the reference
         is broadcast if its size is at most ``BROADCAST_MAX_BYTES`` and sharded otherwise (the size is
-        Spark's plan estimate; under Spark Connect, which has none, rows x features from a count).
+        Spark's plan estimate; where there is none, under Spark Connect or for a DataFrame made from an RDD
+        or Python rows, a count x the first row's feature bytes).
     chunk_size : int, default=4096
         Most query rows searched at once in a task.
     reference_ids : sequence, optional
         With a fitted ``NearestNeighbors`` only: the ID of each of its rows (default ``0..n-1``).
+    max_distance : float, optional
+        Leave out neighbours farther than this (exact distances; a neighbour at exactly
+        ``max_distance`` stays, as in ``radius_neighbors``): a query's lists then hold at most ``k``
+        neighbours, possibly none.
 
     Returns
     -------
     DataFrame
         One row per query row: ``id_col``, ``neighbor_ids`` (array of reference IDs, nearest first)
-        and ``distances`` (array<double>, ascending).
+        and ``distances`` (array<double>, ascending), ``k`` of each (fewer with ``max_distance``).
 
     Raises
     ------
@@ -251,6 +284,7 @@ def kneighbors_join(
     check_scalar(exclude_self, "exclude_self", "kneighbors_join", kind=bool)
     shards = check_scalar(shards, "shards", "kneighbors_join", low=1, none_ok=True)
     chunk_size = check_chunk_size(chunk_size, "kneighbors_join")
+    max_distance = check_scalar(max_distance, "max_distance", "kneighbors_join", kind=numbers.Real, low=0, none_ok=True)
     if not isinstance(queries, DataFrame):
         raise TypeError(f"queries must be a pyspark DataFrame, got {type(queries).__name__}")
     (queries, reference), plain_id, features_col, renames = _plain_names([queries, reference], id_col, features_col)
@@ -267,10 +301,11 @@ def kneighbors_join(
             shards=shards,
             chunk_size=chunk_size,
             reference_ids=reference_ids,
+            max_distance=max_distance,
         )
         return result.withColumnRenamed(plain_id, id_col)
     q_spec = _check_spec(queries.schema, features_col, id_col, "queries")
-    engine = get_backend(backend, "kneighbors_join")
+    engine = get_backend(backend, metric, "kneighbors_join")
     metric = engine.check_metric(metric)
     job = _Join(queries, k, exclude_self, id_col, features_col, q_spec, engine, metric, chunk_size)
 
@@ -291,16 +326,18 @@ def kneighbors_join(
                 f"and {r_type.simpleString()} in the reference"
             )
         size = _estimated_bytes(reference)
+        if shards is None and size is None:  # no plan statistics: an RDD, Python rows, Spark Connect
+            size = _counted_bytes(reference, r_spec)
         if shards is None and size is not None and size <= BROADCAST_MAX_BYTES:
             result = _broadcast_dataframe(job, reference, r_spec)
         else:
-            result = _shard_dataframe(job, reference, r_spec, shards, size_known=size is not None)
+            result = _shard_dataframe(job, reference, r_spec, shards)
     else:
         raise TypeError(
             f"reference must be a pyspark DataFrame or a fitted sklearn NearestNeighbors, "
             f"got {type(reference).__name__}"
         )
-    return _drop_self(result, id_col, k) if exclude_self else result
+    return _keep(result, id_col, k, exclude_self, max_distance)
 
 
 def _broadcast_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec) -> DataFrame:
@@ -309,22 +346,20 @@ def _broadcast_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec) 
     ids = table.column(job.id_col).combine_chunks()
     _check_unique(ids)
     _check_k_fits(job.k, table.num_rows, job.exclude_self)
-    X = batch_to_matrix(pa.concat_batches(table.to_batches()), r_spec, 0, accept_sparse=False)
+    X = batch_to_matrix(pa.concat_batches(table.to_batches()), r_spec, 0, accept_sparse=True)  # CSR stays CSR
     index = ReferenceIndex(job.engine, ids.to_numpy(zero_copy_only=False), job.n, job.metric).fit(X)
     return broadcast_join(job.queries, job.features_col, job.id_col, index, job.chunk_size)
 
 
-def _shard_dataframe(
-    job: _Join, reference: DataFrame, r_spec: FeatureSpec, shards: int | None, size_known: bool
-) -> DataFrame:
-    """Check the reference's IDs and size with one aggregate job, size the shards and blocks, and shard it.
-
-    Without a size estimate from the plan (Spark Connect), a reference that the aggregate shows to be at
-    most ``BROADCAST_MAX_BYTES`` is broadcast after all, unless ``shards`` was given.
-    """
+def _shard_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec, shards: int | None) -> DataFrame:
+    """Check the reference's IDs and widths with one aggregate job, size the shards and blocks, and shard it."""
     queries, id_col, q_spec, k, exclude_self = job.queries, job.id_col, job.q_spec, job.k, job.exclude_self
     stats = reference.agg(
-        F.count(F.lit(1)), F.count(id_col), F.count_distinct(id_col), F.min(_width(r_spec)), F.max(_width(r_spec))
+        F.count(F.lit(1)),
+        F.count(id_col),
+        F.count_distinct(id_col),
+        F.min(_width(r_spec)),
+        F.max(_width(r_spec)),
     ).first()
     assert stats is not None  # an aggregate without grouping has one row
     n_ref, n_ids, n_distinct, width, max_width = stats
@@ -336,27 +371,21 @@ def _shard_dataframe(
     _check_k_fits(k, n_ref, exclude_self)
     if width != max_width:
         raise ValueError(f"the reference's {r_spec.describe()} has rows of {width} and of {max_width} features")
-    q_stats = (
-        queries.select(_width(q_spec).alias("width"), F.spark_partition_id().alias("partition"))
-        .agg(F.count(F.lit(1)), F.min("width"), F.max("width"), F.max("partition") + 1)
-        .first()
-    )
+    q_stats = queries.agg(F.count(F.lit(1)), F.min(_width(q_spec)), F.max(_width(q_spec))).first()
     assert q_stats is not None
-    n_queries, q_width, q_max_width, q_partitions = q_stats
+    n_queries, q_width, q_max_width = q_stats
     if n_queries and (q_width, q_max_width) != (width, width):
         raise ValueError(
             f"the queries' {q_spec.describe()} has rows of {q_width} to {q_max_width} features, but the "
             f"reference's has {width}"
         )
     row_bytes = width * r_spec.dtype.itemsize
-    if shards is None and not size_known and n_ref * row_bytes <= BROADCAST_MAX_BYTES:
-        return _broadcast_dataframe(job, reference, r_spec)
     if shards is None:
         shards = count_blocks(n_ref, row_bytes, SHARD_MAX_BYTES)
     blocks = count_blocks(n_queries, width * q_spec.dtype.itemsize, QUERY_BLOCK_MAX_BYTES)
-    spark_context = spark_context_of(queries)  # Spark Connect: as many blocks as the queries have partitions
-    parallelism = spark_context.defaultParallelism if spark_context is not None else (q_partitions or 1)
-    blocks = max(blocks, min(max(n_queries, 1), -(-parallelism // shards)))
+    # a few (block, shard) groups per core, whatever the inputs' partitioning: every core searches
+    tasks = default_parallelism(queries) * TASKS_PER_CORE
+    blocks = max(blocks, min(max(n_queries, 1), -(-tasks // shards)))
     return sharded_join(
         queries,
         reference,
@@ -372,10 +401,17 @@ def _shard_dataframe(
     )
 
 
-def _drop_self(result: DataFrame, id_col: str, k: int) -> DataFrame:
-    """Remove the query's own ID from its ``k + 1`` neighbours, keeping the first ``k`` of the rest."""
+def _keep(result: DataFrame, id_col: str, k: int, exclude_self: bool, max_distance: float | None) -> DataFrame:
+    """The first ``k`` neighbours other than the query's own ID (``exclude_self``) within ``max_distance``."""
+    if not exclude_self and max_distance is None:
+        return result
     pairs = F.zip_with(NEIGHBOR_IDS, DISTANCES, lambda i, d: F.struct(i.alias("id"), d.alias("distance")))
-    kept = F.slice(F.filter(pairs, lambda p: ~p["id"].eqNullSafe(F.col(id_col))), 1, k)
+
+    def keep(p: Column) -> Column:
+        kept = ~p["id"].eqNullSafe(F.col(id_col)) if exclude_self else F.lit(True)
+        return kept if max_distance is None else kept & (p["distance"] <= F.lit(max_distance))
+
+    kept = F.slice(F.filter(pairs, keep), 1, k)
     return result.select(
         id_col,
         F.transform(kept, lambda p: p["id"]).alias(NEIGHBOR_IDS),
@@ -396,7 +432,7 @@ def all_neighbors(df: DataFrame, k: int, *, exclude_self: bool = True, **options
         Leave each row out of its own neighbours (rows that are exact duplicates of it stay).
     **options
         Any other keyword argument of :func:`kneighbors_join` (``id_col``, ``features_col``,
-        ``metric``, ``backend``, ``shards``, ``chunk_size``).
+        ``metric``, ``backend``, ``shards``, ``chunk_size``, ``max_distance``).
 
     Returns
     -------

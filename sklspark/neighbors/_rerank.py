@@ -17,7 +17,10 @@ against every reference row.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import scipy.sparse as sp
 
 from ._backends import Backend
 
@@ -31,6 +34,9 @@ APPROXIMATE_MARGIN = 16
 
 #: Most (query, candidate) pairs scored at once when every reference row is a candidate.
 _EXHAUSTIVE_PAIRS = 1 << 22
+
+#: Most (query, candidate) pairs of CSR rows stacked at once by the exact distance.
+_SPARSE_PAIRS = 1 << 16
 
 _EUCLIDEAN = "euclidean"
 _MANHATTAN = "manhattan"
@@ -54,6 +60,35 @@ _PAIRED = {
 }
 
 
+def _sparse_cosine(q: sp.csr_matrix, r: sp.csr_matrix) -> np.ndarray:
+    norms = np.sqrt(row_sums(q.multiply(q))) * np.sqrt(row_sums(r.multiply(r)))
+    dot = row_sums(q.multiply(r))
+    similarity = np.divide(dot, norms, out=np.zeros_like(dot), where=norms > 0)
+    return np.clip(1.0 - similarity, 0.0, 2.0)
+
+
+#: The same distances on CSR rows: element-wise over each pair's stored entries, never densified.
+_PAIRED_SPARSE = {
+    _EUCLIDEAN: lambda q, r: np.sqrt(row_sums((q - r).power(2))),
+    _MANHATTAN: lambda q, r: row_sums(abs(q - r)),
+    _CHEBYSHEV: lambda q, r: abs(q - r).max(axis=1).toarray().ravel(),
+    _COSINE: _sparse_cosine,
+}
+
+
+def row_sums(M: np.ndarray | sp.spmatrix) -> np.ndarray:
+    """Row sums of a dense or sparse matrix, as a 1-D float64 array."""
+    return np.asarray(M.sum(axis=1), dtype=np.float64).ravel()
+
+
+def _squares(M: Any) -> Any:
+    return M.multiply(M) if sp.issparse(M) else np.square(M)
+
+
+def _float64(M: np.ndarray | sp.spmatrix) -> np.ndarray | sp.csr_matrix:
+    return sp.csr_matrix(M, dtype=np.float64) if sp.issparse(M) else np.asarray(M, dtype=np.float64)
+
+
 def paired_distances(Q: np.ndarray, R: np.ndarray, candidates: np.ndarray, metric: str) -> np.ndarray:
     """Exact float64 distance from each row of ``Q`` to each of its candidate rows of ``R``.
 
@@ -72,24 +107,36 @@ def paired_distances(Q: np.ndarray, R: np.ndarray, candidates: np.ndarray, metri
     -------
     ndarray of float64 of shape (n_queries, n_cand)
     """
-    Q = np.asarray(Q, dtype=np.float64)
     out = np.empty(candidates.shape, dtype=np.float64)
+    if sp.issparse(R) and metric in _PAIRED_SPARSE:  # (query, candidate) pairs stacked, a slice at a time
+        Q = sp.csr_matrix(Q, dtype=np.float64)
+        flat = out.reshape(-1)
+        pairs = np.arange(candidates.size)
+        for start in range(0, candidates.size, _SPARSE_PAIRS):
+            part = pairs[start : start + _SPARSE_PAIRS]
+            rows = Q[part // candidates.shape[1]]
+            flat[part] = _PAIRED_SPARSE[metric](rows, _float64(R[candidates.reshape(-1)[part]]))
+        return out
+    Q = _float64(Q)
     paired = _PAIRED.get(metric)
     if paired is not None:
         for j in range(candidates.shape[1]):
-            out[:, j] = paired(Q, np.asarray(R[candidates[:, j]], dtype=np.float64))
+            out[:, j] = paired(Q, _float64(R[candidates[:, j]]))
         return out
     from sklearn.metrics import pairwise_distances  # other metrics: one exact call per query row
 
     for i in range(Q.shape[0]):
-        out[i] = pairwise_distances(Q[i : i + 1], np.asarray(R[candidates[i]], dtype=np.float64), metric=metric)[0]
+        out[i] = pairwise_distances(Q[i : i + 1], _float64(R[candidates[i]]), metric=metric)[0]
     return out
 
 
 def _rounding(backend: Backend, Q: np.ndarray, R: np.ndarray) -> float:
     """Relative rounding error of the backend's distances: a few ulps per feature in its precision."""
     precision = np.float32 if np.float32 in (backend.precision, Q.dtype, R.dtype) else np.float64
-    return 8.0 * (Q.shape[1] + 2) * float(np.finfo(precision).eps)
+    # a dot product's error grows with the terms summed: the features, or for CSR rows their stored entries
+    stored = [int(np.diff(M.indptr).max(initial=0)) for M in (Q, R) if sp.issparse(M)]  # type: ignore[attr-defined]
+    terms = min(stored) if stored else Q.shape[1]
+    return 8.0 * (terms + 2) * float(np.finfo(precision).eps)
 
 
 def _complete(
@@ -97,12 +144,12 @@ def _complete(
 ) -> np.ndarray:
     """Rows whose ``n``-th exact distance ``nth`` is safely below the backend's candidate ``horizon``."""
     gamma = _rounding(backend, Q, R)
-    Q = np.asarray(Q, dtype=np.float64)
+    Q, R = _float64(Q), _float64(R)
     if metric == _EUCLIDEAN:  # compare squares: the error of |q|^2 + |r|^2 - 2 q.r scales with the norms
-        r_max = float(np.max(np.square(R, dtype=np.float64).sum(axis=1)))
-        slack = gamma * (np.square(Q).sum(axis=1) + r_max)
+        r_max = float(np.max(row_sums(_squares(R))))
+        slack = gamma * (row_sums(_squares(Q)) + r_max)
         return nth * nth < horizon * horizon - slack
-    scale = 1.0 if metric == _COSINE else np.abs(Q).sum(axis=1) + float(np.max(np.abs(R).sum(axis=1)))
+    scale = 1.0 if metric == _COSINE else row_sums(abs(Q)) + float(np.max(row_sums(abs(R))))
     return nth < horizon - gamma * (np.abs(horizon) + scale)
 
 
@@ -118,7 +165,7 @@ def _exhaustive(Q, R, keys, metric, n):
     step = max(1, _EXHAUSTIVE_PAIRS // R.shape[0])
     every = np.arange(R.shape[0], dtype=np.int64)
     parts = [
-        _ranked(Q[i : i + step], R, keys, np.broadcast_to(every, (len(Q[i : i + step]), len(every))), metric, n)
+        _ranked(Q[i : i + step], R, keys, np.broadcast_to(every, (Q[i : i + step].shape[0], len(every))), metric, n)
         for i in range(0, Q.shape[0], step)
     ]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
