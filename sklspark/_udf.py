@@ -110,10 +110,16 @@ def udf(
 
     Examples
     --------
-    >>> score = sklspark.udf(clf, "predict_proba")                          # doctest: +SKIP
-    >>> df.withColumn("probability", score("features"))                    # doctest: +SKIP
-    >>> spark.udf.register("churn_score", sklspark.udf(clf))               # doctest: +SKIP
-    >>> spark.sql("SELECT id, churn_score(a, b, c) FROM customers")        # doctest: +SKIP
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> clf = LogisticRegression().fit([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0]], [0, 1, 0, 1])
+    >>> df = spark.createDataFrame([(1, 0.1, 0.2), (2, 0.9, 0.1)], "id long, a double, b double")
+    >>> churn = udf(clf)
+    >>> [row.churn for row in df.select("id", churn("a", "b").alias("churn")).orderBy("id").collect()]
+    [0, 1]
+    >>> _ = spark.udf.register("churn_score", churn)
+    >>> df.createOrReplaceTempView("customers")
+    >>> spark.sql("SELECT id, churn_score(a, b) AS churn FROM customers ORDER BY id").collect()
+    [Row(id=1, churn=0), Row(id=2, churn=1)]
     """
     check_method(estimator, method)
     chunk_size = check_optional_chunk_size(chunk_size, "udf")
