@@ -18,6 +18,10 @@ from sklearn.preprocessing import FunctionTransformer
 
 from sklspark import distribute
 
+# These tests feed small one-partition inputs on purpose; the warning that such an input leaves cores idle
+# (tested in test_inputs.py) is not what they check.
+pytestmark = pytest.mark.filterwarnings("ignore:kneighbors will run on:UserWarning")
+
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(40, 4))
 Y = (X[:, 0] > 0).astype(int)
