@@ -2,6 +2,7 @@
 
     python benchmarks/run.py            # default sizes (about 10-15 minutes on 2 cores)
     python benchmarks/run.py --quick    # tiny sizes: proves the script works (CI smoke test)
+    python benchmarks/run.py --only approximate --name approximate   # 1,000,000 points, hnsw (about 10 minutes)
 
 Writes ``benchmarks/results/<name>.md`` (tables of times and ratios, and the targets) and
 ``benchmarks/results/<name>.png`` (a bar chart of the ratios). Ratios, not absolute times, are the point:
@@ -34,7 +35,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
 import sklspark
-from sklspark.neighbors import all_neighbors
+from sklspark.neighbors import HnswBackend, all_neighbors
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -103,13 +104,16 @@ def add_string_columns(path: Path, wide: Path, n_columns: int = 30, width: int =
 # --------------------------------------------------------------------------------------------- 1. kNN
 
 
+def clustered(n_rows: int, dim: int) -> np.ndarray:
+    """``n_rows`` float32 points around 50 random centres (scale 4) with unit Gaussian noise."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=4.0, size=(50, dim))
+    return (centres[rng.integers(0, 50, n_rows)] + rng.normal(size=(n_rows, dim))).astype(np.float32)
+
+
 def bench_knn(args, tmp: Path, rows: list[Row]) -> None:
     group = f"kNN all points ({args.knn_rows:,} x {args.knn_dim} float32, k={args.k}, Euclidean)"
-    rng = np.random.default_rng(0)
-    centres = rng.normal(scale=4.0, size=(50, args.knn_dim))
-    X = (centres[rng.integers(0, 50, args.knn_rows)] + rng.normal(size=(args.knn_rows, args.knn_dim))).astype(
-        np.float32
-    )
+    X = clustered(args.knn_rows, args.knn_dim)
     path = tmp / "knn.parquet"
     write_features(path, X, partitions=8)
     one_file = tmp / "knn-one-file.parquet"
@@ -240,6 +244,79 @@ def gemm_rows(group: str, X: np.ndarray, k: int) -> list[Row]:
         Row(group, "GEMM floor: 2·n²·d flops at numpy's SGEMM rate", floor, f"{rate / 1e9:.0f} GFLOP/s, {kernel}"),
         Row(group, "in-process sklspark gemm kernel + exact re-rank", t, "2 threads x 1 BLAS thread"),
     ]
+
+
+# ------------------------------------------------------------------------- 1b. approximate kNN at scale
+
+
+def bench_approximate(args, tmp: Path, rows: list[Row]) -> None:
+    """``all_neighbors`` with the hnsw backend from ONE Parquet file, end to end, and its recall@k on a sample.
+
+    Recall is measured against the exact top ``k`` (in-process gemm kernel + exact re-rank, the query
+    itself left out as ``exclude_self`` does) of a random sample of rows, read back from the written result.
+    """
+    from sklspark.neighbors import GemmBackend
+    from sklspark.neighbors._join import BROADCAST_MAX_BYTES, _estimated_bytes
+    from sklspark.neighbors._rerank import exact_top_k
+
+    n, k = args.approx_rows, args.k
+    group = f"Approximate kNN all points ({n:,} x {args.knn_dim} float32, k={k}, Euclidean, hnsw)"
+    X = clustered(n, args.knn_dim)
+    one_file = tmp / "approximate-one-file.parquet"
+    write_features(one_file, X, partitions=1)
+    sample = np.sort(np.random.default_rng(5).choice(n, min(n, args.approx_sample), replace=False))
+
+    exact = {}
+    backend = GemmBackend()
+    backend.build(X, "euclidean")
+    t = timed(lambda: exact.setdefault("p", exact_top_k(backend, X, np.arange(n), X[sample], k + 1, "euclidean")[0]))
+    rows.append(
+        Row(
+            group,
+            f"exact search (in-process gemm kernel + exact re-rank), {len(sample):,} rows, extrapolated",
+            t * n / len(sample),
+            f"baseline: {t:.1f} s measured on {len(sample):,} query rows x {n:,}, scaled to every row",
+        )
+    )
+    expected = [[p for p in row if p != i][:k] for i, row in zip(sample, exact["p"])]
+
+    spark = session("local[2]")
+    hnsw = TimedHnsw(M=args.hnsw_m, ef_construction=args.hnsw_ef_construction, ef_search=args.hnsw_ef_search)
+    df = spark.read.parquet(str(one_file))
+    size = _estimated_bytes(df)
+    mode = "broadcast" if size is not None and size <= BROADCAST_MAX_BYTES else "sharded"
+    out = tmp / "approximate-neighbours.parquet"
+    t = timed(lambda: all_neighbors(df, k, backend=hnsw).write.mode("overwrite").parquet(str(out)))
+    table = pq.read_table(out, columns=["id", "neighbor_ids"])
+    got = dict(zip(table.column("id").to_pylist(), table.column("neighbor_ids").to_pylist()))
+    recall = float(np.mean([len(set(got[i]) & set(e)) / k for i, e in zip(sample.tolist(), expected)]))
+    params = f"M={hnsw.M}, ef_construction={hnsw.ef_construction}, ef_search={hnsw.ef_search}"
+    rows.append(
+        Row(
+            group,
+            "sklspark all_neighbors from ONE Parquet file, hnsw backend, written to Parquet",
+            t,
+            f"end to end, {mode} mode; recall@{k} = {recall:.4f} on {len(sample):,} rows; {params}",
+            extra={"recall": recall},
+        )
+    )
+    if BUILD_SECONDS:  # the graph is built on the driver in broadcast mode
+        build = BUILD_SECONDS[-1]
+        rows.append(Row(group, "  of which: HNSW graph build on the driver (2 threads)", build))
+        rows.append(Row(group, "  of which: everything else (read, collect, ship, search, re-rank, write)", t - build))
+
+
+#: How long each build of a :class:`TimedHnsw` took (on the driver, in broadcast mode), in seconds.
+BUILD_SECONDS: list[float] = []
+
+
+class TimedHnsw(HnswBackend):
+    """The hnsw backend, timing its builds: a backend through the plugin interface like any user's."""
+
+    def build(self, X: np.ndarray, metric: str) -> None:
+        start = time.perf_counter()
+        super().build(X, metric)
+        BUILD_SECONDS.append(time.perf_counter() - start)
 
 
 # ------------------------------------------------------------------------------ 2. cheap models
@@ -404,9 +481,9 @@ def targets(rows: list[Row]) -> list[tuple[str, str, bool]]:
     def ratio(a: Row | None, b: Row | None) -> float | None:
         return a.seconds / b.seconds if a and b and b.seconds else None
 
-    def add(text: str, value: float | None, ok: Callable[[float], bool]) -> None:
+    def add(text: str, value: float | None, ok: Callable[[float], bool], fmt: str = ".2f") -> None:
         if value is not None:
-            out.append((text, f"{value:.2f}", ok(value)))
+            out.append((text, f"{value:{fmt}}", ok(value)))
 
     base = find(rows, "kNN", "in-process scikit-learn")
     add(
@@ -450,6 +527,12 @@ def targets(rows: list[Row]) -> list[tuple[str, str, bool]]:
         ),
         lambda v: v >= 1.7,
     )
+    approximate = find(rows, "Approximate kNN", "sklspark all_neighbors")
+    if approximate is not None:
+        seconds = approximate.seconds
+        add("approximate all_neighbors (hnsw) end to end, seconds <= 600", seconds, lambda v: v <= 600, ".0f")
+        recall = approximate.extra["recall"]
+        add("approximate all_neighbors (hnsw) recall@10 >= 0.95", recall, lambda v: v >= 0.95, ".4f")
     for model in ("LogisticRegression.predict", "StandardScaler.transform"):
         group = f"Cheap model, many rows: {model}"
         for variant, name in (("sklspark distribute() on the DataFrame", "distribute()"), ("sklspark udf()", "udf()")):
@@ -547,20 +630,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cheap-dim", type=int, default=32)
     parser.add_argument("--naive-sample", type=int, default=2_000)
     parser.add_argument("--memory-rows", type=int, default=100_000)
+    parser.add_argument("--approx-rows", type=int, default=1_000_000, help="rows of the approximate group")
+    parser.add_argument("--approx-sample", type=int, default=10_000, help="rows whose recall is measured")
+    parser.add_argument("--hnsw-m", type=int, default=32)
+    parser.add_argument("--hnsw-ef-construction", type=int, default=40)
+    parser.add_argument("--hnsw-ef-search", type=int, default=128)
     parser.add_argument("--name", default=None, help="results file name (default: default or quick)")
     parser.add_argument(
-        "--only", choices=["knn", "cheap", "memory"], action="append", help="run only these groups (repeatable)"
+        "--only",
+        choices=["knn", "cheap", "memory", "approximate"],
+        action="append",
+        help="run only these groups (repeatable); approximate (1,000,000 rows, hnsw) runs only when named",
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.knn_rows, args.cheap_rows, args.naive_sample, args.memory_rows = 2_000, 20_000, 200, 5_000
+        args.approx_rows, args.approx_sample = 20_000, 1_000
     name = args.name or ("quick" if args.quick else "default")
 
     rows: list[Row] = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sklspark-bench-") as tmp:
-        groups = {"knn": bench_knn, "cheap": bench_cheap, "memory": bench_memory}
-        for bench in (groups[g] for g in args.only or groups):
+        groups = {"knn": bench_knn, "cheap": bench_cheap, "memory": bench_memory, "approximate": bench_approximate}
+        for bench in (groups[g] for g in args.only or ["knn", "cheap", "memory"]):
             bench(args, Path(tmp), rows)
             print(f"[bench] {bench.__name__} done at {time.perf_counter() - start:.0f}s", file=sys.stderr)
     text = report(rows, args, time.perf_counter() - start)

@@ -21,12 +21,13 @@ from sklearn.metrics import pairwise_distances
 from sklearn.neighbors import NearestNeighbors
 
 import sklspark.neighbors._backends as backends_module
+import sklspark.neighbors._broadcast as broadcast_module
 import sklspark.neighbors._gemm as gemm_module
 import sklspark.neighbors._join as join_module
-from sklspark.neighbors import AnnoyBackend, GemmBackend, all_neighbors, kneighbors_join, to_edges
+from sklspark.neighbors import AnnoyBackend, GemmBackend, HnswBackend, all_neighbors, kneighbors_join, to_edges
 from sklspark.neighbors._backends import get_backend
 from sklspark.neighbors._broadcast import ReferenceIndex
-from sklspark.neighbors._rerank import exact_top_k
+from sklspark.neighbors._rerank import exact_top_k, paired_distances
 from sklspark.neighbors._sharded import stable_order
 
 RNG = np.random.default_rng(0)
@@ -243,24 +244,59 @@ def test_vector_and_column_layouts_long_ids(spark):
     assert_matches_truth(from_columns, X, X, np.arange(80), 3)
 
 
-def test_annoy_recall_on_clusters(spark):
+@pytest.fixture(scope="module")
+def clusters(spark):
+    """3,000 points in 20 clusters in 16 dimensions (float32): the data approximate backends are meant for."""
     centers = RNG.normal(scale=10, size=(20, 16))
     X = (centers[RNG.integers(0, 20, size=3000)] + RNG.normal(size=(3000, 16))).astype(np.float32)
-    df = array_df(spark, X, np.arange(3000), n_partitions=2)
+    df = array_df(spark, X, np.arange(3000), n_partitions=2).cache()
     ids, R = reference_order(df)
+    return df, ids, R
+
+
+def recall(got, exact):
+    """Mean fraction of each row's exact neighbour ids that ``got`` found too (recall@k)."""
+    return np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(got, exact)])
+
+
+def test_annoy_recall_on_clusters(clusters):
+    df, ids, R = clusters
     exact = collect(all_neighbors(df, 10, backend="faiss"))
     recalls = {}
     for backend in ("annoy", AnnoyBackend(n_trees=5)):  # by name (50 trees), and a configured instance
         got = collect(all_neighbors(df, 10, backend=backend))
         label = backend if isinstance(backend, str) else f"n_trees={backend.n_trees}"
-        recalls[label] = recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got[1], exact[1])])
-        assert recall >= 0.9
+        recalls[label] = recall(got[1], exact[1])
+        assert recalls[label] >= 0.9
     print(f"annoy recall@10: {recalls}")
     # the distances of what annoy found are exact nonetheless
     by_id = dict(zip(ids.tolist(), R.astype(np.float64)))
     q = np.stack([by_id[i] for i in got[0]])
     found = np.stack([[by_id[j] for j in row] for row in got[1][:50]])
     assert_allclose(got[2][:50], np.sqrt(((q[:50, None] - found) ** 2).sum(-1)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_hnsw_recall_on_clusters_index_shipped_as_file(clusters, monkeypatch, metric):
+    """hnsw in broadcast mode: its index travels as a file, recall@10 >= 0.95 against exact, exact distances."""
+    df, ids, R = clusters
+    shipped = []
+    original = broadcast_module.ship_file
+    monkeypatch.setattr(broadcast_module, "ship_file", lambda sc, path: shipped.append(path) or original(sc, path))
+    exact = collect(all_neighbors(df, 10, metric=metric))
+    got = collect(all_neighbors(df, 10, metric=metric, backend="hnsw"))
+    assert [path.rsplit(".", 1)[-1] for path in shipped] == ["hnsw"]  # the gemm reference is pickled instead
+    print(f"hnsw recall@10 ({metric}): {recall(got[1], exact[1]):.4f}")
+    assert recall(got[1], exact[1]) >= 0.95
+    # what hnsw found comes with exact distances, ascending
+    position = {i: p for p, i in enumerate(ids.tolist())}
+    queries = R[[position[i] for i in got[0]]]
+    expected = paired_distances(queries, R, np.vectorize(position.get)(got[1]), metric)
+    assert_allclose(got[2], expected, rtol=1e-12)
+    assert (np.diff(got[2], axis=1) >= 0).all()
+    if metric == "euclidean":  # sharded mode builds a graph per shard, in the tasks
+        sharded = collect(all_neighbors(df, 10, backend=HnswBackend(M=16, ef_search=100), shards=2))
+        assert recall(sharded[1], exact[1]) >= 0.95
 
 
 def test_fitted_nearest_neighbors_reference(spark):
@@ -312,11 +348,20 @@ def test_errors_before_any_job(spark, grid):
             ValueError,
             match=re.escape(
                 "The 'backend' parameter of kneighbors_join must be a str among {'annoy', 'auto', 'faiss', 'gemm', "
-                "'sklearn'} "
-                "or an instance of 'Backend'. Got 'hnsw' instead."
+                "'hnsw', 'sklearn'} or an instance of 'Backend'. Got 'hnswlib' instead."
             ),
         ):
-            all_neighbors(df, 3, backend="hnsw")
+            all_neighbors(df, 3, backend="hnswlib")
+        with pytest.raises(
+            ValueError, match=re.escape("The 'metric' parameter of backend 'hnsw' must be a str among {'cosine', 'eu")
+        ):
+            all_neighbors(df, 3, backend="hnsw", metric="manhattan")
+        with pytest.raises(ValueError, match=re.escape("'M' parameter of HnswBackend must be an int in the range [2,")):
+            all_neighbors(df, 3, backend=HnswBackend(M=1))
+        with pytest.raises(ValueError, match=r"The 'ef_search' parameter of HnswBackend .* Got 0 instead"):
+            HnswBackend(ef_search=0)
+        with pytest.raises(TypeError, match=r"'ef_construction' parameter of HnswBackend must be an int .* Got 8.5"):
+            HnswBackend(ef_construction=8.5)
         with pytest.raises(
             ValueError,
             match=re.escape("The 'metric' parameter of backend 'faiss' must be a str among {'euclidean'}. Got 'manh"),

@@ -8,7 +8,7 @@ Modes
 Broadcast (a fitted ``NearestNeighbors``, or a DataFrame reference estimated at most
 ``sklspark.neighbors._join.BROADCAST_MAX_BYTES``)
     The reference is collected to the driver once (as Arrow), indexed once and replicated once per
-    executor (a broadcast, or an index file for ``faiss``/``annoy``); the queries are never shuffled
+    executor (a broadcast, or an index file for ``faiss``/``hnsw``/``annoy``); the queries are never shuffled
     and are scored in chunks of ``chunk_size`` rows by :func:`sklspark.distribute`. A task holds the
     reference, its index and one chunk's scratch. See :mod:`sklspark.neighbors._broadcast`.
 Sharded (a larger DataFrame reference, or ``shards=S``)
@@ -27,10 +27,11 @@ Backends
 ``gemm`` (exact, euclidean and cosine, the default for those: float32 matrix products in cache-sized
 tiles, see :mod:`sklspark.neighbors._gemm`), ``sklearn`` (exact, any metric, the default for the others),
 ``faiss`` (exact, euclidean; ``pip install 'sklspark[faiss]'``),
+``hnsw`` (approximate, faiss's HNSW graph, for millions of rows; ``pip install 'sklspark[faiss]'``),
 ``annoy`` (approximate; ``pip install 'sklspark[annoy]'``), or your own :class:`Backend`.
 """
 
-from ._backends import AnnoyBackend, Backend, FaissBackend, GemmBackend, SklearnBackend
+from ._backends import AnnoyBackend, Backend, FaissBackend, GemmBackend, HnswBackend, SklearnBackend
 from ._edges import to_edges
 from ._join import all_neighbors, kneighbors_join
 
@@ -39,6 +40,7 @@ __all__ = [
     "Backend",
     "FaissBackend",
     "GemmBackend",
+    "HnswBackend",
     "SklearnBackend",
     "all_neighbors",
     "kneighbors_join",

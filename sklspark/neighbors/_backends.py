@@ -1,4 +1,4 @@
-"""Candidate-search backends: a small plugin interface and the ``sklearn``, ``faiss`` and ``annoy`` backends.
+"""Candidate-search backends: a plugin interface and the ``gemm``, ``sklearn``, ``faiss``, ``hnsw``, ``annoy`` backends.
 
 A backend only proposes candidates: :func:`sklspark.neighbors._rerank.exact_top_k` recomputes every
 candidate's distance exactly and decides the final order, so a backend's own distances need only be
@@ -8,7 +8,7 @@ Writing a backend
 -----------------
 Subclass :class:`Backend` and implement four methods::
 
-    class HnswBackend(Backend):
+    class HnswlibBackend(Backend):
         name = "hnswlib"
         metrics = ("euclidean", "cosine")
         exact = False                      # candidates may miss true neighbours
@@ -33,7 +33,7 @@ Subclass :class:`Backend` and implement four methods::
         def save(self, path): ...          # self._index.save_index(path)
         def load(self, path, metric, n_features): ...
 
-and pass an unbuilt instance: ``kneighbors_join(q, ref, 10, backend=HnswBackend(ef=400))``. The instance is
+and pass an unbuilt instance: ``kneighbors_join(q, ref, 10, backend=HnswlibBackend(ef=400))``. The instance is
 copied before it is built, so one instance can serve many calls. ``save``/``load`` are needed only when
 ``ships_as_file`` is true; otherwise the built backend is pickled into the broadcast.
 """
@@ -170,30 +170,37 @@ class GemmBackend(Backend):
         self._bias: np.ndarray | None = None
         self._metric = "euclidean"
 
-    def _rows(self, X: Any) -> Any:
-        if sp.issparse(X):
-            X = sp.csr_matrix(X, dtype=np.float32)
-            return normalize(X) if self._metric == "cosine" else X
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        if self._metric == "cosine":
-            norms = np.sqrt(np.einsum("ij,ij->i", X, X))
-            X = X / np.where(norms > 0, norms, 1)[:, None]
-        return X
-
     def build(self, X: Any, metric: str) -> None:
         self._metric = metric
-        self._R = self._rows(X)
+        self._R = float32_rows(X, metric)
         self._bias = _squared_norms(self._R) if metric == "euclidean" else np.zeros(X.shape[0], np.float32)
 
     def search(self, Q: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
         assert self._R is not None and self._bias is not None, "build() first"
-        Q = self._rows(sp.csr_matrix(Q) if sp.issparse(self._R) else Q.toarray() if sp.issparse(Q) else Q)
+        Q = sp.csr_matrix(Q) if sp.issparse(self._R) else Q.toarray() if sp.issparse(Q) else Q
+        Q = float32_rows(Q, self._metric)
         if self._metric == "euclidean":
             scores, positions = top_scores(Q * np.float32(-2), self._R, self._bias, n)
             squared = scores.astype(np.float64) + _squared_norms(Q).astype(np.float64)[:, None]
             return np.sqrt(np.maximum(squared, 0)), positions
         scores, positions = top_scores(-Q, self._R, self._bias, n)
         return np.clip(1.0 + scores.astype(np.float64), 0.0, 2.0), positions
+
+
+def float32_rows(X: Any, metric: str) -> Any:
+    """``X`` as C-contiguous float32 rows (CSR stays CSR), each scaled to unit length for cosine.
+
+    Zero rows stay zero. On unit rows ``|q - r|^2 = 2 (1 - q . r) = 2 x`` the cosine distance, so
+    euclidean indexes search cosine too.
+    """
+    if sp.issparse(X):
+        X = sp.csr_matrix(X, dtype=np.float32)
+        return normalize(X) if metric == "cosine" else X
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if metric == "cosine":
+        norms = np.sqrt(np.einsum("ij,ij->i", X, X))
+        X = X / np.where(norms > 0, norms, 1)[:, None]
+    return X
 
 
 def _squared_norms(X: Any) -> np.ndarray:
@@ -276,8 +283,90 @@ class FaissBackend(Backend):
         import_faiss().write_index(self._index, path)
 
     def load(self, path: str, metric: str, n_features: int) -> None:
+        self._index = read_faiss_index(path)
+
+
+def read_faiss_index(path: str) -> Any:
+    """Read a faiss index file read-only, its vectors memory-mapped where faiss can (``IO_FLAG_MMAP_IFC``).
+
+    Memory-mapped vectors stay in the page cache, shared by the worker processes of a machine, instead
+    of being copied into each one (faiss before 1.11 has no ``IO_FLAG_MMAP_IFC`` and reads them in).
+    """
+    faiss = import_faiss()
+    return faiss.read_index(path, getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP) | faiss.IO_FLAG_READ_ONLY)
+
+
+class HnswBackend(Backend):
+    """Approximate search with a FAISS HNSW graph (``IndexHNSWFlat``); euclidean and cosine.
+
+    A hierarchical navigable small-world graph: every row is linked to about ``M`` near rows, and a
+    search walks the graph greedily from an entry point, keeping the ``ef_search`` best rows seen so
+    far. It visits a few thousand rows instead of all of them, so it scales to millions of rows, but
+    it may miss a true neighbour: *recall@k* (the fraction of the true ``k`` nearest rows found) is
+    below 1. What it finds is re-ranked exactly, so the distances returned are exact.
+
+    Cosine searches the euclidean graph of the rows scaled to unit length (same order). Needs the
+    optional extra: ``pip install 'sklspark[faiss]'`` (``faiss-cpu``). The index travels as a file,
+    its vectors memory-mapped by the workers where faiss allows. Building uses every core of the
+    driver (broadcast mode); a search runs one thread per task, like every backend.
+
+    Parameters
+    ----------
+    M : int, default=32
+        Graph links per row (twice as many on the bottom layer). More links: better recall at the same
+        ``ef_search``, a slower build and about ``8 * M`` more bytes per row (besides ``4 * n_features``
+        for the row itself).
+    ef_construction : int, default=40
+        Candidates kept while linking a new row: a better graph (recall) for a slower build.
+    ef_search : int, default=128
+        Candidates kept while searching, at least the number the exact re-rank asks for
+        (``2 * n + 16`` for ``n`` neighbours). The search time grows about linearly with it and recall
+        approaches 1: the knob that trades speed for recall.
+
+    Examples
+    --------
+    >>> backend = HnswBackend(M=16, ef_search=128)
+    >>> HnswBackend(ef_search=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: The 'ef_search' parameter of HnswBackend must be an int in the range [1, inf). Got 0 instead.
+    """
+
+    name = "hnsw"
+    metrics = ("euclidean", "cosine")
+    exact = False
+    precision = np.dtype(np.float32)
+    ships_as_file = True
+
+    def __init__(self, M: int = 32, ef_construction: int = 40, ef_search: int = 128) -> None:
+        import_faiss()
+        self.M = check_scalar(M, "M", "HnswBackend", low=2)
+        self.ef_construction = check_scalar(ef_construction, "ef_construction", "HnswBackend", low=1)
+        self.ef_search = check_scalar(ef_search, "ef_search", "HnswBackend", low=1)
+        self._index: Any = None
+        self._metric = "euclidean"
+
+    def build(self, X: np.ndarray, metric: str) -> None:
         faiss = import_faiss()
-        self._index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        self._metric = metric
+        self._index = faiss.IndexHNSWFlat(X.shape[1], self.M)
+        self._index.hnsw.efConstruction = self.ef_construction
+        self._index.add(float32_rows(X, metric))
+        self._index.hnsw.efSearch = self.ef_search
+
+    def search(self, Q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        squared, positions = self._index.search(float32_rows(Q, self._metric), n)  # ef: max(ef_search, n)
+        found = positions >= 0
+        squared = np.where(found, np.maximum(squared, 0, dtype=np.float64), np.inf)
+        return (np.sqrt(squared) if self._metric == "euclidean" else squared / 2), positions.astype(np.int64)
+
+    def save(self, path: str) -> None:
+        import_faiss().write_index(self._index, path)
+
+    def load(self, path: str, metric: str, n_features: int) -> None:
+        self._metric = metric
+        self._index = read_faiss_index(path)
+        self._index.hnsw.efSearch = self.ef_search
 
 
 class AnnoyBackend(Backend):
@@ -335,7 +424,9 @@ class AnnoyBackend(Backend):
 
 
 #: Backends by the name ``backend=`` accepts.
-BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (GemmBackend, SklearnBackend, FaissBackend, AnnoyBackend)}
+BACKENDS: dict[str, type[Backend]] = {
+    b.name: b for b in (GemmBackend, SklearnBackend, FaissBackend, HnswBackend, AnnoyBackend)
+}
 
 
 def get_backend(backend: str | Backend, metric: str, caller: str | None = None) -> Backend:

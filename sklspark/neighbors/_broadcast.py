@@ -2,7 +2,7 @@
 
 The reference (matrix, IDs) is built once on the driver into a :class:`ReferenceIndex`, which
 ``distribute()`` pickles once, ships once and loads once per Python worker process. Backends
-with ``ships_as_file`` (``faiss``, ``annoy``) leave their index out of that pickle: it is written
+with ``ships_as_file`` (``faiss``, ``hnsw``, ``annoy``) leave their index out of that pickle: it is written
 to a file on the driver, shipped with :func:`sklspark._shipping.ship_file` (``SparkContext.addFile``,
 or an uploaded artifact under Spark Connect) and loaded (memory-mapped) from ``SparkFiles.get`` the
 first time a worker process needs it; the loaded index then lives as long as the ``ReferenceIndex``

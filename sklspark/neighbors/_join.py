@@ -237,12 +237,12 @@ def kneighbors_join(
         distance 0 stay).
     metric : str, default="euclidean"
         Any metric ``NearestNeighbors`` accepts with the ``sklearn`` backend; ``euclidean`` or
-        ``cosine`` with ``gemm``; ``euclidean`` with ``faiss``; ``euclidean``, ``manhattan`` or
-        ``cosine`` with ``annoy``.
-    backend : {"auto", "gemm", "sklearn", "faiss", "annoy"} or Backend, default="auto"
+        ``cosine`` with ``gemm`` and ``hnsw``; ``euclidean`` with ``faiss``; ``euclidean``,
+        ``manhattan`` or ``cosine`` with ``annoy``.
+    backend : {"auto", "gemm", "sklearn", "faiss", "hnsw", "annoy"} or Backend, default="auto"
         Candidate search (see :mod:`sklspark.neighbors._backends`): ``auto`` is the built-in float32
         matrix-product kernel ``gemm`` for euclidean and cosine and ``sklearn`` for other metrics;
-        ``annoy`` is approximate.
+        ``hnsw`` (``HnswBackend``) and ``annoy`` are approximate.
     shards : int, optional
         Split a DataFrame reference into this many shards (sharded mode). By default the reference
         is broadcast if its size is at most ``BROADCAST_MAX_BYTES`` and sharded otherwise (the size is
