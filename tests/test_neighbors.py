@@ -47,8 +47,12 @@ def array_df(spark, X, ids, n_partitions=3):
 
 
 def truth(Q, R, k, metric="euclidean", query_ids=None, ref_ids=None):
-    """Brute force in-process: the whole distance matrix, ties to the smaller reference position."""
-    D = pairwise_distances(Q, R, metric=metric)
+    """Brute force in-process: the whole distance matrix, ties to the smaller reference position.
+
+    The inner product's distance is ``-q . r`` (numpy, float64).
+    """
+    D = -(np.asarray(Q, np.float64) @ np.asarray(R, np.float64).T) if metric == "inner_product" else None
+    D = pairwise_distances(Q, R, metric=metric) if D is None else D
     if query_ids is not None:  # exclude_self
         D[np.asarray(query_ids)[:, None] == np.asarray(ref_ids)[None, :]] = np.inf
     positions = np.broadcast_to(np.arange(R.shape[0]), D.shape)
@@ -138,6 +142,27 @@ def test_gemm_kernel_across_tiles_equals_brute_force(monkeypatch, metric, data):
         # and brute force, whose |q|^2 + |r|^2 - 2 q.r formula is off by ~1e-7 near 0 (tolerance)
         _, expected_distances = truth(X[:50].astype(np.float64), X.astype(np.float64), n, metric)
         assert_allclose(distances, expected_distances, rtol=1e-9, atol=1e-6)
+
+
+@pytest.mark.parametrize("data", ["grid", "normal"])
+def test_gemm_inner_product_equals_numpy_brute_force(monkeypatch, data):
+    """Inner product across tiles: the largest q . r first, distance -q . r, ties to the smaller position."""
+    monkeypatch.setattr(gemm_module, "REFERENCE_TILE", 40)
+    monkeypatch.setattr(gemm_module, "QUERY_BLOCK", 16)
+    X = (RNG.integers(-2, 3, size=(300, 3)) if data == "grid" else RNG.normal(size=(300, 8))).astype(np.float32)
+    X[[5, 77]] = 0
+    backend = get_backend("auto", "inner_product")
+    assert isinstance(backend, GemmBackend)
+    backend.build(X, "inner_product")
+    for n in (1, 7, 45):
+        positions, distances = exact_top_k(backend, X, np.arange(300), X[:50], n, "inner_product")
+        expected_positions, expected = truth(X[:50], X, n, "inner_product")
+        np.testing.assert_array_equal(positions, expected_positions)
+        if data == "grid":  # small integers: every product and sum exact, ties are true ties
+            np.testing.assert_array_equal(distances, expected)
+        else:
+            assert_allclose(distances, expected, rtol=1e-12, atol=1e-12)
+        assert (np.diff(distances, axis=1) >= 0).all()
 
 
 def test_faiss_runs_an_avx2_blas_kernel_where_the_cpu_has_avx2():
@@ -230,6 +255,21 @@ def test_other_metrics(spark, metric):
     broadcast = collect(all_neighbors(df, 5, metric=metric))
     assert_identical(broadcast, collect(all_neighbors(df, 5, metric=metric, shards=3)))
     assert_matches_truth(broadcast, R[np.argsort(ids)], R, ids, 5, metric, exclude_self=True, query_ids=broadcast[0])
+
+
+def test_inner_product_with_ties_in_both_modes(spark):
+    """metric="inner_product" end to end: equal to numpy brute force (ties included), broadcast = sharded."""
+    X = GRID[:120] - 1.5  # negative and positive inner products, many ties
+    df = array_df(spark, X, np.arange(120) * 5, n_partitions=2)
+    ids, R = reference_order(df)
+    broadcast = collect(all_neighbors(df, 6, metric="inner_product"))
+    assert_identical(broadcast, collect(all_neighbors(df, 6, metric="inner_product", shards=2)))
+    Q = R[np.argsort(ids)]
+    assert_matches_truth(broadcast, Q, R, ids, 6, "inner_product", exclude_self=True, query_ids=broadcast[0])
+    # max_distance=-t keeps the neighbours with q . r >= t
+    cut = collect(all_neighbors(df, 6, metric="inner_product", max_distance=-4.0))
+    assert [list(n) for n in cut[1]] == [list(n[d <= -4.0]) for n, d in zip(broadcast[1], broadcast[2])]
+    assert min(map(len, cut[1])) < 6 and max(map(len, cut[1])) == 6  # some lists cut short, some not
 
 
 def test_vector_and_column_layouts_long_ids(spark):
@@ -369,6 +409,12 @@ def test_errors_before_any_job(spark, grid):
             all_neighbors(df, 3, backend="faiss", metric="manhattan")
         with pytest.raises(ValueError, match="cannot use metric 'nonsense'"):
             all_neighbors(df, 3, metric="nonsense")
+        with pytest.raises(ValueError, match="backend 'sklearn' cannot use metric 'inner_product': NearestNeighbors"):
+            all_neighbors(df, 3, metric="inner_product", backend="sklearn")
+        with pytest.raises(ValueError, match=r"The 'metric' parameter of backend 'hnsw' must be a str among"):
+            all_neighbors(df, 3, metric="inner_product", backend="hnsw")
+        with pytest.raises(ValueError, match=r"'max_distance' parameter of kneighbors_join .* Got nan instead"):
+            all_neighbors(df, 3, metric="inner_product", max_distance=float("nan"))
         with pytest.raises(ValueError, match="duplicate IDs"):
             kneighbors_join(df, nn, 3, reference_ids=[1, 2, 3, 4, 5, 6, 7, 8, 9, 1])
         with pytest.raises(ValueError, match="id column 'key' not found in the queries"):
@@ -503,7 +549,7 @@ def _tfidf_like(n, width=1 << 18, per_row=12, vocabulary=400):
     return X
 
 
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "inner_product"])
 def test_sparse_vectors_are_searched_as_csr(spark, monkeypatch, metric):
     """SparseVector features (2^18 columns): the reference stays CSR; equal to brute force on the CSR matrix."""
     X = _tfidf_like(300)
@@ -517,11 +563,13 @@ def test_sparse_vectors_are_searched_as_csr(spark, monkeypatch, metric):
     monkeypatch.setattr(
         ReferenceIndex, "fit", lambda self, X, *a, **kw: fitted.append(X) or original(self, X, *a, **kw)
     )
-    got = {b: collect(all_neighbors(df, 5, metric=metric, backend=b)) for b in ("auto", "sklearn")}
+    backends = ("auto",) if metric == "inner_product" else ("auto", "sklearn")  # sklearn has no inner product
+    got = {b: collect(all_neighbors(df, 5, metric=metric, backend=b)) for b in backends}
     assert all(sp.issparse(x) for x in fitted)
-    assert_identical(got["auto"], got["sklearn"])
+    assert_identical(got["auto"], got.get("sklearn", got["auto"]))
     # brute force on the CSR matrix, its rounding (|q|^2 + |r|^2 - 2 q.r) taken off so exact ties stay ties
-    D = np.round(pairwise_distances(X, R, metric=metric), 9)
+    D = -(X @ R.T).toarray() if metric == "inner_product" else pairwise_distances(X, R, metric=metric)
+    D = np.round(D, 9)
     D[got["auto"][0][:, None] == ids[None, :]] = np.inf
     order = np.lexsort((np.broadcast_to(np.arange(len(ids)), D.shape), D), axis=-1)[:, :5]
     np.testing.assert_array_equal(got["auto"][1], ids[order])

@@ -227,7 +227,7 @@ knn_options = _grouped(
         "--metric",
         default="euclidean",
         show_default=True,
-        help="Distance metric (any NearestNeighbors metric with the sklearn backend).",
+        help="Distance metric (any NearestNeighbors metric with the sklearn backend; inner_product with gemm).",
     ),
     click.option(
         "--backend",

@@ -24,7 +24,7 @@ off (:mod:`sklspark.neighbors._rerank`). Both modes and every exact backend ther
 
 Backends
 --------
-``gemm`` (exact, euclidean and cosine, the default for those: float32 matrix products in cache-sized
+``gemm`` (exact, euclidean, cosine and inner product, the default for those: float32 matrix products in cache-sized
 tiles, see :mod:`sklspark.neighbors._gemm`), ``sklearn`` (exact, any metric, the default for the others),
 ``faiss`` (exact, euclidean; ``pip install 'sklspark[faiss]'``),
 ``hnsw`` (approximate, faiss's HNSW graph, for millions of rows; ``pip install 'sklspark[faiss]'``),

@@ -57,6 +57,10 @@ from ._gemm import top_scores
 #: Other names of the metrics the re-rank computes itself.
 METRIC_ALIASES = {"l2": "euclidean", "l1": "manhattan", "cityblock": "manhattan", "infinity": "chebyshev"}
 
+#: The inner product ``q . r`` as a metric (faiss's ``METRIC_INNER_PRODUCT``): the larger, the nearer. Its
+#: distance is ``-q . r``, so that like every other distance it ascends from the nearest row.
+INNER_PRODUCT = "inner_product"
+
 
 class Backend(ABC):
     """Interface of a candidate-search backend (see the module docstring for an example).
@@ -138,6 +142,11 @@ class SklearnBackend(Backend):
 
     def check_metric(self, metric: str) -> str:
         check_scalar(metric, "metric", kind=str)
+        if metric == INNER_PRODUCT:
+            raise ValueError(
+                f"backend 'sklearn' cannot use metric {INNER_PRODUCT!r}: NearestNeighbors has no inner-product "
+                "metric; use backend='gemm' (the default with backend='auto')"
+            )
         try:  # NearestNeighbors validates the name and resolves minkowski (p=1: manhattan, p=2: euclidean)
             effective = NearestNeighbors(algorithm="brute", metric=metric).fit(np.zeros((1, 1))).effective_metric_
         except ValueError as exc:
@@ -152,16 +161,17 @@ class SklearnBackend(Backend):
 
 
 class GemmBackend(Backend):
-    """Exact search by float32 matrix products in cache-sized tiles (numpy's BLAS); euclidean and cosine.
+    """Exact search by float32 matrix products in cache-sized tiles (numpy's BLAS); euclidean, cosine, inner product.
 
     No extra install. Scores come from :func:`sklspark.neighbors._gemm.top_scores`; the exact
     re-rank then recomputes every candidate's distance in float64, so results equal the other exact
     backends'. Cosine rows are normalised once (zero rows stay zero: distance 1, as in scikit-learn).
+    The inner product's distance is ``-q . r`` (largest inner product first).
     A CSR reference (``SparseVector`` features) stays CSR: tiles are sparse-sparse products.
     """
 
     name = "gemm"
-    metrics = ("euclidean", "cosine")
+    metrics = ("euclidean", "cosine", INNER_PRODUCT)
     precision = np.dtype(np.float32)
     sparse = True
 
@@ -183,7 +193,9 @@ class GemmBackend(Backend):
             scores, positions = top_scores(Q * np.float32(-2), self._R, self._bias, n)
             squared = scores.astype(np.float64) + _squared_norms(Q).astype(np.float64)[:, None]
             return np.sqrt(np.maximum(squared, 0)), positions
-        scores, positions = top_scores(-Q, self._R, self._bias, n)
+        scores, positions = top_scores(-Q, self._R, self._bias, n)  # -q . r
+        if self._metric == INNER_PRODUCT:
+            return scores.astype(np.float64), positions
         return np.clip(1.0 + scores.astype(np.float64), 0.0, 2.0), positions
 
 
@@ -432,7 +444,8 @@ BACKENDS: dict[str, type[Backend]] = {
 def get_backend(backend: str | Backend, metric: str, caller: str | None = None) -> Backend:
     """Resolve ``backend=`` (``"auto"``, a name from :data:`BACKENDS` or an unbuilt :class:`Backend` instance).
 
-    ``"auto"`` is ``gemm`` for the metrics it computes (euclidean, cosine) and ``sklearn`` for any other.
+    ``"auto"`` is ``gemm`` for the metrics it computes (euclidean, cosine, inner product) and ``sklearn``
+    for any other.
 
     Raises
     ------
@@ -447,5 +460,6 @@ def get_backend(backend: str | Backend, metric: str, caller: str | None = None) 
     options = ["auto", *BACKENDS]
     name = check_scalar(backend, "backend", caller, kind=str, options=options, also=["an instance of 'Backend'"])
     if name == "auto":
-        return GemmBackend() if SklearnBackend().check_metric(metric) in GemmBackend.metrics else SklearnBackend()
+        gemm = metric == INNER_PRODUCT or SklearnBackend().check_metric(metric) in GemmBackend.metrics
+        return GemmBackend() if gemm else SklearnBackend()
     return BACKENDS[name]()

@@ -23,7 +23,7 @@ from .._inputs import batch_to_matrix
 from .._partitions import TASKS_PER_CORE
 from .._session import default_parallelism
 from .._validation import FeatureSpec, check_chunk_size, check_features, check_scalar
-from ._backends import Backend, SklearnBackend, get_backend
+from ._backends import INNER_PRODUCT, Backend, SklearnBackend, get_backend
 from ._broadcast import DISTANCES, NEIGHBOR_IDS, ReferenceIndex, broadcast_join
 from ._sharded import QUERY_BLOCK_MAX_BYTES, SHARD_MAX_BYTES, count_blocks, sharded_join, stable_order
 
@@ -236,12 +236,14 @@ def kneighbors_join(
         Leave out the reference row whose ID equals the query's ID (and only that row: other rows at
         distance 0 stay).
     metric : str, default="euclidean"
-        Any metric ``NearestNeighbors`` accepts with the ``sklearn`` backend; ``euclidean`` or
-        ``cosine`` with ``gemm`` and ``hnsw``; ``euclidean`` with ``faiss``; ``euclidean``,
-        ``manhattan`` or ``cosine`` with ``annoy``.
+        Any metric ``NearestNeighbors`` accepts with the ``sklearn`` backend; ``euclidean``, ``cosine``
+        or ``inner_product`` with ``gemm``; ``euclidean`` or ``cosine`` with ``hnsw``; ``euclidean``
+        with ``faiss``; ``euclidean``, ``manhattan`` or ``cosine`` with ``annoy``. With
+        ``inner_product`` the nearest rows are those of largest inner product ``q . r``, and the
+        distance is ``-q . r`` (ascending like every distance, negative for positive inner products).
     backend : {"auto", "gemm", "sklearn", "faiss", "hnsw", "annoy"} or Backend, default="auto"
         Candidate search (see :mod:`sklspark.neighbors._backends`): ``auto`` is the built-in float32
-        matrix-product kernel ``gemm`` for euclidean and cosine and ``sklearn`` for other metrics;
+        matrix-product kernel ``gemm`` for euclidean, cosine and inner product and ``sklearn`` for others;
         ``hnsw`` (``HnswBackend``) and ``annoy`` are approximate.
     shards : int, optional
         Split a DataFrame reference into this many shards (sharded mode). By default the reference
@@ -255,7 +257,8 @@ def kneighbors_join(
     max_distance : float, optional
         Leave out neighbours farther than this (exact distances; a neighbour at exactly
         ``max_distance`` stays, as in ``radius_neighbors``): a query's lists then hold at most ``k``
-        neighbours, possibly none.
+        neighbours, possibly none. With ``inner_product``, any float: ``max_distance=-t`` keeps the
+        neighbours with ``q . r >= t``.
 
     Returns
     -------
@@ -284,7 +287,6 @@ def kneighbors_join(
     check_scalar(exclude_self, "exclude_self", "kneighbors_join", kind=bool)
     shards = check_scalar(shards, "shards", "kneighbors_join", low=1, none_ok=True)
     chunk_size = check_chunk_size(chunk_size, "kneighbors_join")
-    max_distance = check_scalar(max_distance, "max_distance", "kneighbors_join", kind=numbers.Real, low=0, none_ok=True)
     if not isinstance(queries, DataFrame):
         raise TypeError(f"queries must be a pyspark DataFrame, got {type(queries).__name__}")
     (queries, reference), plain_id, features_col, renames = _plain_names([queries, reference], id_col, features_col)
@@ -307,6 +309,10 @@ def kneighbors_join(
     q_spec = _check_spec(queries.schema, features_col, id_col, "queries")
     engine = get_backend(backend, metric, "kneighbors_join")
     metric = engine.check_metric(metric)
+    low = -np.inf if metric == INNER_PRODUCT else 0  # inner-product distances -q.r may be negative
+    max_distance = check_scalar(
+        max_distance, "max_distance", "kneighbors_join", kind=numbers.Real, low=low, none_ok=True
+    )
     job = _Join(queries, k, exclude_self, id_col, features_col, q_spec, engine, metric, chunk_size)
 
     if isinstance(reference, NearestNeighbors):

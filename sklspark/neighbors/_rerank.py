@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ._backends import Backend
+from ._backends import INNER_PRODUCT, Backend
 
 #: Candidates asked of an exact backend beyond the ``n`` wanted: enough to see past a boundary tie of a
 #: few rows (larger ties are caught by the completeness check and searched again, wider). Each extra
@@ -57,6 +57,7 @@ _PAIRED = {
     _MANHATTAN: lambda q, r: np.abs(q - r).sum(axis=1),
     _CHEBYSHEV: lambda q, r: np.abs(q - r).max(axis=1),
     _COSINE: _cosine,
+    INNER_PRODUCT: lambda q, r: -(q * r).sum(axis=1),
 }
 
 
@@ -73,6 +74,7 @@ _PAIRED_SPARSE = {
     _MANHATTAN: lambda q, r: row_sums(abs(q - r)),
     _CHEBYSHEV: lambda q, r: abs(q - r).max(axis=1).toarray().ravel(),
     _COSINE: _sparse_cosine,
+    INNER_PRODUCT: lambda q, r: -row_sums(q.multiply(r)),
 }
 
 
@@ -149,7 +151,11 @@ def _complete(
         r_max = float(np.max(row_sums(_squares(R))))
         slack = gamma * (row_sums(_squares(Q)) + r_max)
         return nth * nth < horizon * horizon - slack
-    scale = 1.0 if metric == _COSINE else row_sums(abs(Q)) + float(np.max(row_sums(abs(R))))
+    scale: Any
+    if metric == INNER_PRODUCT:  # a dot product's error is bounded by |q| |r| (Cauchy-Schwarz)
+        scale = np.sqrt(row_sums(_squares(Q)) * float(np.max(row_sums(_squares(R)))))
+    else:
+        scale = 1.0 if metric == _COSINE else row_sums(abs(Q)) + float(np.max(row_sums(abs(R))))
     return nth < horizon - gamma * (np.abs(horizon) + scale)
 
 
