@@ -24,6 +24,7 @@ import sklspark.neighbors._backends as backends_module
 import sklspark.neighbors._broadcast as broadcast_module
 import sklspark.neighbors._gemm as gemm_module
 import sklspark.neighbors._join as join_module
+from sklspark._partitions import TASKS_PER_CORE
 from sklspark.neighbors import AnnoyBackend, GemmBackend, HnswBackend, all_neighbors, kneighbors_join, to_edges
 from sklspark.neighbors._backends import get_backend
 from sklspark.neighbors._broadcast import ReferenceIndex
@@ -542,22 +543,46 @@ def test_max_distance_keeps_only_near_neighbours(spark, shards):
 
 def _tfidf_like(n, width=1 << 18, per_row=12, vocabulary=400):
     """CSR rows of ``per_row`` entries from a small vocabulary spread over ``width`` columns (overlaps, ties)."""
-    columns = RNG.choice(vocabulary, size=(n, per_row)) * (width // vocabulary)
-    values = RNG.integers(1, 4, size=(n, per_row)).astype(np.float64)
+    rng = np.random.default_rng(n)  # the same rows whichever tests ran before
+    columns = rng.choice(vocabulary, size=(n, per_row)) * (width // vocabulary)
+    values = rng.integers(1, 4, size=(n, per_row)).astype(np.float64)
     X = sp.csr_matrix((values.ravel(), columns.ravel(), np.arange(n + 1) * per_row), shape=(n, width))
     X.sum_duplicates()
     return X
+
+
+def sparse_df(spark, X):
+    """An ``id`` + ``features`` (SparseVector) DataFrame of the CSR rows ``X``, and its reference positions' ids."""
+    rows = [(i, Vectors.sparse(X.shape[1], X[i].indices.tolist(), X[i].data.tolist())) for i in range(X.shape[0])]
+    schema = StructType([StructField("id", LongType()), StructField("features", VectorUDT())])
+    df = spark.createDataFrame(rows, schema).repartition(2)
+    return df, stable_order(df, "id", ["features"]).select("id").toArrow().column("id").to_numpy()
+
+
+def assert_matches_csr_brute_force(got, X, ids, k, metric):
+    """Brute force on the CSR matrix, to its rounding, and the tie rule on the distances returned.
+
+    Rows at mathematically equal distances (ties) may differ in their last bits, in scikit-learn's
+    formula (|q|^2 + |r|^2 - 2 q.r, or 1 - q.r / |q||r|) as in the exact pair-wise one; so the neighbours
+    found must be at the brute-force distances, and equal distances returned must be in position order.
+    """
+    R = X[ids]
+    D = -(X @ R.T).toarray() if metric == "inner_product" else pairwise_distances(X, R, metric=metric)
+    D[got[0][:, None] == ids[None, :]] = np.inf  # exclude_self
+    expected = np.sort(D, axis=1)[:, :k]
+    positions = np.searchsorted(ids, got[1], sorter=np.argsort(ids))
+    positions = np.argsort(ids)[positions]  # of each neighbour found, its reference position
+    assert_allclose(np.take_along_axis(D, positions, axis=1), expected, atol=1e-8)
+    assert_allclose(got[2], expected, atol=1e-8)
+    tied = got[2][:, 1:] == got[2][:, :-1]
+    assert (positions[:, 1:] > positions[:, :-1])[tied].all() and tied.any()
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine", "inner_product"])
 def test_sparse_vectors_are_searched_as_csr(spark, monkeypatch, metric):
     """SparseVector features (2^18 columns): the reference stays CSR; equal to brute force on the CSR matrix."""
     X = _tfidf_like(300)
-    rows = [(i, Vectors.sparse(X.shape[1], X[i].indices.tolist(), X[i].data.tolist())) for i in range(X.shape[0])]
-    schema = StructType([StructField("id", LongType()), StructField("features", VectorUDT())])
-    df = spark.createDataFrame(rows, schema).repartition(2)
-    ids = stable_order(df, "id", ["features"]).select("id").toArrow().column("id").to_numpy()  # positions
-    R = X[ids]
+    df, ids = sparse_df(spark, X)
     fitted = []
     original = ReferenceIndex.fit
     monkeypatch.setattr(
@@ -567,10 +592,38 @@ def test_sparse_vectors_are_searched_as_csr(spark, monkeypatch, metric):
     got = {b: collect(all_neighbors(df, 5, metric=metric, backend=b)) for b in backends}
     assert all(sp.issparse(x) for x in fitted)
     assert_identical(got["auto"], got.get("sklearn", got["auto"]))
-    # brute force on the CSR matrix, its rounding (|q|^2 + |r|^2 - 2 q.r) taken off so exact ties stay ties
-    D = -(X @ R.T).toarray() if metric == "inner_product" else pairwise_distances(X, R, metric=metric)
-    D = np.round(D, 9)
-    D[got["auto"][0][:, None] == ids[None, :]] = np.inf
-    order = np.lexsort((np.broadcast_to(np.arange(len(ids)), D.shape), D), axis=-1)[:, :5]
-    np.testing.assert_array_equal(got["auto"][1], ids[order])
-    assert_allclose(got["auto"][2], np.take_along_axis(D, order, axis=1), atol=1e-8)
+    assert_matches_csr_brute_force(got["auto"], X, ids, 5, metric)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_sparse_vectors_stay_csr_in_sharded_mode(spark, monkeypatch, metric):
+    """Sharded mode: shards and query chunks reach the backend as CSR (a dense shard would fail the task), and
+    shards and blocks are sized by the entries stored, not by the 2^18 columns."""
+
+    class CsrOnly(GemmBackend):  # defined here, so that it is pickled by value into the tasks
+        def build(self, X, metric):
+            if not sp.issparse(X):
+                raise TypeError(f"a dense {X.shape} shard reached the backend")
+            super().build(X, metric)
+
+        def search(self, Q, n):
+            if not sp.issparse(Q):
+                raise TypeError(f"a dense {Q.shape} query chunk reached the backend")
+            return super().search(Q, n)
+
+    X = _tfidf_like(300)
+    df, ids = sparse_df(spark, X)
+    sizes = []
+    original = join_module.sharded_join
+    monkeypatch.setattr(
+        join_module,
+        "sharded_join",
+        lambda *a, **kw: sizes.append((kw["shards"], kw["blocks"])) or original(*a, **kw),
+    )
+    monkeypatch.setattr(join_module, "BROADCAST_MAX_BYTES", 0)
+    got = collect(all_neighbors(df, 5, metric=metric, backend=CsrOnly()))
+    assert_identical(got, collect(all_neighbors(df, 5, metric=metric, backend="sklearn", shards=2)))
+    assert_matches_csr_brute_force(got, X, ids, 5, metric)
+    # 300 rows of ~12 stored entries: one shard, and blocks only to keep every core busy (dense: 5 and 10)
+    tasks = spark.sparkContext.defaultParallelism * TASKS_PER_CORE
+    assert sizes == [(1, tasks), (2, -(-tasks // 2))]

@@ -114,8 +114,6 @@ class ReferenceIndex(BaseEstimator):
 
     def search(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """The IDs and exact distances of each row's ``n_neighbors`` nearest reference rows, nearest first."""
-        if sp.issparse(X) and not sp.issparse(self.X_):
-            X = X.toarray()
         backend = self.index_.get() if isinstance(self.index_, IndexFile) else self.index_
         keys = np.arange(self.X_.shape[0], dtype=np.int64)
         positions, distances = exact_top_k(backend, self.X_, keys, X, self.n_neighbors, self.metric)

@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
-from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ByteType, IntegerType, LongType, ShortType, StringType, StructType
@@ -173,11 +172,30 @@ def _counted_bytes(df: DataFrame, spec: FeatureSpec) -> int:
     return n_rows * (row.data.nbytes + row.indices.nbytes if sp.issparse(row) else row.nbytes)
 
 
-def _width(spec: FeatureSpec) -> Column:
+def _width_and_bytes(spec: FeatureSpec) -> tuple[Column, Column]:
+    """Per row: its number of features, and the bytes of its stored features (a sparse row's stored entries only).
+
+    A vector's size and stored values are read from its JSON form (Spark SQL has no vector functions,
+    and ``vector_to_array`` would make a 2^18-column sparse vector a 2 MiB array); a sparse entry is
+    counted as a float64 value and an int32 column index, as in a CSR matrix.
+    """
+    itemsize = spec.dtype.itemsize
     if spec.layout == "columns":
-        return F.lit(len(spec.columns))
+        return F.lit(len(spec.columns)), F.lit(len(spec.columns) * itemsize)
     column = F.col(spec.columns[0])
-    return F.size(vector_to_array(column) if spec.layout == "vector" else column)
+    if spec.layout != "vector":
+        return F.size(column), F.size(column) * itemsize
+    as_json = F.to_json(F.struct(column.alias("v")))
+    stored = F.json_array_length(F.get_json_object(as_json, "$.v.values"))
+    sparse = F.get_json_object(as_json, "$.v.type") == "0"
+    width = F.coalesce(F.get_json_object(as_json, "$.v.size").cast("int"), stored)  # dense vectors have no size
+    return width, stored * F.when(sparse, itemsize + 4).otherwise(itemsize)
+
+
+def _shape_stats(spec: FeatureSpec) -> list[Column]:
+    """Smallest and largest row width, and average stored bytes per row (one aggregate pass)."""
+    width, stored = _width_and_bytes(spec)
+    return [F.min(width), F.max(width), F.coalesce(F.avg(stored), F.lit(0.0))]
 
 
 def _fitted_reference(nn: NearestNeighbors, metric: str, reference_ids: Any, shards: Any):
@@ -360,15 +378,9 @@ def _broadcast_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec) 
 def _shard_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec, shards: int | None) -> DataFrame:
     """Check the reference's IDs and widths with one aggregate job, size the shards and blocks, and shard it."""
     queries, id_col, q_spec, k, exclude_self = job.queries, job.id_col, job.q_spec, job.k, job.exclude_self
-    stats = reference.agg(
-        F.count(F.lit(1)),
-        F.count(id_col),
-        F.count_distinct(id_col),
-        F.min(_width(r_spec)),
-        F.max(_width(r_spec)),
-    ).first()
+    stats = reference.agg(F.count(F.lit(1)), F.count(id_col), F.count_distinct(id_col), *_shape_stats(r_spec)).first()
     assert stats is not None  # an aggregate without grouping has one row
-    n_ref, n_ids, n_distinct, width, max_width = stats
+    n_ref, n_ids, n_distinct, width, max_width, row_bytes = stats
     if n_ids != n_ref:
         raise ValueError("the reference has null IDs; every reference row needs a unique ID")
     if n_distinct != n_ids:
@@ -377,18 +389,17 @@ def _shard_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec, shar
     _check_k_fits(k, n_ref, exclude_self)
     if width != max_width:
         raise ValueError(f"the reference's {r_spec.describe()} has rows of {width} and of {max_width} features")
-    q_stats = queries.agg(F.count(F.lit(1)), F.min(_width(q_spec)), F.max(_width(q_spec))).first()
+    q_stats = queries.agg(F.count(F.lit(1)), *_shape_stats(q_spec)).first()
     assert q_stats is not None
-    n_queries, q_width, q_max_width = q_stats
+    n_queries, q_width, q_max_width, q_row_bytes = q_stats
     if n_queries and (q_width, q_max_width) != (width, width):
         raise ValueError(
             f"the queries' {q_spec.describe()} has rows of {q_width} to {q_max_width} features, but the "
             f"reference's has {width}"
         )
-    row_bytes = width * r_spec.dtype.itemsize
-    if shards is None:
+    if shards is None:  # by the bytes stored: a sparse row's entries, not its width
         shards = count_blocks(n_ref, row_bytes, SHARD_MAX_BYTES)
-    blocks = count_blocks(n_queries, width * q_spec.dtype.itemsize, QUERY_BLOCK_MAX_BYTES)
+    blocks = count_blocks(n_queries, q_row_bytes, QUERY_BLOCK_MAX_BYTES)
     # a few (block, shard) groups per core, whatever the inputs' partitioning: every core searches
     tasks = default_parallelism(queries) * TASKS_PER_CORE
     blocks = max(blocks, min(max(n_queries, 1), -(-tasks // shards)))

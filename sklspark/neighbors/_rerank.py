@@ -202,6 +202,8 @@ def exact_top_k(
     distances : ndarray of float64 of shape (n_queries, n)
         Exact distances, ascending.
     """
+    if sp.issparse(Q) != sp.issparse(R):  # a chunk follows the reference: CSR for a CSR reference, else dense
+        Q = sp.csr_matrix(Q) if sp.issparse(R) else sp.csr_matrix(Q).toarray()
     n_ref = R.shape[0]
     positions = np.empty((Q.shape[0], n), dtype=np.int64)
     distances = np.empty((Q.shape[0], n), dtype=np.float64)

@@ -25,6 +25,8 @@ query block's take at most :data:`QUERY_BLOCK_MAX_BYTES` (raised if needed so th
 the default parallelism). A task holds one block and one shard, each as an Arrow table and as a
 matrix, plus the backend's index (about one more shard for flat indexes) and per-chunk scratch of
 ``chunk_size`` rows: about ``2 x (QUERY_BLOCK_MAX_BYTES + SHARD_MAX_BYTES) + index`` in all.
+``SparseVector`` features count their stored entries (12 bytes each, as CSR), not their columns, and
+stay CSR for backends that take it (``gemm``, ``sklearn``), so the bound holds for 2^18-column vectors too.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import scipy.sparse as sp
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
@@ -105,11 +108,12 @@ def _partial_top(
         return R
 
     # one chunk, made lazily: the runner reports a bad reference row as it reports a bad query row
-    shard_matrix = ((0, _finite_matrix(reference, r_spec, 0, id_col)) for _ in range(1))
+    sparse = backend.sparse  # SparseVector rows stay CSR for backends that take it, as in broadcast mode
+    shard_matrix = ((0, _finite_matrix(reference, r_spec, 0, id_col, sparse)) for _ in range(1))
     ((_, R, _),) = apply_chunks(build, f"{name}.build on the reference's {where}", shard_matrix)
     n = min(n, R.shape[0])
     query_chunks = (
-        (start, batch, _finite_matrix(batch, q_spec, start, id_col))
+        (start, batch, _finite_matrix(batch, q_spec, start, id_col, sparse))
         for start, batch in iter_batch_chunks(queries.to_batches(), chunk_size)
     )
     label = f"{name}.search of the queries' block {queries.column(_BLOCK)[0].as_py()} in {where}"
@@ -132,14 +136,20 @@ def _partial_top(
     return pa.Table.from_batches(out, schema=schema)
 
 
-def _finite_matrix(batch: pa.RecordBatch, spec: FeatureSpec, first_row: int, id_col: str) -> np.ndarray:
-    """The batch's dense feature matrix; ``ValueError`` naming the first row (and its ID) with NaN or infinity.
+def _finite_matrix(
+    batch: pa.RecordBatch, spec: FeatureSpec, first_row: int, id_col: str, accept_sparse: bool
+) -> np.ndarray | sp.csr_matrix:
+    """The batch's feature matrix (CSR if it has sparse vectors and ``accept_sparse``); ``ValueError``
+    naming the first row (and its ID) with NaN or infinity.
 
     Every backend gets finite rows: scikit-learn refuses others without naming the row, FAISS and
     Annoy would return meaningless neighbours.
     """
-    X = batch_to_matrix(batch, spec, first_row, accept_sparse=False)
-    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    X = batch_to_matrix(batch, spec, first_row, accept_sparse=accept_sparse)
+    if sp.issparse(X):  # only the stored entries can be NaN or infinite
+        bad = np.unique(np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))[~np.isfinite(X.data)])
+    else:
+        bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
     if bad.size:
         row = int(bad[0])
         raise ValueError(
