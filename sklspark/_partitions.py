@@ -38,14 +38,15 @@ def _session_of(data: RDD | DataFrame) -> Any:
     return data.context if isinstance(data, RDD) else data
 
 
-def spread_target(data: RDD | DataFrame) -> int | None:
-    """Partitions to spread ``data`` over so that every core works, or ``None`` if it already has enough.
+def spread_target(data: RDD | DataFrame) -> int:
+    """Partitions to spread ``data`` over (round-robin) so that every core works: as many as it has, at least
+    :data:`TASKS_PER_CORE` per core.
 
-    Under Spark Connect, where the partitioning cannot be seen, the input is always spread.
+    The number of partitions alone does not show that they are balanced: Spark splits a large Parquet
+    file by bytes but a row group goes whole to one split, so one file with one row group of 256 MiB is
+    two partitions, one of them empty. Under Spark Connect the partitioning cannot be seen at all.
     """
-    cores = default_parallelism(_session_of(data))
-    current = n_partitions(data)
-    return cores * TASKS_PER_CORE if current is None or current < cores else None
+    return max(n_partitions(data) or 0, default_parallelism(_session_of(data)) * TASKS_PER_CORE)
 
 
 def check_partitions(partitions: Any) -> int | None:

@@ -473,6 +473,10 @@ def test_all_neighbors_100k_x_64_matches_sklearn(spark, modes):
     assert_identical(*results)
 
 
+def _parquet_files(path):
+    return (os.path.join(path, name) for name in sorted(os.listdir(path)) if name.endswith(".parquet"))
+
+
 def _stage_tasks(sc, group):
     """The number of tasks of every stage of the jobs run in job group ``group``."""
     tracker = sc.statusTracker()
@@ -508,6 +512,17 @@ def test_one_parquet_file_spreads_over_every_core(spark, tmp_path, monkeypatch, 
     assert blocks[0] >= cores  # (block, shard) groups: at least one per core
     assert_identical(got, sharded)
     assert modes == ["broadcast", "sharded"]
+    # Split by bytes, the file's one row group goes whole to one partition: the others are empty, and the
+    # queries are spread over every core nonetheless
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(os.path.getsize(next(_parquet_files(path))) // 3))
+    try:
+        split = spark.read.parquet(path)
+        rows = split.rdd.mapPartitions(lambda part: [sum(1 for _ in part)]).collect()
+        searched = all_neighbors(split, 5).rdd.mapPartitions(lambda part: [sum(1 for _ in part)]).collect()
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    assert len(rows) >= cores and sorted(rows)[-2:] == [0, 600]
+    assert len(searched) >= cores and min(searched) > 0 and sum(searched) == 600
 
 
 def test_rows_without_size_statistics_are_counted_and_broadcast(spark, modes):

@@ -125,8 +125,10 @@ def broadcast_join(
 ) -> DataFrame:
     """Score the queries against a fitted :class:`ReferenceIndex`, shipped once to every executor.
 
-    Queries with fewer partitions than the cluster has cores (one Parquet file is one partition) are
-    first spread round-robin over a few partitions per core, so that every core searches.
+    The queries are first spread round-robin over as many partitions as they have, at least a few per
+    core (:func:`sklspark._partitions.spread_target`): a shuffle of the queries alone, small next to the
+    search, after which every core searches whatever the input's partitioning (one Parquet file is one
+    partition, or several of which all but one may be empty).
 
     Returns
     -------
