@@ -282,11 +282,9 @@ def bench_approximate(args, tmp: Path, rows: list[Row]) -> None:
     spark = session("local[2]")
     hnsw = TimedHnsw(M=args.hnsw_m, ef_construction=args.hnsw_ef_construction, ef_search=args.hnsw_ef_search)
     df = spark.read.parquet(str(one_file))
-    size = _join._estimated_bytes(df) or 0
-    # One graph built once on the driver: the file (256.06 MiB at 1,000,000 x 64) is just above the default
-    # broadcast limit (256 MiB), and sharded mode would build a graph per (query block, shard) group.
-    _join.BROADCAST_MAX_BYTES = max(_join.BROADCAST_MAX_BYTES, 1 << 30)
-    mode = f"broadcast mode (BROADCAST_MAX_BYTES raised to 1 GiB: Spark estimates the file at {size / 2**20:.2f} MiB)"
+    size = _join._estimated_bytes(df)
+    mode = "broadcast" if size is not None and size <= _join.BROADCAST_MAX_BYTES else "sharded"
+    mode = f"{mode} mode (Spark estimates the file at {(size or 0) / 2**20:.0f} MiB)"
     out = tmp / "approximate-neighbours.parquet"
     t = timed(lambda: all_neighbors(df, k, backend=hnsw).write.mode("overwrite").parquet(str(out)))
     table = pq.read_table(out, columns=["id", "neighbor_ids"])
