@@ -23,7 +23,7 @@ from sklearn.neighbors import NearestNeighbors
 import sklspark
 from sklspark.neighbors import SklearnBackend, all_neighbors
 
-N_ROWS, N_FEATURES, N_PARTITIONS = 20_000, 8, 40
+N_ROWS, N_FEATURES, N_PARTITIONS = 6_000, 8, 12
 
 
 class SlowProjection(TransformerMixin, BaseEstimator):
@@ -86,7 +86,7 @@ def main(master, kind, out_file, marker_dir, fault):
     if kind.startswith("knn-"):
         df = spark.createDataFrame(pa.table({"id": np.arange(N_ROWS), "features": list(X)})).repartition(N_PARTITIONS)
         shards = 4 if kind == "knn-sharded" else None
-        table = all_neighbors(df, 5, backend=SlowSklearnBackend(marker_dir), shards=shards, chunk_size=250).toArrow()
+        table = all_neighbors(df, 5, backend=SlowSklearnBackend(marker_dir), shards=shards, chunk_size=200).toArrow()
         expected = NearestNeighbors(n_neighbors=6, algorithm="brute").fit(X).kneighbors(X)[1][:, 1:]
         np.savez(
             out_file,
@@ -98,11 +98,11 @@ def main(master, kind, out_file, marker_dir, fault):
         return
     if kind == "rdd":
         rdd = spark.sparkContext.parallelize(list(X), N_PARTITIONS)
-        got = np.array(sklspark.distribute(model, "transform", rdd, chunk_size=250).collect())
+        got = np.array(sklspark.distribute(model, "transform", rdd, chunk_size=200).collect())
         ids = np.arange(N_ROWS)
     else:
         df = spark.createDataFrame(pa.table({"id": np.arange(N_ROWS), "features": list(X)})).repartition(N_PARTITIONS)
-        table = sklspark.distribute(model, "transform", df, chunk_size=250).select("id", "transform").toArrow()
+        table = sklspark.distribute(model, "transform", df, chunk_size=200).select("id", "transform").toArrow()
         ids = table.column("id").to_numpy()
         got = np.stack(table.column("transform").to_numpy(zero_copy_only=False))
     np.savez(out_file, ids=ids, got=got, expected=X @ model.weights_)

@@ -1,4 +1,9 @@
-"""The real ``sklspark`` command, run as a user runs it (subprocess): exit codes, messages, outputs."""
+"""The ``sklspark`` command: exit codes, messages, outputs.
+
+Most tests run the command in this process, on the test session (click's runner: the same parsing,
+exit codes and output streams); those about a user's first run, Java and a killed driver run the real
+``sklspark`` program in a subprocess.
+"""
 
 import operator
 import os
@@ -13,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import skops.io as sio
+from click.testing import CliRunner
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
@@ -20,6 +26,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from sklspark.cli._app import cli
 
 SKLSPARK = [sys.executable, "-m", "sklspark"]
 X = np.random.default_rng(0).normal(size=(300, 4))
@@ -57,7 +65,8 @@ CHURN_MODEL = make_pipeline(
 ).fit(CHURN, CHURN_Y)
 
 
-def run(*args, env=None, timeout=300):
+def run_command(*args, env=None, timeout=300):
+    """Run the real ``sklspark`` program as a user runs it: (exit code, stdout, stderr)."""
     proc = subprocess.run(
         [*SKLSPARK, *args, "--master", "local[2]"] if args[0] != "--help" else [*SKLSPARK, *args],
         capture_output=True,
@@ -66,6 +75,19 @@ def run(*args, env=None, timeout=300):
         env=env,
     )
     return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture
+def run(spark):
+    """Run the command in this process, on the test session: (exit code, stdout, stderr)."""
+
+    def run(*args):
+        result = CliRunner().invoke(cli, [*args, "--master", "local[2]"], prog_name="sklspark")
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception  # a bug, not an exit code
+        return result.exit_code, result.stdout, result.stderr
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +121,7 @@ def test_help_is_complete(command):
     proc = subprocess.run([*SKLSPARK, *command, "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     for option in {
-        "apply": ["--method", "--kwarg", "--trust", "--trust-pickle", "--chunk-size", "--features"],
+        "apply": ["--method", "--kwarg", "--trust", "--trust-pickle", "--chunk-size", "--features", "--partitions"],
         "knn": ["-k", "--id-col", "--metric", "--backend", "--shards", "--exclude-self"],
         "demo": ["--n-points"],
     }.get(command[0] if command else "", ["apply", "knn", "demo", "Exit codes"]):
@@ -110,7 +132,7 @@ def test_help_is_complete(command):
 
 
 def test_apply_writes_the_in_process_result(files, tmp_path):
-    code, _, err = run(
+    code, _, err = run_command(
         "apply",
         str(files / "model.skops"),
         str(files / "in.parquet"),
@@ -133,7 +155,7 @@ def test_apply_writes_the_in_process_result(files, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if "sklspark-tmp" in p]
 
 
-def test_apply_with_kwargs_and_trusted_type(files, tmp_path):
+def test_apply_with_kwargs_and_trusted_type(run, files, tmp_path):
     code, _, err = run(
         "apply",
         str(files / "nn.skops"),
@@ -212,7 +234,7 @@ def test_apply_with_kwargs_and_trusted_type(files, tmp_path):
         ),
     ],
 )
-def test_bad_arguments_exit_2_before_any_job(files, tmp_path, args, message):
+def test_bad_arguments_exit_2_before_any_job(run, files, tmp_path, args, message):
     args = [a.format(d=files, o=tmp_path / "out") for a in args]
     code, _, err = run(*args)
     assert code == 2, err
@@ -221,7 +243,7 @@ def test_bad_arguments_exit_2_before_any_job(files, tmp_path, args, message):
 
 
 @pytest.mark.parametrize("features", [[], ["--features", "autopay,plan,tenure"]])
-def test_apply_pipeline_on_named_string_columns(files, tmp_path, features):
+def test_apply_pipeline_on_named_string_columns(run, files, tmp_path, features):
     code, _, err = run(
         "apply",
         str(files / "churn.skops"),
@@ -247,7 +269,7 @@ def test_bad_master_is_one_line(files, tmp_path):
     assert "at org.apache" not in proc.stderr
 
 
-def test_failed_job_exits_1_with_one_paragraph_and_no_output(files, tmp_path):
+def test_failed_job_exits_1_with_one_paragraph_and_no_output(run, files, tmp_path):
     code, _, err = run(
         "apply",
         str(files / "model.skops"),
@@ -265,7 +287,7 @@ def test_failed_job_exits_1_with_one_paragraph_and_no_output(files, tmp_path):
     assert os.listdir(tmp_path) == []  # neither the output nor a temporary directory is left
 
 
-def test_verbose_shows_the_trace(files, tmp_path):
+def test_verbose_shows_the_trace(run, files, tmp_path):
     code, _, err = run(
         "apply",
         str(files / "model.skops"),
@@ -281,7 +303,7 @@ def test_verbose_shows_the_trace(files, tmp_path):
 
 def test_no_java_is_explained_before_spark_starts(files, tmp_path):
     env = {**os.environ, "JAVA_HOME": str(tmp_path / "no-jdk"), "PATH": os.path.dirname(sys.executable)}
-    code, _, err = run(
+    code, _, err = run_command(
         "apply",
         str(files / "model.skops"),
         str(files / "in.parquet"),
@@ -313,7 +335,7 @@ def _expected_ids(P, ids, k):
 
 
 @pytest.mark.parametrize("extra", [[], ["--shards", "3"], ["--backend", "faiss"]])
-def test_knn_writes_every_points_neighbours(points, tmp_path, extra):
+def test_knn_writes_every_points_neighbours(run, points, tmp_path, extra):
     d, P, ids = points
     code, _, err = run(
         "knn", str(d / "points.parquet"), "-o", str(tmp_path / "nn"), "-k", "4", "--id-col", "pid", *extra
@@ -325,7 +347,7 @@ def test_knn_writes_every_points_neighbours(points, tmp_path, extra):
     np.testing.assert_array_equal(got, _expected_ids(P, ids, 4))
 
 
-def test_knn_max_distance(points, tmp_path):
+def test_knn_max_distance(run, points, tmp_path):
     d, P, ids = points
     code, _, err = run(
         "knn", str(d / "points.parquet"), "-o", str(tmp_path / "nn"), "-k", "4", "--id-col", "pid",
@@ -343,7 +365,7 @@ def test_knn_max_distance(points, tmp_path):
         np.testing.assert_allclose(dist, [D[i, position[n]] for n in near])
 
 
-def test_knn_reads_csv_with_feature_columns(points, tmp_path):
+def test_knn_reads_csv_with_feature_columns(run, points, tmp_path):
     d, P, ids = points
     code, _, err = run(
         "knn",
@@ -365,7 +387,7 @@ def test_knn_reads_csv_with_feature_columns(points, tmp_path):
     np.testing.assert_array_equal(np.array(result["neighbor_ids"].tolist()), _expected_ids(P, ids, 3))
 
 
-def test_knn_bad_arguments(points, tmp_path):
+def test_knn_bad_arguments(run, points, tmp_path):
     d, _, _ = points
     code, _, err = run(
         "knn", str(d / "points.parquet"), "-o", str(tmp_path / "nn.csv"), "--id-col", "pid", "--format", "csv"
@@ -378,12 +400,10 @@ def test_knn_bad_arguments(points, tmp_path):
     assert not (tmp_path / "nn").exists()
 
 
-def test_demo_shows_a_result_quickly():
-    start = time.monotonic()
-    code, out, err = run("demo", "--n-points", "5000")
+def test_demo_shows_a_result():
+    code, out, err = run_command("demo", "--n-points", "2000")
     assert code == 0, err
-    assert "neighbor_ids" in out and "done: knn k=5: 5,000 rows in, 5,000 rows out" in err
-    assert time.monotonic() - start < 120
+    assert "neighbor_ids" in out and "done: knn k=5: 2,000 rows in, 2,000 rows out" in err
 
 
 def test_killed_job_leaves_no_partial_output(files, tmp_path):

@@ -62,26 +62,22 @@ def _check_complete(proc, out):
     np.testing.assert_allclose(got[np.argsort(ids)], expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["rdd", "df", "knn-broadcast", "knn-sharded"])
-def test_executor_killed_mid_job(cluster, tmp_path, kind):
-    proc, markers, out = _start_job(cluster, tmp_path, kind)
+@pytest.mark.parametrize(
+    ("kind", "fault"),
+    [("rdd", "raise-once"), ("df", "crash-once"), ("knn-broadcast", "none"), ("knn-sharded", "none")],
+)
+def test_executor_killed_mid_job(cluster, tmp_path, kind, fault):
+    """kill -9 of an executor mid-job; the distribute() jobs also meet a chunk that fails once before it.
+
+    ``raise-once``: the first chunk to run raises; ``crash-once``: it kills its Python worker (``os._exit``).
+    """
+    proc, markers, out = _start_job(cluster, tmp_path, kind, fault)
     _wait_for_chunks(markers, 10, proc)
     executors = cluster.executor_pids()
     assert executors, "no executor JVM found"
     os.kill(executors[0], signal.SIGKILL)
     _check_complete(proc, out)
-
-
-def test_python_worker_crash_in_one_chunk_is_retried(cluster, tmp_path):
-    proc, markers, out = _start_job(cluster, tmp_path, "df", fault="crash-once")
-    _check_complete(proc, out)
-    assert (markers / "fault-done").exists()
-
-
-def test_exception_in_one_chunk_is_retried(cluster, tmp_path):
-    proc, markers, out = _start_job(cluster, tmp_path, "rdd", fault="raise-once")
-    _check_complete(proc, out)
-    assert (markers / "fault-done").exists()
+    assert (markers / "fault-done").exists() == (fault != "none")
 
 
 def test_worker_stopped_for_good_mid_job(cluster, tmp_path):

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pyspark.sql import SparkSession
 from rich.console import Console
 from rich.table import Table
 
 from .. import __version__
 from .._distribute import distribute
+from .._partitions import EXPENSIVE_METHODS, spread_target
 from .._progress import SparkProgress
 from .._runner import ERROR_MARKER
 from .._session import spark_session
@@ -278,6 +280,8 @@ def _spark(opts: SparkOptions) -> Iterator[Any]:
             java_major_version()
         except JavaMissing as exc:
             raise JobFailed(str(exc)) from exc
+    # A session of the calling program (sklspark.cli.main() run from Python) is used and left running.
+    ours = opts.spark_connect is not None or SparkSession.getActiveSession() is None
     # sklspark draws its own progress; Spark's console bar would interleave with it.
     try:
         spark = spark_session(
@@ -295,7 +299,8 @@ def _spark(opts: SparkOptions) -> Iterator[Any]:
     try:
         yield spark
     finally:
-        spark.stop()
+        if ours:
+            spark.stop()
 
 
 def _guarded(command: Callable) -> Callable:
@@ -440,6 +445,13 @@ def knn(
     metavar="KEY=VALUE",
     help="Argument for the method, repeatable; values are Python literals (e.g. --kwarg n_neighbors=5).",
 )
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Spread the input over this many partitions first (default: kneighbors and radius_neighbors on fewer "
+    "partitions than cores, e.g. one Parquet file, are spread over 2 per core; other methods keep the input's).",
+)
 @click.option("--trust", multiple=True, metavar="TYPE", help="Trust this type when loading a .skops file, repeatable.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading .pkl/.joblib files: this runs code from the file.")
 @feature_options
@@ -452,6 +464,7 @@ def apply(
     method: str,
     chunk_size: int | None,
     method_kwargs: dict,
+    partitions: int | None,
     trust: tuple[str, ...],
     trust_pickle: bool,
     feature_opts: FeatureOptions,
@@ -480,8 +493,12 @@ def apply(
             and fitted_feature_names(model)
         ):
             features = None  # a model fitted on a pandas DataFrame: its own columns, by name
+        if partitions is None and method in EXPENSIVE_METHODS:
+            partitions = spread_target(df)
         result = _prepare(
-            lambda: distribute(model, method, df, chunk_size=chunk_size, features=features, **method_kwargs)
+            lambda: distribute(
+                model, method, df, chunk_size=chunk_size, features=features, partitions=partitions, **method_kwargs
+            )
         )
         _write_with_summary(spark, paths, result, io, f"{type(model).__name__}.{method}")
 
@@ -516,5 +533,9 @@ def demo(n_points: int, n_features: int, k: int, spark_opts: SparkOptions) -> No
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``sklspark`` console script."""
+    """Entry point of the ``sklspark`` console script.
+
+    Called from Python in a process that already has an active Spark session (a notebook, a test), the
+    command runs on that session (its ``--master`` is not used) and leaves it running.
+    """
     cli.main(args=argv, prog_name="sklspark")
