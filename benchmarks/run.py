@@ -1,7 +1,7 @@
 """Side-by-side benchmarks of sklspark against its peers, in one run, on one machine.
 
     python benchmarks/run.py            # default sizes (about 10-15 minutes on 2 cores)
-    python benchmarks/run.py --quick    # tiny sizes: proves the script works (CI smoke test)
+    python benchmarks/run.py --quick    # tiny sizes, every group, fewer variants (CI smoke test)
     python benchmarks/run.py --only approximate --name approximate   # 1,000,000 points, hnsw (about 10 minutes)
 
 Writes ``benchmarks/results/<name>.md`` (tables of times and ratios, and the targets) and
@@ -339,7 +339,7 @@ def bench_cheap(args, tmp: Path, rows: list[Row]) -> None:
         "StandardScaler.transform": (StandardScaler().fit(X[:20_000]), "transform", ArrayType(FloatType())),
     }
     spark = session("local[2]", **{"spark.sql.execution.arrow.maxRecordsPerBatch": "10000"})
-    for label, (model, method, spark_type) in models.items():
+    for label, (model, method, spark_type) in list(models.items())[: 1 if args.quick else None]:
         group = f"Cheap model, many rows: {label} ({args.cheap_rows:,} x {args.cheap_dim} float32)"
         rows.append(Row(group, "in-process numpy/scikit-learn", timed(lambda: getattr(model, method)(X)), "baseline"))
         bc = spark.sparkContext.broadcast(model)
@@ -459,7 +459,7 @@ def bench_memory(args, tmp: Path, rows: list[Row]) -> None:
 
     group = "Python worker peak memory (RSS, MB) vs chunk_size, one partition"
     n_rows = args.memory_rows
-    for chunk_size in (256, 1024, 4096, 16384, 65536):
+    for chunk_size in (256, 4096) if args.quick else (256, 1024, 4096, 16384, 65536):
         rows.append(
             Row(group, f"chunk_size={chunk_size:,}, {n_rows:,} rows", 0.0, extra={"mb": peak_mb(n_rows, chunk_size)})
         )
@@ -622,7 +622,9 @@ def plot(rows: list[Row], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, to prove the script works")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes, every group, one cheap model, two chunk sizes: a smoke test"
+    )
     parser.add_argument("--knn-rows", type=int, default=100_000)
     parser.add_argument("--knn-dim", type=int, default=64)
     parser.add_argument("-k", type=int, default=10)
@@ -640,7 +642,7 @@ def main(argv: list[str] | None = None) -> None:
         "--only",
         choices=["knn", "cheap", "memory", "approximate"],
         action="append",
-        help="run only these groups (repeatable); approximate (1,000,000 rows, hnsw) runs only when named",
+        help="run only these groups (repeatable); approximate (1,000,000 rows, hnsw) runs only when named or --quick",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -652,7 +654,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sklspark-bench-") as tmp:
         groups = {"knn": bench_knn, "cheap": bench_cheap, "memory": bench_memory, "approximate": bench_approximate}
-        for bench in (groups[g] for g in args.only or ["knn", "cheap", "memory"]):
+        default = list(groups) if args.quick else ["knn", "cheap", "memory"]
+        for bench in (groups[g] for g in args.only or default):
             bench(args, Path(tmp), rows)
             print(f"[bench] {bench.__name__} done at {time.perf_counter() - start:.0f}s", file=sys.stderr)
     text = report(rows, args, time.perf_counter() - start)

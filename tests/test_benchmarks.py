@@ -22,6 +22,7 @@ def test_benchmark_script_smoke(tmp_path):
             "## kNN all points",
             "## Cheap model, many rows: LogisticRegression.predict",
             "## Python worker peak memory",
+            "## Approximate kNN all points",
             "## Targets",
         ):
             assert heading in text
