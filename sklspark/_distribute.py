@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -158,7 +159,9 @@ def _probe(
     zero_error = None
     if width is not None:
         try:
-            return one_row_per_input(fn(np.zeros((2, width), dtype=dtype), **method_kwargs), 2)
+            with warnings.catch_warnings():  # what the estimator says of our rows of zeros is not the user's concern
+                warnings.simplefilter("ignore")
+                return one_row_per_input(fn(np.zeros((2, width), dtype=dtype), **method_kwargs), 2)
         except Exception as exc:  # noqa: BLE001 - any refusal of zeros means: probe on real rows
             zero_error = exc
     X = head_rows()

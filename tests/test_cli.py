@@ -131,8 +131,8 @@ def test_help_is_complete(command):
             assert option in proc.stdout
 
 
-def test_apply_writes_the_in_process_result(files, tmp_path):
-    code, _, err = run_command(
+def test_apply_writes_the_in_process_result(run, files, tmp_path):
+    code, _, err = run(
         "apply",
         str(files / "model.skops"),
         str(files / "in.parquet"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-LOCAL = ["--master", "local[2]"]
+LOCAL = ["--master", "local[1]"]  # one Python worker each: the examples are tiny here
 SAME = r"equals? in-process scikit-learn[^:\n]*: True"
 #: example -> (tiny arguments, what its output must show)
 TINY = {

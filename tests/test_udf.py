@@ -64,7 +64,8 @@ def test_named_columns_with_column_and_sql(spark, table):
     spark.udf.register("churn_score", sklspark.udf(clf))
     table.createOrReplaceTempView("customers")
     got = spark.sql("SELECT id, churn_score(a, b, c, d) AS churn FROM customers WHERE id % 2 = 0")
-    assert_same(collect_df(got, ["churn"], clf.predict(X[::2])), clf.predict(X[::2]))
+    churn = clf.predict(pd.DataFrame(X[::2], columns=NAMES))
+    assert_same(collect_df(got, ["churn"], churn), churn)
 
 
 def test_return_types_come_from_the_estimator(spark):
