@@ -249,6 +249,51 @@ def gemm_rows(group: str, X: np.ndarray, k: int) -> list[Row]:
 # ------------------------------------------------------------------------- 1b. approximate kNN at scale
 
 
+def bench_sparse(args, tmp: Path, rows: list[Row]) -> None:
+    """kNN of every document over TF-IDF ``SparseVector`` features (2^18 hashed terms, cosine), from ONE Parquet file.
+
+    sklspark searches them as CSR in both modes (never densified: a dense row would be 2 MiB); the baseline
+    is scikit-learn's brute force on the same CSR matrix.
+    """
+    from pyspark.ml.linalg import SparseVector
+    from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+
+    n, k, width = args.sparse_rows, args.k, 2**18
+    rng = np.random.default_rng(4)
+    vocabulary = np.array([f"w{i}" for i in range(30_000)])
+    lengths = rng.integers(20, 120, n)
+    words = vocabulary[np.minimum(rng.zipf(1.2, lengths.sum()), len(vocabulary)) - 1]
+    documents = [" ".join(w) for w in np.split(words, np.cumsum(lengths)[:-1])]
+    counts = HashingVectorizer(n_features=width, alternate_sign=False, norm=None).transform(documents)
+    X = TfidfTransformer().fit_transform(counts).tocsr()
+    X.sort_indices()
+    stored = f"{X.nnz / n:.0f} stored per row"
+    group = f"Sparse kNN: TF-IDF vectors ({n:,} documents x 2^18 hashed terms, {stored}, k={k}, cosine)"
+
+    nn = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute")
+    rows.append(
+        Row(
+            group,
+            "in-process scikit-learn kneighbors on the CSR matrix",
+            timed(lambda: nn.fit(X).kneighbors(X)),
+            "baseline",
+        )
+    )
+
+    spark = session("local[2]")
+    vectors = [SparseVector(width, X.indices[a:b], X.data[a:b]) for a, b in zip(X.indptr[:-1], X.indptr[1:])]
+    one_file = str(tmp / "tfidf-one-file.parquet")
+    spark.createDataFrame(list(zip(range(n), vectors)), ["id", "features"]).coalesce(1).write.parquet(one_file)
+    for label, shards in (("broadcast", None), ("sharded (4 shards)", 4)):
+        df = spark.read.parquet(one_file)
+        t = timed(
+            lambda df=df, shards=shards: noop(all_neighbors(df, k, metric="cosine", shards=shards, exclude_self=False))
+        )
+        rows.append(
+            Row(group, f"sklspark all_neighbors from ONE Parquet file, {label}, gemm backend on CSR", t, "end to end")
+        )
+
+
 def bench_approximate(args, tmp: Path, rows: list[Row]) -> None:
     """``all_neighbors`` with the hnsw backend from ONE Parquet file, end to end, and its recall@k on a sample.
 
@@ -632,6 +677,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cheap-dim", type=int, default=32)
     parser.add_argument("--naive-sample", type=int, default=2_000)
     parser.add_argument("--memory-rows", type=int, default=100_000)
+    parser.add_argument("--sparse-rows", type=int, default=50_000, help="documents of the sparse TF-IDF group")
     parser.add_argument("--approx-rows", type=int, default=1_000_000, help="rows of the approximate group")
     parser.add_argument("--approx-sample", type=int, default=10_000, help="rows whose recall is measured")
     parser.add_argument("--hnsw-m", type=int, default=32)
@@ -640,21 +686,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=None, help="results file name (default: default or quick)")
     parser.add_argument(
         "--only",
-        choices=["knn", "cheap", "memory", "approximate"],
+        choices=["knn", "sparse", "cheap", "memory", "approximate"],
         action="append",
         help="run only these groups (repeatable); approximate (1,000,000 rows, hnsw) runs only when named or --quick",
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.knn_rows, args.cheap_rows, args.naive_sample, args.memory_rows = 2_000, 20_000, 200, 5_000
+        args.sparse_rows = 1_000
         args.approx_rows, args.approx_sample = 20_000, 1_000
     name = args.name or ("quick" if args.quick else "default")
 
     rows: list[Row] = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sklspark-bench-") as tmp:
-        groups = {"knn": bench_knn, "cheap": bench_cheap, "memory": bench_memory, "approximate": bench_approximate}
-        default = list(groups) if args.quick else ["knn", "cheap", "memory"]
+        groups = {
+            "knn": bench_knn,
+            "sparse": bench_sparse,
+            "cheap": bench_cheap,
+            "memory": bench_memory,
+            "approximate": bench_approximate,
+        }
+        default = list(groups) if args.quick else ["knn", "sparse", "cheap", "memory"]
         for bench in (groups[g] for g in args.only or default):
             bench(args, Path(tmp), rows)
             print(f"[bench] {bench.__name__} done at {time.perf_counter() - start:.0f}s", file=sys.stderr)

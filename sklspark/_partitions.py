@@ -67,7 +67,7 @@ def repartition(data: _Data, partitions: int | None, method: str) -> _Data:
         if current is not None and current < cores:
             warnings.warn(
                 f"{method} will run on {current} partition(s), fewer than the cluster's {cores} cores; "
-                f"pass partitions={cores * TASKS_PER_CORE} to distribute() to use them all",
+                f"pass partitions={spread_target(data)} to distribute() to use them all",
                 UserWarning,
                 stacklevel=3,
             )

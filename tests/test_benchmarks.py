@@ -21,6 +21,7 @@ def test_benchmark_script_smoke(tmp_path):
         for heading in (
             "## kNN all points",
             "## Cheap model, many rows: LogisticRegression.predict",
+            "## Sparse kNN: TF-IDF vectors",
             "## Python worker peak memory",
             "## Approximate kNN all points",
             "## Targets",
