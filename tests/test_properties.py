@@ -29,7 +29,7 @@ def datasets(draw):
     return X, sorted(null_rows - nan_rows), draw(st.integers(1, 6)), draw(st.integers(1, 50))
 
 
-SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _check(run, X, null_rows):
