@@ -449,8 +449,8 @@ def knn(
     "--partitions",
     type=click.IntRange(min=1),
     default=None,
-    help="Spread the input over this many partitions first (default: kneighbors and radius_neighbors on fewer "
-    "partitions than cores, e.g. one Parquet file, are spread over 2 per core; other methods keep the input's).",
+    help="Spread the input over this many partitions first (default: kneighbors and radius_neighbors are spread "
+    "over at least 2 per core, so one Parquet file uses every core; other methods keep the input's partitions).",
 )
 @click.option("--trust", multiple=True, metavar="TYPE", help="Trust this type when loading a .skops file, repeatable.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading .pkl/.joblib files: this runs code from the file.")
