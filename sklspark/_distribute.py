@@ -17,7 +17,7 @@ from pyspark.sql.types import DataType, StructType
 
 from ._inputs import batch_to_matrix, iter_batch_chunks, iter_row_chunks, stack_rows
 from ._outputs import OutputColumn, chunk_arrays, output_columns, split_rows
-from ._partitions import check_partitions, repartition
+from ._partitions import PartitionPolicy, partition_policy
 from ._runner import one_row_per_input, run_chunks
 from ._shipping import ShippedModel
 from ._validation import (
@@ -126,18 +126,16 @@ def distribute(
     """
     check_method(estimator, method)
     chunk_size = check_optional_chunk_size(chunk_size, "distribute")
-    partitions = check_partitions(partitions)
+    policy = partition_policy(partitions, method, "distribute")
     if isinstance(data, RDD):
         if features is not None or output_cols is not None:
             raise TypeError(
                 "features= and output_cols= apply to DataFrame input; the elements of an RDD are "
                 "the feature vectors themselves"
             )
-        return _distribute_rdd(estimator, method, data, chunk_size or RDD_CHUNK_SIZE, method_kwargs, partitions)
+        return _distribute_rdd(estimator, method, data, chunk_size or RDD_CHUNK_SIZE, method_kwargs, policy)
     if isinstance(data, DataFrame):
-        return _distribute_dataframe(
-            estimator, method, data, chunk_size, features, output_cols, method_kwargs, partitions
-        )
+        return _distribute_dataframe(estimator, method, data, chunk_size, features, output_cols, method_kwargs, policy)
     raise TypeError(f"data must be a pyspark RDD or DataFrame, got {type(data).__module__}.{type(data).__name__}")
 
 
@@ -186,7 +184,7 @@ def _kwargs_repr(method_kwargs: dict) -> str:
 
 
 def _distribute_rdd(
-    estimator: Any, method: str, rdd: RDD, chunk_size: int, method_kwargs: dict, partitions: int | None
+    estimator: Any, method: str, rdd: RDD, chunk_size: int, method_kwargs: dict, policy: PartitionPolicy
 ) -> RDD:
     width = n_features_of(estimator)
     sparse_ok = declares_sparse(estimator)
@@ -201,7 +199,7 @@ def _distribute_rdd(
     elif width is not None:
         # float32 zeros: a float32-fitted model (a large NearestNeighbors) is not upcast to score them
         _probe(estimator, method, method_kwargs, width, np.dtype(np.float32), head_rows)
-    rdd = repartition(rdd, partitions, method)  # after the checks: an RDD is counted to keep its order
+    rdd = policy.apply(rdd, stacklevel=3)  # after the checks: an RDD is counted to keep its order
     model = ShippedModel(estimator, rdd.context)
 
     def apply(index: int, rows: Iterable[Any]) -> Iterator[Any]:
@@ -394,7 +392,7 @@ def _distribute_dataframe(
     features: str | Sequence[str] | None,
     output_cols: str | Sequence[str] | None,
     method_kwargs: dict,
-    partitions: int | None,
+    policy: PartitionPolicy,
 ) -> DataFrame:
     spec = resolve_features(df.schema, estimator, features)
     head_rows = _head_reader(df, spec)
@@ -407,7 +405,7 @@ def _distribute_dataframe(
             f"the estimator does not record n_features_in_"
         )
     columns = output_columns(method, sample, output_cols, df.columns, estimator)
-    df = repartition(df, partitions, method)  # after the probe, which reads the first rows unshuffled
+    df = policy.apply(df)  # after the probe, which reads the first rows unshuffled
     model = ShippedModel(estimator, df)
     sparse_ok = spec.layout == "vector" and declares_sparse(estimator)
     score = batch_scorer(model, method, method_kwargs, spec, chunk_size, sparse_ok, columns, None)

@@ -1,13 +1,26 @@
-"""Spreading an input over the cluster's cores before the method runs: ``distribute(partitions=...)``.
+"""The partition policy: how an input is spread over the cluster's cores before the method runs.
 
 A Spark task scores one partition, so an input with fewer partitions than the cluster has cores (one
-Parquet file is one partition) leaves cores idle however large it is. ``partitions=`` repartitions
-it first; without it, an expensive method on too few partitions gets a warning that names the option.
+Parquet file is one partition) leaves cores idle however large it is. The rule, decided once per call by
+:func:`partition_policy` and applied by :meth:`PartitionPolicy.apply`, is the same from every entry point
+(``distribute()``, the CLI's ``apply``, both kNN join modes):
+
+* ``partitions=n`` given: the input is repartitioned into ``n`` balanced partitions (an RDD keeps its
+  order: it is counted and numbered first, two small jobs; a DataFrame is repartitioned round-robin).
+* otherwise, for a method that searches a whole reference per row (:data:`EXPENSIVE_METHODS`): a
+  DataFrame is spread round-robin over :func:`spread_target` partitions (a shuffle of the input alone,
+  small next to the search); an RDD, whose order is part of its contract, is left as it is with a
+  ``UserWarning`` naming ``partitions=`` when it has fewer partitions than cores.
+* otherwise the input is scored as it is partitioned.
+
+``udf()`` returns a Column, which has no partitioning of its own: the policy does not apply there.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pyspark import RDD
@@ -18,8 +31,12 @@ from ._validation import check_scalar
 
 _Data = TypeVar("_Data", RDD, DataFrame)
 
-#: Methods that search a whole reference per row: worth a warning when they would leave cores idle.
-EXPENSIVE_METHODS = frozenset({"kneighbors", "radius_neighbors", "kneighbors_graph", "radius_neighbors_graph"})
+_log = logging.getLogger("sklspark")
+
+#: Methods that search a whole reference per row: their inputs are spread over every core.
+EXPENSIVE_METHODS = frozenset(
+    {"kneighbors", "radius_neighbors", "kneighbors_graph", "radius_neighbors_graph", "search"}
+)
 
 #: Partitions per core when an input is spread: a few, so a slow task does not hold the others up.
 TASKS_PER_CORE = 2
@@ -38,40 +55,83 @@ def _session_of(data: RDD | DataFrame) -> Any:
     return data.context if isinstance(data, RDD) else data
 
 
+def spread_tasks(spark: Any) -> int:
+    """Tasks that keep every core of the session busy: :data:`TASKS_PER_CORE` per core."""
+    return default_parallelism(spark) * TASKS_PER_CORE
+
+
 def spread_target(data: RDD | DataFrame) -> int:
     """Partitions to spread ``data`` over (round-robin) so that every core works: as many as it has, at least
-    :data:`TASKS_PER_CORE` per core.
+    :func:`spread_tasks`.
 
     The number of partitions alone does not show that they are balanced: Spark splits a large Parquet
     file by bytes but a row group goes whole to one split, so one file with one row group of 256 MiB is
     two partitions, one of them empty. Under Spark Connect the partitioning cannot be seen at all.
     """
-    return max(n_partitions(data) or 0, default_parallelism(_session_of(data)) * TASKS_PER_CORE)
+    return max(n_partitions(data) or 0, spread_tasks(_session_of(data)))
 
 
-def check_partitions(partitions: Any) -> int | None:
-    """Validate ``partitions=``: ``None`` or an int in ``[1, inf)``."""
-    return check_scalar(partitions, "partitions", "distribute", low=1, none_ok=True)
+@dataclass(frozen=True)
+class PartitionPolicy:
+    """How one call spreads its input; made by :func:`partition_policy`.
 
-
-def repartition(data: _Data, partitions: int | None, method: str) -> _Data:
-    """``data`` in ``partitions`` balanced partitions, or as it is when ``partitions`` is ``None``.
-
-    An RDD keeps its order (its elements are numbered and range-partitioned: a count and a numbering
-    job run first); a DataFrame is repartitioned round-robin. Without ``partitions``, an expensive
-    method (:data:`EXPENSIVE_METHODS`) on fewer partitions than cores gets a ``UserWarning``.
+    Attributes
+    ----------
+    partitions : int or None
+        The user's ``partitions=``: repartition into exactly this many.
+    spread : bool
+        Without ``partitions``: spread a DataFrame over every core (the method is expensive).
+    method : str
+        The method that will run, named in the warning.
+    caller : str
+        The public function the user called, named in the warning.
     """
-    if partitions is None:
-        current = n_partitions(data) if method in EXPENSIVE_METHODS else None
-        cores = default_parallelism(_session_of(data)) if current is not None else 0
-        if current is not None and current < cores:
+
+    partitions: int | None
+    spread: bool
+    method: str
+    caller: str
+
+    def apply(self, data: _Data, *, stacklevel: int = 2) -> _Data:
+        """``data`` spread as the policy says (see the module docstring).
+
+        ``stacklevel`` counts from the caller of ``apply``, as :func:`warnings.warn` does, so that a
+        warning points at the user's line.
+        """
+        if self.partitions is not None:
+            _log.info("repartitioning the input into partitions=%d", self.partitions)
+            return _repartition(data, self.partitions)
+        if not self.spread:
+            return data
+        if isinstance(data, DataFrame):
+            target = spread_target(data)
+            _log.info(
+                "spreading the input round-robin over %d partitions (%d per core; it has %s)",
+                target,
+                TASKS_PER_CORE,
+                n_partitions(data) or "an unknown number of",
+            )
+            return data.repartition(target)
+        current, cores = data.getNumPartitions(), default_parallelism(data.context)
+        if current < cores:
             warnings.warn(
-                f"{method} will run on {current} partition(s), fewer than the cluster's {cores} cores; "
-                f"pass partitions={spread_target(data)} to distribute() to use them all",
+                f"{self.method} will run on {current} partition(s), fewer than the cluster's {cores} cores; pass "
+                f"partitions={spread_target(data)} to {self.caller}() to use them all (an RDD is not spread "
+                f"unasked: it is counted and numbered first, to keep its order)",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=stacklevel + 1,
             )
         return data
+
+
+def partition_policy(partitions: Any, method: str, caller: str) -> PartitionPolicy:
+    """Check ``partitions=`` (``None`` or an int in ``[1, inf)``) and decide the policy for ``method``."""
+    partitions = check_scalar(partitions, "partitions", caller, low=1, none_ok=True)
+    return PartitionPolicy(partitions, method in EXPENSIVE_METHODS, method, caller)
+
+
+def _repartition(data: _Data, partitions: int) -> _Data:
+    """``data`` in ``partitions`` balanced partitions; an RDD keeps its order."""
     if isinstance(data, DataFrame):
         return data.repartition(partitions)
     total = max(1, data.count())

@@ -21,7 +21,6 @@ from rich.table import Table
 
 from .. import __version__
 from .._distribute import distribute
-from .._partitions import EXPENSIVE_METHODS, spread_target
 from .._progress import SparkProgress
 from .._runner import ERROR_MARKER
 from .._session import spark_session
@@ -493,8 +492,6 @@ def apply(
             and fitted_feature_names(model)
         ):
             features = None  # a model fitted on a pandas DataFrame: its own columns, by name
-        if partitions is None and method in EXPENSIVE_METHODS:
-            partitions = spread_target(df)
         result = _prepare(
             lambda: distribute(
                 model, method, df, chunk_size=chunk_size, features=features, partitions=partitions, **method_kwargs

@@ -22,7 +22,6 @@ from pyspark.sql import DataFrame
 from sklearn.base import BaseEstimator
 
 from .._distribute import distribute
-from .._partitions import spread_target
 from .._shipping import ship_file, staging_path
 from ._backends import Backend
 from ._rerank import exact_top_k
@@ -126,9 +125,10 @@ def broadcast_join(
     """Score the queries against a fitted :class:`ReferenceIndex`, shipped once to every executor.
 
     The queries are first spread round-robin over as many partitions as they have, at least a few per
-    core (:func:`sklspark._partitions.spread_target`): a shuffle of the queries alone, small next to the
-    search, after which every core searches whatever the input's partitioning (one Parquet file is one
-    partition, or several of which all but one may be empty).
+    core (the partition policy of :mod:`sklspark._partitions`: ``search`` is an expensive method), a
+    shuffle of the queries alone, small next to the search, after which every core searches whatever
+    the input's partitioning (one Parquet file is one partition, or several of which all but one may be
+    empty).
 
     Returns
     -------
@@ -143,7 +143,6 @@ def broadcast_join(
         "search",
         queries,
         chunk_size=chunk_size,
-        partitions=spread_target(queries),
         features=features,
         output_cols=[NEIGHBOR_IDS, DISTANCES],
     )

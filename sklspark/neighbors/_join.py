@@ -19,8 +19,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.validation import check_is_fitted
 
 from .._inputs import batch_to_matrix
-from .._partitions import TASKS_PER_CORE
-from .._session import default_parallelism
+from .._partitions import spread_tasks
 from .._validation import FeatureSpec, check_chunk_size, check_features, check_scalar
 from ._backends import INNER_PRODUCT, Backend, SklearnBackend, get_backend
 from ._broadcast import DISTANCES, NEIGHBOR_IDS, ReferenceIndex, broadcast_join
@@ -401,7 +400,7 @@ def _shard_dataframe(job: _Join, reference: DataFrame, r_spec: FeatureSpec, shar
         shards = count_blocks(n_ref, row_bytes, SHARD_MAX_BYTES)
     blocks = count_blocks(n_queries, q_row_bytes, QUERY_BLOCK_MAX_BYTES)
     # a few (block, shard) groups per core, whatever the inputs' partitioning: every core searches
-    tasks = default_parallelism(queries) * TASKS_PER_CORE
+    tasks = spread_tasks(queries)
     blocks = max(blocks, min(max(n_queries, 1), -(-tasks // shards)))
     return sharded_join(
         queries,
