@@ -21,7 +21,8 @@ import scipy.sparse as sp
 from pyspark.ml.linalg import DenseVector, SparseVector
 from pyspark.sql import Row
 
-from ._validation import MAX_BATCH_CHUNK, FeatureSpec
+from ._features import FeatureSpec
+from ._validation import MAX_BATCH_CHUNK
 
 # --------------------------------------------------------------------------- RDD elements
 
@@ -105,20 +106,21 @@ def stack_rows(
     return stacked if accept_sparse else stacked.toarray()
 
 
-def iter_row_chunks(
-    rows: Iterable, chunk_size: int, accept_sparse: bool, names: tuple[str, ...] | None = None
-) -> Iterator[tuple[int, Any]]:
-    """Group an iterator of RDD elements into stacked chunks of at most ``chunk_size`` rows (see :func:`stack_rows`)."""
+def iter_row_lists(rows: Iterable, chunk_size: int) -> Iterator[tuple[int, list]]:
+    """Group an iterator of RDD elements into lists of at most ``chunk_size`` rows, each with its first row's position.
+
+    Each list is stacked into the method's input by :func:`stack_rows` when it is scored.
+    """
     buffer: list = []
     first_row = 0
     for row in rows:
         buffer.append(row)
         if len(buffer) == chunk_size:
-            yield first_row, stack_rows(buffer, first_row, accept_sparse, names)
+            yield first_row, buffer
             first_row += chunk_size
             buffer = []
     if buffer:
-        yield first_row, stack_rows(buffer, first_row, accept_sparse, names)
+        yield first_row, buffer
 
 
 # --------------------------------------------------------------------------- Arrow batches
@@ -165,6 +167,30 @@ def _check_no_nulls(array: pa.Array, what: str, first_row: int) -> None:
     if array.null_count:
         row = pc.index(pc.is_null(array), True).as_py()
         raise ValueError(f"{what} is null at row {first_row + row}; rows with missing features cannot be scored")
+
+
+def null_feature_rows(batch: pa.RecordBatch, spec: FeatureSpec) -> np.ndarray | None:
+    """Rows of a matrix layout with a missing feature value: a null cell, or a null element of an array.
+
+    Returns a boolean mask, or ``None`` when no row has one (the common case, checked without a copy).
+    Such rows are not scored: their result is null, as Spark's own functions give null for null input.
+    """
+    mask: np.ndarray | None = None
+    for name in spec.columns:
+        column = batch.column(name)
+        missing = np.asarray(column.is_null()) if column.null_count else None
+        if spec.layout in ("vector", "array"):
+            values = column.flatten()[3] if spec.layout == "vector" else column  # flatten() honours slices
+            elements = values.flatten()
+            if elements.null_count:
+                lengths = np.diff(_list_offsets(values))
+                owner = np.repeat(np.arange(len(values)), lengths)  # the row of each element
+                has_null = np.zeros(len(values), dtype=bool)
+                has_null[owner[np.asarray(elements.is_null())]] = True
+                missing = has_null if missing is None else missing | has_null
+        if missing is not None:
+            mask = missing if mask is None else mask | missing
+    return mask
 
 
 def _list_offsets(array: pa.ListArray) -> np.ndarray:

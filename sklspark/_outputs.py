@@ -48,6 +48,9 @@ _DEFAULT_NAMES = {
     "radius_neighbors": ("distances", "indices"),
 }
 
+#: The column of reasons added by ``on_error="null"``: null where the row was scored.
+ERROR_COLUMN = "error"
+
 #: NumPy dtypes Spark has no type for, and the dtype they are widened to.
 _WIDEN: dict[np.dtype, np.dtype] = {
     np.dtype(np.uint8): np.dtype(np.int16),
@@ -200,9 +203,47 @@ def output_columns(
     return columns
 
 
+def declared_columns(
+    estimator: Any, method: str, output_cols: str | Sequence[str] | None, existing: Sequence[str]
+) -> list[OutputColumn] | None:
+    """The result columns the fitted estimator alone declares, without running it; ``None`` if it does not.
+
+    A single-output classifier's ``predict`` (the type of ``classes_``), ``predict_proba`` and
+    ``predict_log_proba`` (``array<double>``) and ``decision_function`` (``double`` for two classes,
+    else ``array<double>``); a single-output regressor's ``predict`` (``double``). Used where the
+    method cannot be probed: a stream of named columns, or an empty DataFrame.
+    """
+    try:
+        kind = get_tags(estimator).estimator_type
+    except Exception:  # noqa: BLE001 - objects without scikit-learn tags declare nothing
+        return None
+    classes = getattr(estimator, "classes_", None)
+    if kind == "regressor" and method == "predict" and getattr(estimator, "n_outputs_", 1) == 1:
+        sample: Any = np.zeros(1)
+    elif kind != "classifier" or not isinstance(classes, np.ndarray) or classes.ndim != 1:
+        return None
+    elif method == "predict":
+        sample = classes[:1]
+    elif method in ("predict_proba", "predict_log_proba") or (method == "decision_function" and len(classes) > 2):
+        sample = np.zeros((1, len(classes)))
+    elif method == "decision_function":
+        sample = np.zeros(1)
+    else:
+        return None
+    return output_columns(method, sample, output_cols, existing, estimator)
+
+
 def _scalar_array(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
     if pa.types.is_string(arrow_type):
         return pa.array(values.tolist(), type=arrow_type)
+    if values.dtype.kind in "iu" and pa.types.is_floating(arrow_type):
+        # Integers into a floating column: Arrow's safe cast refuses any beyond +-2^53, although many (-2^63,
+        # RadiusNeighborsRegressor's value for a row without neighbours) are exact; numpy checks each one.
+        floats = values.astype(arrow_type.to_pandas_dtype())
+        exact = floats.astype(values.dtype) == values
+        if not exact.all():
+            raise ValueError(f"the integer {values[~exact][0]} is not exactly a {arrow_type}")
+        return pa.array(floats)
     array = pa.array(values.astype(_element_dtype(values.dtype), copy=False))
     # A safe cast: a value the column type cannot hold (1.5 into an integer column) raises, never truncates.
     return array if array.type == arrow_type else array.cast(arrow_type, safe=True)

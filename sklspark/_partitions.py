@@ -5,13 +5,15 @@ Parquet file is one partition) leaves cores idle however large it is. The rule, 
 :func:`partition_policy` and applied by :meth:`PartitionPolicy.apply`, is the same from every entry point
 (``distribute()``, the CLI's ``apply``, both kNN join modes):
 
-* ``partitions=n`` given: the input is repartitioned into ``n`` balanced partitions (an RDD keeps its
+* ``partitions=n``: the input is repartitioned into ``n`` balanced partitions (an RDD keeps its
   order: it is counted and numbered first, two small jobs; a DataFrame is repartitioned round-robin).
-* otherwise, for a method that searches a whole reference per row (:data:`EXPENSIVE_METHODS`): a
-  DataFrame is spread round-robin over :func:`spread_target` partitions (a shuffle of the input alone,
-  small next to the search); an RDD, whose order is part of its contract, is left as it is with a
-  ``UserWarning`` naming ``partitions=`` when it has fewer partitions than cores.
-* otherwise the input is scored as it is partitioned.
+* ``partitions="auto"``: a method that searches a whole reference per row (:data:`EXPENSIVE_METHODS`)
+  gets the same, into :func:`spread_target` partitions, at least :data:`TASKS_PER_CORE` per core,
+  whatever the input's partitioning (which may look balanced and not be); other methods keep the
+  input's partitions. The CLI and the kNN joins, whose inputs are files, use it.
+* ``partitions=None``: the input is scored as it is partitioned; a method that searches a whole
+  reference per row (:data:`EXPENSIVE_METHODS`) on fewer partitions than cores gets a ``UserWarning``
+  at the user's line naming ``partitions=``.
 
 ``udf()`` returns a Column, which has no partitioning of its own: the policy does not apply there.
 """
@@ -21,15 +23,13 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from pyspark import RDD
 from pyspark.sql import DataFrame
 
 from ._session import default_parallelism, spark_context_of
 from ._validation import check_scalar
-
-_Data = TypeVar("_Data", RDD, DataFrame)
 
 _log = logging.getLogger("sklspark")
 
@@ -77,47 +77,45 @@ class PartitionPolicy:
 
     Attributes
     ----------
-    partitions : int or None
-        The user's ``partitions=``: repartition into exactly this many.
-    spread : bool
-        Without ``partitions``: spread a DataFrame over every core (the method is expensive).
+    partitions : int, "auto" or None
+        The user's ``partitions=``, checked.
+    expensive : bool
+        The method searches a whole reference per row: idle cores are worth a warning.
     method : str
         The method that will run, named in the warning.
     caller : str
         The public function the user called, named in the warning.
     """
 
-    partitions: int | None
-    spread: bool
+    partitions: int | str | None
+    expensive: bool
     method: str
     caller: str
 
-    def apply(self, data: _Data, *, stacklevel: int = 2) -> _Data:
+    def apply(self, data: RDD | DataFrame, *, stacklevel: int = 2) -> RDD | DataFrame:
         """``data`` spread as the policy says (see the module docstring).
 
         ``stacklevel`` counts from the caller of ``apply``, as :func:`warnings.warn` does, so that a
         warning points at the user's line.
         """
-        if self.partitions is not None:
-            _log.info("repartitioning the input into partitions=%d", self.partitions)
-            return _repartition(data, self.partitions)
-        if not self.spread:
-            return data
-        if isinstance(data, DataFrame):
+        if self.partitions == "auto" and self.expensive:
             target = spread_target(data)
             _log.info(
-                "spreading the input round-robin over %d partitions (%d per core; it has %s)",
+                "spreading the input over %d partitions (%d per core; it has %s)",
                 target,
                 TASKS_PER_CORE,
                 n_partitions(data) or "an unknown number of",
             )
-            return data.repartition(target)
-        current, cores = data.getNumPartitions(), default_parallelism(data.context)
-        if current < cores:
+            return _repartition(data, target)
+        if isinstance(self.partitions, int):
+            _log.info("repartitioning the input into partitions=%d", self.partitions)
+            return _repartition(data, self.partitions)
+        current = n_partitions(data) if self.expensive and self.partitions is None else None
+        cores = default_parallelism(_session_of(data)) if current is not None else 0
+        if current is not None and current < cores:
             warnings.warn(
                 f"{self.method} will run on {current} partition(s), fewer than the cluster's {cores} cores; pass "
-                f"partitions={spread_target(data)} to {self.caller}() to use them all (an RDD is not spread "
-                f"unasked: it is counted and numbered first, to keep its order)",
+                f"partitions='auto' (or partitions={spread_target(data)}) to {self.caller}() to use them all",
                 UserWarning,
                 stacklevel=stacklevel + 1,
             )
@@ -125,12 +123,13 @@ class PartitionPolicy:
 
 
 def partition_policy(partitions: Any, method: str, caller: str) -> PartitionPolicy:
-    """Check ``partitions=`` (``None`` or an int in ``[1, inf)``) and decide the policy for ``method``."""
-    partitions = check_scalar(partitions, "partitions", caller, low=1, none_ok=True)
+    """Check ``partitions=`` (``None``, ``"auto"`` or an int in ``[1, inf)``) and decide the policy for ``method``."""
+    if partitions != "auto":
+        partitions = check_scalar(partitions, "partitions", caller, low=1, none_ok=True, also=["'auto'"])
     return PartitionPolicy(partitions, method in EXPENSIVE_METHODS, method, caller)
 
 
-def _repartition(data: _Data, partitions: int) -> _Data:
+def _repartition(data: RDD | DataFrame, partitions: int) -> RDD | DataFrame:
     """``data`` in ``partitions`` balanced partitions; an RDD keeps its order."""
     if isinstance(data, DataFrame):
         return data.repartition(partitions)

@@ -1,9 +1,15 @@
-"""Chunk runner: call the method once per stacked chunk inside a task, with thread caps and clear errors."""
+"""Chunk runner: call a function once per chunk inside a task, with thread caps and clear errors.
+
+A failing chunk either fails its task with a :class:`ChunkError` naming what ran, the partition, the rows
+and the cause, or, when failures are isolated (``on_error="null"``), is cut in halves until each failing
+row stands alone (:func:`score_chunk`).
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,18 +17,16 @@ import scipy.sparse as sp
 from pyspark import TaskContext
 from threadpoolctl import ThreadpoolController
 
-from ._shipping import ShippedModel
-from ._validation import accepts_sparse
-
-#: Per worker process: whether a shipped model's method took CSR input, learnt on its first sparse chunk.
-_takes_sparse: dict[tuple[str, str], bool] = {}
-
 #: Prefix of every message sklspark raises inside a task: the CLI finds sklspark's own error in a Spark trace by it.
 ERROR_MARKER = "sklspark:"
 
 #: Per worker process: the threadpoolctl controller, and the number of imported modules when it scanned.
 _controller: ThreadpoolController | None = None
 _scanned_modules = 0
+
+
+class BadInput(ValueError):
+    """Raised by a task's input adapter for rows it cannot read (null, ragged, wrong width)."""
 
 
 class ChunkError(RuntimeError):
@@ -66,16 +70,6 @@ def one_row_per_input(output: Any, n_input: int) -> Any:
     return output
 
 
-def _densify_if_refused(model: ShippedModel, estimator: Any, method: str, method_kwargs: dict, X: Any) -> Any:
-    """``X``, made dense if it is CSR and the method refuses sparse input (probed once per process)."""
-    if not sp.issparse(X):
-        return X
-    key = (model.token, method)
-    if key not in _takes_sparse:
-        _takes_sparse[key] = accepts_sparse(estimator, method, method_kwargs, X.shape[1])
-    return X if _takes_sparse[key] else X.toarray()
-
-
 def capped_threads() -> Any:
     """Context manager capping BLAS/OpenMP pools at the task's CPUs (``spark.task.cpus``; no cap outside a task).
 
@@ -89,6 +83,11 @@ def capped_threads() -> Any:
     if _controller is None or len(sys.modules) != _scanned_modules:
         _controller, _scanned_modules = ThreadpoolController(), len(sys.modules)
     return _controller.limit(limits=context.cpus() if context is not None else None)
+
+
+def _partition() -> int:
+    context = TaskContext.get()
+    return context.partitionId() if context is not None else 0
 
 
 def apply_chunks(
@@ -105,8 +104,7 @@ def apply_chunks(
     the partition, the rows and the cause.
     """
     if partition is None:
-        context = TaskContext.get()
-        partition = context.partitionId() if context is not None else 0
+        partition = _partition()
     with capped_threads():
         while True:
             try:
@@ -126,26 +124,52 @@ def apply_chunks(
             yield (*item, output)
 
 
-def run_chunks(
-    model: ShippedModel,
-    method: str,
-    method_kwargs: dict,
-    chunks: Iterator[tuple[Any, ...]],
-    partition: int | None = None,
-    convert: Callable[[Any], Any] | None = None,
-) -> Iterator[tuple[Any, ...]]:
-    """Run a shipped model's ``method`` on every chunk (see :func:`apply_chunks`), one output row per input row.
+@dataclass(frozen=True)
+class Piece:
+    """Consecutive rows of a chunk, from ``offset`` for ``length`` rows, and what scoring them gave.
 
-    CSR chunks are made dense for methods that refuse sparse input (see
-    :func:`~sklspark._validation.accepts_sparse`). ``convert``, if given, turns each output into what is
-    yielded (e.g. Arrow arrays); its errors become :class:`ChunkError` s naming the rows like the method's.
+    ``output`` when they were scored; otherwise ``error``, the reason, as
+    ``"<method>: <ExceptionType>: <message>"``.
     """
-    estimator = model.get()
-    fn = getattr(estimator, method)
 
-    def call(X: Any) -> Any:
-        X = _densify_if_refused(model, estimator, method, method_kwargs, X)
-        output = one_row_per_input(fn(X, **method_kwargs), X.shape[0])
-        return output if convert is None else convert(output)
+    offset: int
+    length: int
+    output: Any = None
+    error: str | None = None
 
-    return apply_chunks(call, f"{type(estimator).__name__}.{method}", chunks, partition)
+
+def score_chunk(fn: Callable[[Any, int], Any], chunk: Any, rows: np.ndarray, label: str, isolate: bool) -> list[Piece]:
+    """``fn(chunk)`` as one :class:`Piece` covering the whole chunk, or the pieces left by isolating failures.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(chunk, first_row)`` reads, scores and converts a chunk whose first row is at ``first_row``
+        in the partition; ``chunk[a:b]`` must be a chunk too (a list of RDD elements, an Arrow record
+        batch). It raises :class:`BadInput` for rows it cannot read.
+    chunk : sliceable
+    rows : ndarray of int
+        The partition positions of the chunk's rows, for messages.
+    label : str
+        What runs, ``"<Estimator>.<method>"``.
+    isolate : bool
+        ``False``: any error raises a :class:`ChunkError` naming ``label``, the partition, the rows and
+        the cause. ``True``: a failing chunk is bisected until every failing row is a piece of its own
+        with its reason; every other row is scored as part of a larger piece.
+    """
+    try:
+        return [Piece(0, len(rows), fn(chunk, int(rows[0])))]
+    except Exception as exc:
+        if not isolate:
+            where = f"partition {_partition()}"
+            if isinstance(exc, BadInput):
+                raise ChunkError(f"{ERROR_MARKER} bad input for {label} in {where}: {exc}") from exc
+            raise ChunkError(
+                f"{ERROR_MARKER} {label} failed in {where}, rows {rows[0]}-{rows[-1]}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if len(rows) == 1:
+            return [Piece(0, 1, error=f"{label.rpartition('.')[2]}: {type(exc).__name__}: {exc}")]
+    half = len(rows) // 2
+    tail = score_chunk(fn, chunk[half:], rows[half:], label, isolate)
+    head = score_chunk(fn, chunk[:half], rows[:half], label, isolate)
+    return head + [Piece(p.offset + half, p.length, p.output, p.error) for p in tail]

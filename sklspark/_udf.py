@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-from pyspark.sql import Column, SparkSession
-from pyspark.sql.pandas.types import to_arrow_type
-from pyspark.sql.types import DataType, StructType, _parse_datatype_string
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+from pyspark.sql.types import DataType
 
-from ._distribute import _probe, batch_scorer, quoted, scoring_udf
-from ._outputs import OutputColumn, default_names, output_columns
-from ._shipping import ShippedModel
-from ._validation import check_method, check_optional_chunk_size, declares_sparse, fitted_feature_names, n_features_of
+from ._features import quote_column
+from ._scoring import ScoringRequest, build_plan, scoring_udf
+from ._validation import n_features_of
 
 
 class ScoringUDF:
@@ -53,7 +51,7 @@ class ScoringUDF:
                 f"{len(cols)} feature columns were passed, but the estimator was fitted on {self._n_features} "
                 f"features; pass one column per feature, or one vector/array column"
             )
-        return self._udf(*(quoted(c) if isinstance(c, str) else c for c in cols))
+        return self._udf(*(F.col(quote_column(c)) if isinstance(c, str) else c for c in cols))
 
 
 def udf(
@@ -62,6 +60,7 @@ def udf(
     *,
     return_type: DataType | str | None = None,
     chunk_size: int | None = None,
+    on_error: str = "raise",
     **method_kwargs: Any,
 ) -> ScoringUDF:
     """A fitted estimator's prediction-time method as a Spark Column function.
@@ -87,6 +86,11 @@ def udf(
         ``n_features_in_`` or rejects rows of zeros.
     chunk_size : int, default=None
         Rows per call of the method; ``None`` means one call per Arrow batch (see
+        :func:`sklspark.distribute`).
+    on_error : {"raise", "null"}, default="raise"
+        ``"null"``: a row that cannot be scored does not fail the query; the Column is a struct of
+        the result fields plus a string field ``error`` (null where the row was scored, else
+        ``"<method>: <ExceptionType>: <message>"``), and the row's result fields are null (see
         :func:`sklspark.distribute`).
     **method_kwargs
         Passed to the method, e.g. ``n_neighbors=5``.
@@ -121,42 +125,8 @@ def udf(
     >>> spark.sql("SELECT id, churn_score(a, b) AS churn FROM customers ORDER BY id").collect()
     [Row(id=1, churn=0), Row(id=2, churn=1)]
     """
-    check_method(estimator, method)
-    chunk_size = check_optional_chunk_size(chunk_size, "udf")
-    spark = SparkSession.getActiveSession()
-    if spark is None:
-        raise RuntimeError("sklspark.udf() ships the model through the active Spark session; start one first")
-    columns = _return_columns(estimator, method, method_kwargs, return_type)
-    model = ShippedModel(estimator, spark)
-    names = fitted_feature_names(estimator)
-    score = batch_scorer(model, method, method_kwargs, None, chunk_size, declares_sparse(estimator), columns, names)
-    return ScoringUDF(scoring_udf(score, method, columns), names, n_features_of(estimator))
-
-
-def _return_columns(
-    estimator: Any, method: str, method_kwargs: dict, return_type: DataType | str | None
-) -> list[OutputColumn]:
-    """The result columns: from ``return_type`` when given, else from the fitted estimator."""
-    if return_type is not None:
-        spark_type = _parse_datatype_string(return_type) if isinstance(return_type, str) else return_type
-        if not isinstance(spark_type, DataType):
-            raise TypeError(f"return_type must be a Spark DataType or a DDL string, got {return_type!r}")
-        fields = spark_type.fields if isinstance(spark_type, StructType) else None
-        if fields is None:
-            return [OutputColumn(default_names(method, 1)[0], to_arrow_type(spark_type), spark_type)]
-        return [OutputColumn(f.name, to_arrow_type(f.dataType), f.dataType) for f in fields]
-    name = f"{type(estimator).__name__}.{method}"
-    try:
-        sample = _probe(estimator, method, method_kwargs, n_features_of(estimator), np.dtype(np.float64), _no_rows)
-    except ValueError as exc:
-        raise TypeError(f"cannot derive the return type of {name}: {exc}; pass return_type=...") from exc
-    if sample is None:
-        raise TypeError(
-            f"cannot derive the return type of {name} without reading data: the estimator records no "
-            f'n_features_in_; pass return_type=..., e.g. return_type="double"'
-        )
-    return output_columns(method, sample, None, (), estimator)
-
-
-def _no_rows() -> None:
-    """A ``udf()`` is made before it meets any data: the probe has no rows to fall back on."""
+    request = ScoringRequest(
+        estimator, method, "udf", method_kwargs, chunk_size=chunk_size, return_type=return_type, on_error=on_error
+    )
+    plan = build_plan(request, None)
+    return ScoringUDF(scoring_udf(plan), plan.feature_names, n_features_of(estimator))

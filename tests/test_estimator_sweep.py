@@ -7,6 +7,7 @@ per kind of output (method, dtype, shape, sparse, tuple or list), also runs end 
 """
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -27,10 +28,11 @@ from _helpers import assert_same, collect_df, collect_rdd, column_values, make_i
 from pyspark.sql.types import ArrayType, DoubleType, LongType, StringType, StructField, StructType
 
 from sklspark import distribute
-from sklspark._distribute import _probe, score_batches, score_rows
+from sklspark._features import check_features, resolve_features
 from sklspark._outputs import default_names, output_columns, output_parts
+from sklspark._probe import probe
+from sklspark._scoring import ScoringPlan, score_batches, score_rows
 from sklspark._shipping import ShippedModel
-from sklspark._validation import check_features, resolve_features
 
 CASES = sweep_cases()
 CHUNK_SIZE = 16
@@ -77,24 +79,22 @@ SPARK_CASES = _representative_cases()
 def test_task_functions_match_in_process(spark, name, method, kind):
     est, expected = _expected(name, method)
     X = _query(name)
-    model = ShippedModel(est, spark)
+    plan = ScoringPlan(ShippedModel(est, spark), method, f"{name}.{method}", chunk_size=CHUNK_SIZE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if kind == "rdd":
-            rows = list(score_rows(model, method, {}, iter(list(X)), CHUNK_SIZE, False, None, partition=0))
+            rows = list(score_rows(plan, iter(list(X))))
             got = stack_results(rows, expected)
         else:
             width = X.shape[1]
             offsets = pa.array(np.arange(len(X) + 1) * width, type=pa.int32())
             table = pa.table({"id": np.arange(len(X)), "features": pa.ListArray.from_arrays(offsets, X.ravel())})
             spec = check_features(_ARRAY_SCHEMA, "features")
-            sample = _probe(est, method, {}, width, spec.dtype, lambda: X[:2])
-            columns = output_columns(method, sample, None, table.column_names, est)
+            sample = probe(est, method, {}, width, spec.dtype, lambda: X[:2])
+            columns = tuple(output_columns(method, sample, None, table.column_names, est))
             # batches of 50 rows re-cut into chunks of 16, as a task re-cuts Arrow batches
             batches = table.to_batches(max_chunksize=50)
-            result = pa.Table.from_batches(
-                list(score_batches(model, method, {}, batches, table.column_names, spec, CHUNK_SIZE, False, columns))
-            )
+            result = pa.Table.from_batches(list(score_batches(replace(plan, spec=spec, columns=columns), batches)))
             parts = output_parts(expected)
             values = [column_values(result.column(c.name).combine_chunks(), p) for c, p in zip(columns, parts)]
             got = type(expected)(values) if isinstance(expected, (tuple, list)) else values[0]
@@ -127,19 +127,20 @@ def test_text_vectorizers_task_function(spark, name):
     assert spec.layout == "text"
     columns = output_columns(
         "transform",
-        _probe(est, "transform", {}, None, spec.dtype, lambda: np.array(docs[:2])),
+        probe(est, "transform", {}, None, spec.dtype, lambda: np.array(docs[:2])),
         None,
         table.column_names,
         est,
     )
-    batches = table.to_batches(max_chunksize=50)
-    result = pa.Table.from_batches(
-        list(
-            score_batches(
-                ShippedModel(est, spark), "transform", {}, batches, table.column_names, spec, CHUNK_SIZE, False, columns
-            )
-        )
+    plan = ScoringPlan(
+        ShippedModel(est, spark),
+        "transform",
+        f"{name}.transform",
+        spec=spec,
+        chunk_size=CHUNK_SIZE,
+        columns=tuple(columns),
     )
+    result = pa.Table.from_batches(list(score_batches(plan, table.to_batches(max_chunksize=50))))
     assert_same(column_values(result.column("transform").combine_chunks(), expected), expected)
 
 

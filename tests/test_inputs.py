@@ -18,7 +18,7 @@ from sklearn.preprocessing import FunctionTransformer, MaxAbsScaler, OneHotEncod
 
 from sklspark import distribute
 from sklspark._outputs import default_names, output_parts
-from sklspark._validation import accepts_sparse
+from sklspark._scoring import _accepts_sparse as accepts_sparse
 
 RNG = np.random.default_rng(42)
 X = RNG.normal(size=(97, 5))

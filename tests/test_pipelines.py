@@ -21,8 +21,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, TargetEncoder
 
 from sklspark import distribute
+from sklspark._features import frame_spec, resolve_features
 from sklspark._inputs import frame_from_columns
-from sklspark._validation import frame_spec, resolve_features
 from sklspark.neighbors import all_neighbors, to_edges
 
 WORDS = np.array(

@@ -1,6 +1,8 @@
 """Property-based: random shapes, partitionings, chunk sizes, nulls and NaNs. Every call either returns
 exactly the in-process result, row for row, or raises the documented error (on the driver when the bad
-row is among those it reads, else from the task); never a shorter output."""
+row is among those it reads, else from the task); never a shorter output. A DataFrame's null rows give
+null results (null in, null out); an RDD's None elements are errors. With ``on_error="null"`` nothing
+fails: every bad row is a null result with its reason, every other row exact."""
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +35,7 @@ SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[Healt
 
 
 def _check(run, X, null_rows):
+    """``run()`` gives the in-process result, or the documented error for a NaN or null row."""
     has_nan = bool(np.isnan(X).any())
     try:
         got = run()
@@ -52,23 +55,50 @@ def _check(run, X, null_rows):
         np.testing.assert_allclose(got, MODEL.predict_proba(X), rtol=1e-12)
 
 
-@SETTINGS
-@given(datasets())
-def test_dataframe_rows_all_come_out_or_the_documented_error(spark, data):
-    X, null_rows, n_partitions, chunk_size = data
+def _dataframe(spark, X, null_rows, n_partitions):
     features = [None if i in null_rows else row.tolist() for i, row in enumerate(X)]
     table = pa.table(
         {"id": pa.array(np.arange(len(X)), pa.int64()), "features": pa.array(features, pa.list_(pa.float64()))}
     )
-    df = spark.createDataFrame(table).repartition(n_partitions)
+    return spark.createDataFrame(table).repartition(n_partitions)
 
-    def run():
+
+@SETTINGS
+@given(datasets())
+def test_dataframe_rows_all_come_out_with_nulls_for_null_rows_or_the_documented_error(spark, data):
+    X, null_rows, n_partitions, chunk_size = data
+    df = _dataframe(spark, X, null_rows, n_partitions)
+    try:
         out = distribute(MODEL, "predict_proba", df, chunk_size=chunk_size).toArrow().sort_by("id")
-        assert out.column("id").to_pylist() == list(range(len(X)))
-        proba = out.column("probability").to_numpy(zero_copy_only=False)
-        return np.stack(proba) if len(proba) else np.empty((0, 2))
+    except PythonException as exc:
+        message = str(exc)
+        assert "ChunkError: sklspark:" in message and "contains NaN" in message, message
+        assert np.isnan(X).any()
+        return
+    assert not np.isnan(X).any(), "NaN rows were not reported"
+    assert out.column("id").to_pylist() == list(range(len(X)))
+    proba = out.column("probability").to_pylist()
+    assert [i for i, p in enumerate(proba) if p is None] == null_rows
+    kept = [i for i in range(len(X)) if i not in null_rows]
+    if kept:
+        np.testing.assert_allclose([proba[i] for i in kept], MODEL.predict_proba(X[kept]), rtol=1e-12)
 
-    _check(run, X, null_rows)
+
+@SETTINGS
+@given(datasets())
+def test_on_error_null_keeps_every_row_and_names_each_bad_one(spark, data):
+    X, null_rows, n_partitions, chunk_size = data
+    df = _dataframe(spark, X, null_rows, n_partitions)
+    out = distribute(MODEL, "predict_proba", df, chunk_size=chunk_size, on_error="null").toArrow().sort_by("id")
+    assert out.column("id").to_pylist() == list(range(len(X)))
+    proba, errors = out.column("probability").to_pylist(), out.column("error").to_pylist()
+    nan_rows = [i for i in range(len(X)) if np.isnan(X[i]).any() and i not in null_rows]
+    assert [i for i, e in enumerate(errors) if e is not None] == nan_rows
+    assert all(errors[i].startswith("predict_proba: ValueError: Input X contains NaN") for i in nan_rows)
+    assert [i for i, p in enumerate(proba) if p is None] == sorted([*null_rows, *nan_rows])
+    good = [i for i in range(len(X)) if proba[i] is not None]
+    if good:
+        np.testing.assert_allclose([proba[i] for i in good], MODEL.predict_proba(X[good]), rtol=1e-12)
 
 
 @SETTINGS

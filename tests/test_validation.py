@@ -241,34 +241,42 @@ def test_inf_row_in_rdd(spark):
     )
 
 
-def test_null_vector_is_never_dropped(spark):
+def test_null_vector_is_never_dropped_and_gives_null_results(spark):
     rows = [(i, Vectors.dense(r)) for i, r in enumerate(X)]
     rows[7] = (7, None)
     schema = StructType([StructField("id", LongType()), StructField("features", VectorUDT())])
     df = spark.createDataFrame(rows, schema).coalesce(1)
-    message = _task_error(distribute(NN, "kneighbors", df))
-    assert (
-        "bad input for NearestNeighbors.kneighbors in partition 0: vector column 'features' is null at row 7" in message
-    )
+    out = {r.id: r for r in distribute(NN, "kneighbors", df).collect()}
+    assert sorted(out) == list(range(len(X)))
+    assert out[7].distances is None and out[7].indices is None
+    distances, indices = NN.kneighbors(X)
+    for i in set(out) - {7}:
+        assert out[i].indices == indices[i].tolist()
+        np.testing.assert_allclose(out[i].distances, distances[i])
 
 
-def test_null_in_numeric_column(spark):
-    table = pa.table({"id": np.arange(5), "a": [1.0, 2.0, None, 4.0, 5.0], "b": np.ones(5)})
+def test_null_in_numeric_column_gives_a_null_result(spark):
+    a = [1.0, 2.0, None, 4.0, 5.0]
+    table = pa.table({"id": np.arange(5), "a": a, "b": np.ones(5)})
     df = spark.createDataFrame(table).coalesce(1)
     est = KMeans(2, n_init=1, random_state=0).fit(X[:, :2])
-    message = _task_error(distribute(est, "predict", df, features=["a", "b"]))
-    assert "feature column 'a' is null at row 2" in message
+    got = [r.prediction for r in distribute(est, "predict", df, features=["a", "b"]).orderBy("id").collect()]
+    expected = est.predict(np.array([[v, 1.0] for v in a if v is not None]))
+    assert got[2] is None
+    assert [g for g in got if g is not None] == expected.tolist()
 
 
-def test_null_element_and_ragged_array_column(spark):
+def test_null_element_gives_a_null_result_and_ragged_array_column_fails(spark):
     null_element = [[1.0, 2.0, 3.0, 4.0]] * 3 + [[1.0, None, 3.0, 4.0]]
+    df = spark.createDataFrame(pa.table({"id": np.arange(4), "features": null_element})).coalesce(1)
+    got = [r.indices for r in distribute(NN, "kneighbors", df).orderBy("id").collect()]
+    assert got[3] is None
+    assert got[:3] == NN.kneighbors(np.array(null_element[:3]), return_distance=False).tolist()
     ragged = [[1.0, 2.0, 3.0, 4.0]] * 3 + [[1.0, 2.0]]
-    for values, expected in (
-        (null_element, "array column 'features' has a null element at row 3"),
-        (ragged, "array column 'features' has 2 values at row 3 but 4 at row 0"),
-    ):
-        df = spark.createDataFrame(pa.table({"id": np.arange(4), "features": values})).coalesce(1)
-        assert expected in _task_error(distribute(NN, "kneighbors", df))
+    df = spark.createDataFrame(pa.table({"id": np.arange(4), "features": ragged})).coalesce(1)
+    assert "array column 'features' has 2 values at row 3 but 4 at row 0" in _task_error(
+        distribute(NN, "kneighbors", df)
+    )
 
 
 def test_ragged_and_non_numeric_rdd_rows(spark):

@@ -6,7 +6,9 @@ import ast
 import contextlib
 import dataclasses
 import functools
+import logging
 import re
+import sys
 import tempfile
 import time
 import traceback
@@ -21,14 +23,14 @@ from rich.table import Table
 
 from .. import __version__
 from .._distribute import distribute
-from .._progress import SparkProgress
+from .._features import fitted_feature_names
 from .._runner import ERROR_MARKER
 from .._session import spark_session
-from .._validation import fitted_feature_names
 from ..neighbors._backends import BACKENDS
 from ._java import JavaMissing, java_major_version
 from ._models import load_model
 from ._paths import FORMATS, HadoopPaths, input_format, read_input, write_atomically
+from ._progress import SparkProgress
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -295,9 +297,16 @@ def _spark(opts: SparkOptions) -> Iterator[Any]:
         raise JobFailed(f"cannot start Spark with {where}: {_one_paragraph(exc)}") from exc
     if not opts.verbose and opts.spark_connect is None:
         spark.sparkContext.setLogLevel("FATAL")  # failures are reported by sklspark, in one paragraph
+    decisions = logging.StreamHandler(sys.stderr)  # what sklspark decided and why, with --verbose
+    decisions.setFormatter(logging.Formatter("sklspark: %(message)s"))
+    logger = logging.getLogger("sklspark")
+    if opts.verbose:
+        logger.addHandler(decisions)
+        logger.setLevel(logging.INFO)
     try:
         yield spark
     finally:
+        logger.removeHandler(decisions)
         if ours:
             spark.stop()
 
@@ -448,8 +457,9 @@ def knn(
     "--partitions",
     type=click.IntRange(min=1),
     default=None,
-    help="Spread the input over this many partitions first (default: kneighbors and radius_neighbors are spread "
-    "over at least 2 per core, so one Parquet file uses every core; other methods keep the input's partitions).",
+    help="Spread the input over this many partitions first (default: distribute()'s partitions='auto': kneighbors and "
+    "radius_neighbors are spread over at least 2 per core, so one Parquet file uses every core; other methods keep "
+    "the input's partitions).",
 )
 @click.option("--trust", multiple=True, metavar="TYPE", help="Trust this type when loading a .skops file, repeatable.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading .pkl/.joblib files: this runs code from the file.")
@@ -492,9 +502,10 @@ def apply(
             and fitted_feature_names(model)
         ):
             features = None  # a model fitted on a pandas DataFrame: its own columns, by name
+        spread = partitions or "auto"
         result = _prepare(
             lambda: distribute(
-                model, method, df, chunk_size=chunk_size, features=features, partitions=partitions, **method_kwargs
+                model, method, df, chunk_size=chunk_size, features=features, partitions=spread, **method_kwargs
             )
         )
         _write_with_summary(spark, paths, result, io, f"{type(model).__name__}.{method}")

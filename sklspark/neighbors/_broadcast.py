@@ -125,7 +125,7 @@ def broadcast_join(
     """Score the queries against a fitted :class:`ReferenceIndex`, shipped once to every executor.
 
     The queries are first spread round-robin over as many partitions as they have, at least a few per
-    core (the partition policy of :mod:`sklspark._partitions`: ``search`` is an expensive method), a
+    core (``partitions='auto'`` of :mod:`sklspark._partitions`: ``search`` is an expensive method), a
     shuffle of the queries alone, small next to the search, after which every core searches whatever
     the input's partitioning (one Parquet file is one partition, or several of which all but one may be
     empty).
@@ -145,5 +145,6 @@ def broadcast_join(
         chunk_size=chunk_size,
         features=features,
         output_cols=[NEIGHBOR_IDS, DISTANCES],
+        partitions="auto",
     )
     return scored.select(id_col, NEIGHBOR_IDS, DISTANCES)

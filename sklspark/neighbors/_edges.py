@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from .._validation import quote_column
+from .._features import quote_column
 from ._broadcast import DISTANCES, NEIGHBOR_IDS
 
 

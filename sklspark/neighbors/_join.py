@@ -18,9 +18,10 @@ from pyspark.sql.types import ByteType, IntegerType, LongType, ShortType, String
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.validation import check_is_fitted
 
+from .._features import FeatureSpec, check_features
 from .._inputs import batch_to_matrix
 from .._partitions import spread_tasks
-from .._validation import FeatureSpec, check_chunk_size, check_features, check_scalar
+from .._validation import check_chunk_size, check_scalar
 from ._backends import INNER_PRODUCT, Backend, SklearnBackend, get_backend
 from ._broadcast import DISTANCES, NEIGHBOR_IDS, ReferenceIndex, broadcast_join
 from ._sharded import QUERY_BLOCK_MAX_BYTES, SHARD_MAX_BYTES, count_blocks, sharded_join, stable_order

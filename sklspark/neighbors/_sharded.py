@@ -42,9 +42,9 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import ArrayType, DataType, DoubleType, LongType, StructField, StructType
 
+from .._features import FeatureSpec
 from .._inputs import batch_to_matrix, iter_batch_chunks
 from .._runner import apply_chunks
-from .._validation import FeatureSpec
 from ._backends import Backend
 from ._broadcast import DISTANCES, NEIGHBOR_IDS
 from ._rerank import exact_top_k
