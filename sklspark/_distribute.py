@@ -24,6 +24,7 @@ def distribute(
     output_cols: str | Sequence[str] | None = None,
     partitions: int | str | None = None,
     on_error: str = "raise",
+    key: str | None = None,
     **method_kwargs: Any,
 ) -> RDD | DataFrame:
     """Apply a fitted estimator's prediction-time method to every row of an RDD or DataFrame.
@@ -36,8 +37,11 @@ def distribute(
 
     Parameters
     ----------
-    estimator : object
-        A fitted scikit-learn estimator, ``Pipeline`` or any object with the method.
+    estimator : object or mapping
+        A fitted scikit-learn estimator, ``Pipeline`` or any object with the method; or a mapping from
+        key values to such estimators ("a model per store"), each row scored by the model of its key
+        (``key=`` for a DataFrame; an RDD's elements are then ``(key, features)`` pairs). The models
+        must give the same result columns from the same features.
     method : str
         The method to run, e.g. ``"predict"``, ``"predict_proba"``, ``"transform"``,
         ``"decision_function"``, ``"score_samples"``, ``"kneighbors"``, ``"radius_neighbors"``.
@@ -79,6 +83,12 @@ def distribute(
         ``"<method>: <ExceptionType>: <message>"``) and null results for that row; an RDD's
         elements become pairs ``(result, None)`` or ``(None, reason)``. A failing chunk is cut in
         halves until the failing rows stand alone, so every other row's result is exact.
+    key : str, default=None
+        DataFrame with a mapping of models: the column whose value picks each row's model. Inside each
+        chunk the rows are grouped by key and each model called once per group; no shuffle. A key
+        without a model, or a null key, fails naming the key and rows (or is a null result with its
+        reason under ``on_error="null"``). Each model is serialised once; a worker loads only the
+        models of the keys it meets (see :class:`sklspark._shipping.ShippedFleet` for the memory bound).
     **method_kwargs
         Passed to the method, e.g. ``n_neighbors=5`` or ``return_distance=False``.
 
@@ -125,6 +135,7 @@ def distribute(
         output_cols=output_cols,
         partitions=partitions,
         on_error=on_error,
+        key=key,
     )
     plan = build_plan(request, data)
     assert plan.partitioning is not None
@@ -132,7 +143,8 @@ def distribute(
     if isinstance(data, RDD):
         return data.mapPartitions(functools.partial(score_rows, plan), preservesPartitioning=True)
     assert plan.spec is not None
-    result = scoring_udf(plan)(*(F.col(quote_column(c)) for c in plan.spec.columns))
+    arguments = [plan.key] if plan.key is not None else []
+    result = scoring_udf(plan)(*(F.col(quote_column(c)) for c in [*arguments, *plan.spec.columns]))
     columns = plan.columns
     if len(columns) == 1:
         return data.select("*", result.alias(columns[0].name))

@@ -67,13 +67,14 @@ def probe(
         ) from exc
 
 
-def head_reader(df: DataFrame, spec: FeatureSpec) -> HeadRows:
+def head_reader(df: DataFrame, spec: FeatureSpec, memo: dict) -> HeadRows:
     """A function returning the DataFrame's first two rows as the method's input (read once, by a small job).
 
-    It returns ``None`` for an empty DataFrame. A streaming DataFrame cannot be read before its
-    query starts: there the function raises ``ValueError`` saying what would let sklspark do without.
+    The rows read are kept in ``memo`` under ``spec``, so that every reader of the same call (one per
+    model of a fleet) shares one job. It returns ``None`` for an empty DataFrame. A streaming DataFrame
+    cannot be read before its query starts: there the function raises ``ValueError`` saying what would
+    let sklspark do without.
     """
-    head: list = []
 
     def head_rows() -> Any:
         if df.isStreaming:
@@ -83,9 +84,9 @@ def head_reader(df: DataFrame, spec: FeatureSpec) -> HeadRows:
                 f"estimator on a numeric matrix so it records n_features_in_, or pass numeric feature columns "
                 f"(features=[...]), or use sklspark.udf(..., return_type=...)"
             )
-        if not head:
-            head.append(_head_matrix(df, spec))
-        return head[0]
+        if spec not in memo:
+            memo[spec] = _head_matrix(df, spec)
+        return memo[spec]
 
     return head_rows
 

@@ -9,8 +9,9 @@ the Arrow UDF of :func:`scoring_udf`), each with the plan as its only setting.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,7 +38,7 @@ from ._outputs import (
 from ._partitions import PartitionPolicy, partition_policy
 from ._probe import feature_width, head_reader, no_rows, probe
 from ._runner import BadInput, Piece, capped_threads, one_row_per_input, score_chunk
-from ._shipping import BROADCAST_MAX_BYTES, ShippedModel
+from ._shipping import BROADCAST_MAX_BYTES, ShippedFleet, ShippedModel
 from ._validation import check_method, check_optional_chunk_size, check_scalar, declares_sparse, n_features_of
 
 _log = logging.getLogger("sklspark")
@@ -49,7 +50,7 @@ RDD_CHUNK_SIZE = 4096
 ON_ERROR = ("raise", "null")
 
 #: Per worker process: whether a shipped model's method took CSR input, learnt on its first sparse chunk.
-_takes_sparse: dict[tuple[str, str], bool] = {}
+_takes_sparse: dict[tuple[str, int, str], bool] = {}
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class ScoringRequest:
     partitions: Any = None
     return_type: Any = None
     on_error: Any = "raise"
+    key: Any = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,8 +76,8 @@ class ScoringPlan:
 
     Attributes
     ----------
-    model : ShippedModel
-        The estimator, serialised once (see :mod:`sklspark._shipping`).
+    model : ShippedModel or ShippedFleet
+        The estimator, or the estimators keyed by a value, serialised once (see :mod:`sklspark._shipping`).
     method : str
     label : str
         ``"<Estimator>.<method>"``, for messages.
@@ -95,9 +97,12 @@ class ScoringPlan:
     partitioning : PartitionPolicy or None
         How the input is spread first (``None`` for a ``udf()``, which has no input of its own).
     on_error : {"raise", "null"}
+    key : str or None
+        For a fleet: the key column (DataFrame), or ``"key"`` (the first argument of a ``udf()``, the
+        first item of an RDD element's pair); ``None`` for one model.
     """
 
-    model: ShippedModel
+    model: ShippedModel | ShippedFleet
     method: str
     label: str
     method_kwargs: dict = field(default_factory=dict)
@@ -108,6 +113,7 @@ class ScoringPlan:
     feature_names: tuple[str, ...] | None = None
     partitioning: PartitionPolicy | None = None
     on_error: str = "raise"
+    key: str | None = None
 
     @property
     def isolate(self) -> bool:
@@ -124,25 +130,33 @@ def build_plan(request: ScoringRequest, data: RDD | DataFrame | None) -> Scoring
         With scikit-learn's wording, naming the function the user called, before any Spark job (except
         the small one reading two rows where the method must be probed on real rows).
     """
-    estimator, caller = request.estimator, request.caller
-    check_method(estimator, request.method, caller)
+    caller = request.caller
+    models = _fleet(request, data)
+    for estimator in models.values():
+        check_method(estimator, request.method, caller)
     method: str = request.method
     chunk_size = check_optional_chunk_size(request.chunk_size, caller)
     on_error = check_scalar(request.on_error, "on_error", caller, kind=str, options=ON_ERROR)
+    heads: dict = {}  # the data's first rows, read at most once for all the models
     if isinstance(data, RDD):
         if request.features is not None or request.output_cols is not None:
             raise TypeError(
                 "features= and output_cols= apply to DataFrame input; the elements of an RDD are "
                 "the feature vectors themselves"
             )
-        decided = _rdd_fields(request, data)
         chunk_size = chunk_size or RDD_CHUNK_SIZE
-    elif isinstance(data, DataFrame):
-        decided = _dataframe_fields(request, data)
-    elif data is None:
-        decided = _udf_fields(request)
-    else:
+    elif not isinstance(data, DataFrame) and data is not None:
         raise TypeError(f"data must be a pyspark RDD or DataFrame, got {type(data).__module__}.{type(data).__name__}")
+    decided = _agreed(
+        {
+            key: _rdd_fields(request, estimator, data, heads)
+            if isinstance(data, RDD)
+            else _dataframe_fields(request, estimator, data, heads)
+            if isinstance(data, DataFrame)
+            else _udf_fields(request, estimator)
+            for key, estimator in models.items()
+        }
+    )
     if on_error == "null" and decided.get("columns") is not None:
         existing = data.columns if isinstance(data, DataFrame) else ()
         if ERROR_COLUMN in existing:
@@ -151,18 +165,67 @@ def build_plan(request: ScoringRequest, data: RDD | DataFrame | None) -> Scoring
             )
         decided["columns"] = (*decided["columns"], OutputColumn(ERROR_COLUMN, pa.string(), StringType()))
     session = data.context if isinstance(data, RDD) else data if data is not None else _active_session(caller)
+    keyed = isinstance(request.estimator, Mapping)
+    kinds = sorted({type(estimator).__name__ for estimator in models.values()})
     plan = ScoringPlan(
-        model=ShippedModel(estimator, session),
+        model=ShippedFleet(models, session) if keyed else ShippedModel(request.estimator, session),
         method=method,
-        label=f"{type(estimator).__name__}.{method}",
+        label=f"{kinds[0] if len(kinds) == 1 else 'model'}.{method}",
         method_kwargs=dict(request.method_kwargs),
         chunk_size=chunk_size,
         partitioning=None if data is None else partition_policy(request.partitions, method, caller),
         on_error=on_error,
+        key=(request.key if isinstance(data, DataFrame) else "key") if keyed else None,
         **decided,
     )
     _log_plan(plan)
     return plan
+
+
+def _fleet(request: ScoringRequest, data: RDD | DataFrame | None) -> Mapping[Any, Any]:
+    """The models of a call by key: the user's mapping (checked with its ``key=``), or ``{None: estimator}``."""
+    estimator, key, caller = request.estimator, request.key, request.caller
+    if not isinstance(estimator, Mapping):
+        if key is not None:
+            raise TypeError(
+                f"key= names the column that picks a model from a mapping of models; {caller}() got one model"
+            )
+        return {None: estimator}
+    if not estimator:
+        raise ValueError(f"{caller}() got an empty mapping of models")
+    if isinstance(data, DataFrame):
+        check_scalar(key, "key", caller, kind=str)
+        if key not in data.columns:
+            raise ValueError(f"key column {key!r} not found; the DataFrame has columns {data.columns}")
+    elif key is not None:
+        where = (
+            "an RDD's elements are (key, features) pairs" if isinstance(data, RDD) else "the key is the first column"
+        )
+        raise TypeError(f"key= applies to a DataFrame; {where}")
+    return estimator
+
+
+def _agreed(decisions: dict[Any, dict]) -> dict:
+    """The decisions of a fleet's models, which must agree on the feature spec and the result columns."""
+    (first_key, first), *others = decisions.items()
+    for key, decided in others:
+        for name in ("spec", "columns"):
+            if decided.get(name) != first.get(name):
+                raise ValueError(
+                    f"the models for keys {first_key!r} and {key!r} disagree on their {_AGREE[name]}: "
+                    f"{_describe(first.get(name))} against {_describe(decided.get(name))}; every model of a mapping "
+                    f"must give the same result columns from the same features"
+                )
+    return {**first, "sparse_ok": all(d["sparse_ok"] for d in decisions.values())}
+
+
+_AGREE = {"spec": "features", "columns": "result columns"}
+
+
+def _describe(decided: Any) -> str:
+    if isinstance(decided, FeatureSpec):
+        return decided.describe()
+    return ", ".join(f"{c.name} {c.spark_type.simpleString()}" for c in decided or ())
 
 
 def _log_plan(plan: ScoringPlan) -> None:
@@ -189,13 +252,15 @@ def _active_session(caller: str) -> SparkSession:
         ) from exc
 
 
-def _rdd_fields(request: ScoringRequest, rdd: RDD) -> dict:
-    estimator = request.estimator
+def _rdd_fields(request: ScoringRequest, estimator: Any, rdd: RDD, heads: dict) -> dict:
+    """The decisions for one model over an RDD (of ``(key, features)`` pairs for a mapping of models)."""
     width = n_features_of(estimator)
     names = fitted_feature_names(estimator)  # dict / Row elements become DataFrames of these fields
 
     def head_rows() -> Any:
-        head = rdd.take(2)
+        if "rdd" not in heads:
+            heads["rdd"] = rdd.take(2)
+        head = [pair[1] for pair in heads["rdd"]] if isinstance(request.estimator, Mapping) else heads["rdd"]
         return stack_rows(head, 0, accept_sparse=False, names=names) if head else None
 
     if names is not None or width is not None:
@@ -206,10 +271,11 @@ def _rdd_fields(request: ScoringRequest, rdd: RDD) -> dict:
     return {"sparse_ok": declares_sparse(estimator), "feature_names": names}
 
 
-def _dataframe_fields(request: ScoringRequest, df: DataFrame) -> dict:
-    estimator, method = request.estimator, request.method
+def _dataframe_fields(request: ScoringRequest, estimator: Any, df: DataFrame, heads: dict) -> dict:
+    """The decisions for one model over a DataFrame."""
+    method = request.method
     spec = resolve_features(df.schema, estimator, request.features)
-    head_rows = head_reader(df, spec)
+    head_rows = head_reader(df, spec, heads)
     width = feature_width(estimator, spec, head_rows)
     declared = None if spec.is_matrix else declared_columns(estimator, method, request.output_cols, df.columns)
     columns: list[OutputColumn] | None
@@ -235,13 +301,13 @@ def _dataframe_fields(request: ScoringRequest, df: DataFrame) -> dict:
     }
 
 
-def _udf_fields(request: ScoringRequest) -> dict:
-    """A ``udf()``'s result columns: from ``return_type`` when given, else from the fitted estimator."""
-    estimator, method = request.estimator, request.method
+def _udf_fields(request: ScoringRequest, estimator: Any) -> dict:
+    """A ``udf()``'s result columns for one model: from ``return_type`` when given, else from the model."""
+    method = request.method
     columns = (
         _return_type_columns(method, request.return_type)
         if request.return_type is not None
-        else _estimator_columns(request)
+        else _estimator_columns(request, estimator)
     )
     return {
         "columns": tuple(columns),
@@ -250,8 +316,8 @@ def _udf_fields(request: ScoringRequest) -> dict:
     }
 
 
-def _estimator_columns(request: ScoringRequest) -> list[OutputColumn]:
-    estimator, method = request.estimator, request.method
+def _estimator_columns(request: ScoringRequest, estimator: Any) -> list[OutputColumn]:
+    method = request.method
     name = f"{type(estimator).__name__}.{method}"
     declared = declared_columns(estimator, method, None, ())
     try:
@@ -284,27 +350,52 @@ def _return_type_columns(method: str, return_type: DataType | str) -> list[Outpu
 # --------------------------------------------------------------------------- in the tasks
 
 
+#: The name a fleet's key column has inside a task's Arrow batches.
+_KEY_FIELD = "__sklspark_key"
+
+
 class _Task:
-    """One task's view of a plan: the loaded estimator, its method, and the feature spec once known."""
+    """One task's view of a plan: the loaded model(s), the method, and the feature spec once known."""
 
     def __init__(self, plan: ScoringPlan) -> None:
         self.plan = plan
-        self.estimator = plan.model.get()
-        self.fn = getattr(self.estimator, plan.method)
-        self.n_features = n_features_of(self.estimator)
+        self.keyed = isinstance(plan.model, ShippedFleet)
+        self.estimator = None if isinstance(plan.model, ShippedFleet) else plan.model.get()
 
-    def call(self, X: Any) -> Any:
+    def call(self, estimator: Any, X: Any) -> Any:
         """The method on one stacked chunk (CSR made dense if the method refuses it), one output row per row."""
         plan = self.plan
         if sp.issparse(X):
-            key = (plan.model.token, plan.method)
+            key = (plan.model.token, id(estimator), plan.method)
             if key not in _takes_sparse:
-                _takes_sparse[key] = _accepts_sparse(self.estimator, plan.method, plan.method_kwargs, X.shape[1])
+                _takes_sparse[key] = _accepts_sparse(estimator, plan.method, plan.method_kwargs, X.shape[1])
             if not _takes_sparse[key]:
                 X = X.toarray()
-        return one_row_per_input(self.fn(X, **plan.method_kwargs), X.shape[0])
+        output = getattr(estimator, plan.method)(X, **plan.method_kwargs)
+        return one_row_per_input(output, X.shape[0])
 
-    def read_batch(self, batch: pa.RecordBatch, first_row: int) -> Any:
+    def score(self, X: Any, keys: np.ndarray | None, convert: Callable[[Any], list], first_row: int) -> list:
+        """``convert`` of the method's output on ``X``: a list of row-indexed parts (Arrow arrays, RDD items).
+
+        With ``keys`` (a fleet), the rows are grouped by key, each key's model called once on its rows,
+        and the converted parts put back in the rows' order; no shuffle. ``first_row``: the chunk's
+        position in the partition, for messages.
+        """
+        if keys is None:
+            return convert(self.call(self.estimator, X))
+        assert isinstance(self.plan.model, ShippedFleet)
+        groups = _groups(keys)
+        parts = []
+        for key, rows in groups.items():
+            if key not in self.plan.model:
+                shown = ", ".join(str(first_row + r) for r in rows[:5])
+                raise LookupError(f"no model for key {key!r}, at row(s) {shown}{' ...' if len(rows) > 5 else ''}")
+            parts.append(convert(self.call(self.plan.model.get(key), _take_rows(X, rows))))
+        position = np.empty(len(keys), dtype=np.int64)
+        position[np.concatenate(list(groups.values()))] = np.arange(len(keys))
+        return [_concat_parts([p[j] for p in parts], position) for j in range(len(parts[0]))]
+
+    def read_batch(self, batch: pa.RecordBatch, first_row: int) -> tuple[Any, np.ndarray | None]:
         """One Arrow chunk as the method's input, checked against ``n_features_in_`` where that is recorded."""
         spec = self.plan.spec
         assert spec is not None
@@ -312,19 +403,59 @@ class _Task:
             X = batch_to_matrix(batch, spec, first_row, self.plan.sparse_ok and spec.layout == "vector")
         except ValueError as exc:
             raise BadInput(str(exc)) from exc
-        if spec.is_matrix and self.n_features is not None and X.shape[1] != self.n_features:
+        n_features = n_features_of(self.estimator)
+        if spec.is_matrix and n_features is not None and X.shape[1] != n_features:
             raise BadInput(
                 f"{spec.describe()} has {X.shape[1]} features at rows {first_row}-{first_row + X.shape[0] - 1}, "
-                f"but the estimator was fitted on {self.n_features} features"
+                f"but the estimator was fitted on {n_features} features"
             )
-        return X
+        if not self.keyed:
+            return X, None
+        keys = batch.column(_KEY_FIELD)
+        if keys.null_count:
+            rows = np.flatnonzero(np.asarray(keys.is_null()))[:5] + first_row
+            raise BadInput(f"the key is null at row(s) {', '.join(map(str, rows))}; a null key picks no model")
+        return X, np.asarray(keys.to_numpy(zero_copy_only=False))
 
-    def read_rows(self, rows: list, first_row: int) -> Any:
-        """RDD elements stacked as the method's input."""
+    def read_rows(self, rows: list, first_row: int) -> tuple[Any, np.ndarray | None]:
+        """RDD elements stacked as the method's input (``(key, features)`` pairs for a fleet)."""
+        keys = None
+        if self.keyed:
+            bad = next((i for i, row in enumerate(rows) if not (isinstance(row, tuple) and len(row) == 2)), None)
+            if bad is not None:
+                raise BadInput(f"row {first_row + bad} is not a (key, features) pair: {rows[bad]!r:.80}")
+            keys = np.array([row[0] for row in rows], dtype=object)
+            rows = [row[1] for row in rows]
         try:
-            return stack_rows(rows, first_row, self.plan.sparse_ok, self.plan.feature_names)
+            return stack_rows(rows, first_row, self.plan.sparse_ok, self.plan.feature_names), keys
         except ValueError as exc:
             raise BadInput(str(exc)) from exc
+
+
+def _groups(keys: np.ndarray) -> dict[Any, np.ndarray]:
+    """Row positions by key, in order of first appearance, each ascending."""
+    if keys.dtype == object:
+        groups: dict[Any, list[int]] = {}
+        for i, key in enumerate(keys.tolist()):
+            groups.setdefault(key, []).append(i)
+        return {key: np.array(rows) for key, rows in groups.items()}
+    uniques, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse, minlength=len(uniques)))[:-1]
+    by_key = dict(zip(uniques.tolist(), np.split(order, bounds)))
+    return {key: by_key[key] for key in uniques[np.argsort(first)].tolist()}
+
+
+def _take_rows(X: Any, rows: np.ndarray) -> Any:
+    return X.iloc[rows] if hasattr(X, "iloc") else X[rows]
+
+
+def _concat_parts(parts: list, position: np.ndarray) -> Any:
+    """Row-indexed parts of the groups, concatenated and put back in the rows' order."""
+    if isinstance(parts[0], pa.Array):
+        return pa.concat_arrays(parts).take(pa.array(position))
+    items = [item for part in parts for item in part]
+    return [items[i] for i in position]
 
 
 def _accepts_sparse(estimator: Any, method: str, method_kwargs: dict, width: int) -> bool:
@@ -353,7 +484,8 @@ def score_rows(plan: ScoringPlan, rows: Iterable[Any]) -> Iterator[Any]:
     task = _Task(plan)
 
     def score(chunk: list, first_row: int) -> Any:
-        return task.call(task.read_rows(chunk, first_row))
+        X, keys = task.read_rows(chunk, first_row)
+        return task.score(X, keys, lambda output: [split_rows(output)], first_row)[0]
 
     with capped_threads():
         for start, chunk in iter_row_lists(rows, plan.chunk_size or RDD_CHUNK_SIZE):
@@ -362,40 +494,52 @@ def score_rows(plan: ScoringPlan, rows: Iterable[Any]) -> Iterator[Any]:
                 if piece.error is not None:
                     yield (None, piece.error)
                 elif plan.isolate:
-                    yield from ((item, None) for item in split_rows(piece.output))
+                    yield from ((item, None) for item in piece.output)
                 else:
-                    yield from split_rows(piece.output)
+                    yield from piece.output
 
 
 def score_batches(plan: ScoringPlan, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """The task of a DataFrame partition: Arrow batches stacked into chunks, scored, one result batch per chunk.
 
     The batches hold the feature columns by the names of ``plan.spec`` (resolved from the first batch's
-    Arrow types when the plan has none, as for a ``udf()``). Rows of a matrix layout with a missing
-    feature value are not scored: their results are null. Each result batch holds ``plan.columns``.
+    Arrow types when the plan has none, as for a ``udf()``), and a fleet's key column. Rows of a matrix
+    layout with a missing feature value are not scored: their results are null. Each result batch holds
+    ``plan.columns``.
     """
     task = _Task(plan)
     columns = plan.columns[:-1] if plan.isolate else plan.columns
 
     def score(chunk: pa.RecordBatch, first_row: int) -> list[pa.Array]:
-        return chunk_arrays(task.call(task.read_batch(chunk, first_row)), columns)
+        X, keys = task.read_batch(chunk, first_row)
+        return task.score(X, keys, functools.partial(chunk_arrays, columns=columns), first_row)
 
     with capped_threads():
         for start, batch in iter_batch_chunks(batches, plan.chunk_size):
             if task.plan.spec is None:
-                task.plan = replace(plan, spec=check_arrow_features(batch.schema, task.estimator))
+                features = batch.drop_columns([_KEY_FIELD]) if task.keyed else batch
+                some_model = task.estimator if task.estimator is not None else next(iter_models(plan))
+                task.plan = replace(plan, spec=check_arrow_features(features.schema, some_model))
             spec = task.plan.spec
             assert spec is not None
             missing = null_feature_rows(batch, spec) if spec.is_matrix else None
             positions = np.arange(start, start + batch.num_rows)
             if missing is not None:
                 batch, positions = batch.filter(pa.array(~missing)), positions[~missing]
-            arrays = _assemble(
-                score_chunk(score, batch, positions, plan.label, plan.isolate) if len(positions) else [], columns, plan
-            )
+            pieces = score_chunk(score, batch, positions, plan.label, plan.isolate) if len(positions) else []
+            arrays = _assemble(pieces, columns, plan)
             if missing is not None:
                 arrays = _with_null_rows(arrays, missing)
             yield pa.RecordBatch.from_arrays(arrays, names=[c.name for c in plan.columns])
+
+
+def iter_models(plan: ScoringPlan) -> Iterator[Any]:
+    """The plan's models, loaded in this process (a fleet's in key order)."""
+    model = plan.model
+    if isinstance(model, ShippedFleet):
+        yield from (model.get(key) for key in model.offsets)
+    else:
+        yield model.get()
 
 
 def _assemble(pieces: list[Piece], columns: Sequence[OutputColumn], plan: ScoringPlan) -> list[pa.Array]:
@@ -427,8 +571,9 @@ def scoring_udf(plan: ScoringPlan) -> Any:
 
     It takes one Arrow array per batch (one argument column) or tuples of arrays (several), as Spark's
     Arrow iterator UDFs receive them, and yields one array per chunk: the result column, or a struct of
-    the result columns for several. The arrays are named after ``plan.spec.columns``, else the
-    estimator's ``feature_names_in_`` when there are as many, else ``argument 1``, ``argument 2``...
+    the result columns for several. For a fleet the first argument is the key. The feature arrays are
+    named after ``plan.spec.columns``, else the estimator's ``feature_names_in_`` when there are as
+    many, else ``argument 1``, ``argument 2``...
     Only the argument columns cross into Python; Spark keeps the rest of each row in the JVM.
     """
     known_names = plan.spec.columns if plan.spec is not None else plan.feature_names
@@ -436,10 +581,11 @@ def scoring_udf(plan: ScoringPlan) -> Any:
 
     def to_batch(arrays: Any) -> pa.RecordBatch:
         arrays = arrays if isinstance(arrays, tuple) else (arrays,)
+        key = (_KEY_FIELD,) if plan.key is not None else ()
         names = known_names
-        if names is None or len(names) != len(arrays):
-            names = tuple(f"argument {i + 1}" for i in range(len(arrays)))
-        return pa.RecordBatch.from_arrays(list(arrays), names=list(names))
+        if names is None or len(names) != len(arrays) - len(key):
+            names = tuple(f"argument {i + 1 + len(key)}" for i in range(len(arrays) - len(key)))
+        return pa.RecordBatch.from_arrays(list(arrays), names=[*key, *names])
 
     def score(batches: Iterator[tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
         for result in score_batches(plan, map(to_batch, batches)):

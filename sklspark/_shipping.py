@@ -19,13 +19,15 @@ and chunk (Spark reuses Python workers by default, ``spark.python.worker.reuse=t
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import tempfile
 import threading
 import uuid
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import IO, Any
 
 import cloudpickle
 from pyspark import SparkFiles
@@ -41,7 +43,12 @@ CLOSURE_MAX_BYTES = 96 << 20
 
 #: Largest model broadcast on classic Spark; larger ones travel as a file.
 BROADCAST_MAX_BYTES = 256 << 20
+#: Pickled bytes of the keyed models (:class:`ShippedFleet`) a Python worker process keeps loaded, at most.
+FLEET_CACHE_BYTES = 256 << 20
+
 _cache: OrderedDict[str, Any] = OrderedDict()
+_fleet_cache: OrderedDict[tuple[str, Any], tuple[Any, int]] = OrderedDict()
+_fleet_bytes = 0
 _cache_lock = threading.Lock()
 _staging_dir: str | None = None
 
@@ -78,7 +85,44 @@ def ship_file(spark: Any, path: str) -> None:
         spark.addArtifacts(path, file=True)
 
 
-class ShippedModel:
+class _Shipment:
+    """Serialised bytes made once on the driver, readable in every worker: how they travel is decided here.
+
+    ``write(file)`` writes the bytes; a payload up to :data:`BROADCAST_MAX_BYTES` is broadcast (classic
+    Spark) or, up to :data:`CLOSURE_MAX_BYTES`, carried in the closure (Spark Connect); a larger one is
+    shipped as a file (see the module docstring).
+    """
+
+    def __init__(self, kind: str, write: Callable[[IO[bytes]], None], spark: Any) -> None:
+        self.token = uuid.uuid4().hex
+        self._file_name = f"sklspark-{kind}-{self.token}.pkl"
+        path = staging_path(self._file_name)
+        with open(path, "wb") as f:
+            write(f)
+        self.nbytes = os.path.getsize(path)
+        self._broadcast = self._payload = None
+        spark_context = spark_context_of(spark)
+        if spark_context is not None and self.nbytes <= BROADCAST_MAX_BYTES:
+            self.via, self._broadcast = "broadcast", spark_context.broadcast(_read_and_remove(path))
+        elif spark_context is None and self.nbytes <= CLOSURE_MAX_BYTES:
+            self.via, self._payload = "closure", _read_and_remove(path)
+        else:
+            self.via = "file"
+            ship_file(spark, path)
+
+    def _load(self, offset: int = 0, length: int | None = None) -> Any:
+        """Unpickle the object stored at ``offset`` (the whole payload by default), in a worker."""
+        if self.via == "file":
+            with open(SparkFiles.get(self._file_name), "rb") as f:
+                f.seek(offset)
+                return cloudpickle.loads(f.read(length if length is not None else -1))
+        payload = self._broadcast.value if self._broadcast is not None else self._payload
+        assert payload is not None
+        end = None if length is None else offset + length
+        return cloudpickle.loads(memoryview(payload)[offset:end])
+
+
+class ShippedModel(_Shipment):
     """A picklable handle to an estimator that was serialised once on the driver.
 
     Parameters
@@ -99,21 +143,7 @@ class ShippedModel:
     """
 
     def __init__(self, estimator: Any, spark: Any) -> None:
-        self.token = uuid.uuid4().hex
-        self._file_name = f"sklspark-model-{self.token}.pkl"
-        path = staging_path(self._file_name)
-        with open(path, "wb") as f:
-            cloudpickle.dump(estimator, f)
-        self.nbytes = os.path.getsize(path)
-        self._broadcast = self._payload = None
-        spark_context = spark_context_of(spark)
-        if spark_context is not None and self.nbytes <= BROADCAST_MAX_BYTES:
-            self.via, self._broadcast = "broadcast", spark_context.broadcast(_read_and_remove(path))
-        elif spark_context is None and self.nbytes <= CLOSURE_MAX_BYTES:
-            self.via, self._payload = "closure", _read_and_remove(path)
-        else:
-            self.via = "file"
-            ship_file(spark, path)
+        super().__init__("model", functools.partial(cloudpickle.dump, estimator), spark)
 
     def get(self) -> Any:
         """The estimator, deserialised at most once per process."""
@@ -121,14 +151,62 @@ class ShippedModel:
             if self.token in _cache:
                 _cache.move_to_end(self.token)
                 return _cache[self.token]
-            if self.via == "file":
-                with open(SparkFiles.get(self._file_name), "rb") as f:
-                    estimator = cloudpickle.load(f)
-            else:
-                estimator = cloudpickle.loads(self._broadcast.value if self._broadcast is not None else self._payload)
+            estimator = self._load()
             _cache[self.token] = estimator
             while len(_cache) > _CACHE_SIZE:
                 _cache.popitem(last=False)
+            return estimator
+
+
+class ShippedFleet(_Shipment):
+    """Many fitted estimators keyed by a value, each serialised once on the driver, one after the other.
+
+    A worker process unpickles a model only when it meets its key, and keeps the models it loaded
+    while their pickled sizes add up to at most :data:`FLEET_CACHE_BYTES` (at least one), dropping the
+    least recently used first. The whole mapping travels as one payload: broadcast, in the closure, or,
+    above the limits, as one file from which a worker reads only the models it needs.
+
+    Parameters
+    ----------
+    models : mapping
+        Key value -> fitted estimator.
+    spark : SparkSession, DataFrame or SparkContext
+
+    Attributes
+    ----------
+    offsets : dict
+        Key value -> ``(offset, length)`` of its pickle in the payload.
+    """
+
+    def __init__(self, models: Mapping[Any, Any], spark: Any) -> None:
+        self.offsets: dict[Any, tuple[int, int]] = {}
+
+        def write(f: IO[bytes]) -> None:
+            for key, estimator in models.items():
+                start = f.tell()
+                cloudpickle.dump(estimator, f)
+                self.offsets[key] = (start, f.tell() - start)
+
+        super().__init__("fleet", write, spark)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self.offsets
+
+    def get(self, key: Any) -> Any:
+        """The estimator of ``key`` (which must be in :attr:`offsets`), deserialised at most once while cached."""
+        global _fleet_bytes
+        cache_key = (self.token, key)
+        with _cache_lock:
+            if cache_key in _fleet_cache:
+                _fleet_cache.move_to_end(cache_key)
+                return _fleet_cache[cache_key][0]
+            offset, length = self.offsets[key]
+            estimator = self._load(offset, length)
+            _fleet_cache[cache_key] = (estimator, length)
+            _fleet_bytes += length
+            while _fleet_bytes > FLEET_CACHE_BYTES and len(_fleet_cache) > 1:
+                _, (_, dropped) = _fleet_cache.popitem(last=False)
+                _fleet_bytes -= dropped
             return estimator
 
 

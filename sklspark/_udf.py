@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pyspark.sql import Column
@@ -21,10 +22,13 @@ class ScoringUDF:
     pandas/Arrow UDF (``func``, ``returnType``, ``evalType``, ``deterministic``).
     """
 
-    def __init__(self, spark_udf: Any, feature_names: tuple[str, ...] | None, n_features: int | None) -> None:
+    def __init__(
+        self, spark_udf: Any, feature_names: tuple[str, ...] | None, n_features: int | None, keyed: bool
+    ) -> None:
         self._udf = spark_udf
         self._feature_names = feature_names
         self._n_features = n_features
+        self._keyed = keyed
         self.func = spark_udf.func
         self.returnType: DataType = spark_udf.returnType
         self.evalType: int = spark_udf.evalType
@@ -32,13 +36,22 @@ class ScoringUDF:
 
     def asNondeterministic(self) -> ScoringUDF:
         """This function, marked non-deterministic (as Spark's own UDFs offer)."""
-        return ScoringUDF(self._udf.asNondeterministic(), self._feature_names, self._n_features)
+        return ScoringUDF(self._udf.asNondeterministic(), self._feature_names, self._n_features, self._keyed)
 
     def __call__(self, *cols: str | Column) -> Column:
         """The scoring Column over ``cols``: one vector/array column, or one column per feature.
 
-        With no columns, the estimator's ``feature_names_in_`` name them.
+        With no columns, the estimator's ``feature_names_in_`` name them. For a mapping of models, the
+        key column comes first: ``f("store", "features")``.
         """
+        if self._keyed:
+            if not cols:
+                raise TypeError("pass the key column first, then the feature columns: f('store', 'features')")
+            key, *features = cols
+            return self._udf(*self._columns((key,)), *self._columns(self._features(tuple(features))))
+        return self._udf(*self._columns(self._features(cols)))
+
+    def _features(self, cols: tuple[str | Column, ...]) -> tuple[str | Column, ...]:
         if not cols:
             if self._feature_names is None:
                 raise TypeError(
@@ -51,7 +64,11 @@ class ScoringUDF:
                 f"{len(cols)} feature columns were passed, but the estimator was fitted on {self._n_features} "
                 f"features; pass one column per feature, or one vector/array column"
             )
-        return self._udf(*(F.col(quote_column(c)) if isinstance(c, str) else c for c in cols))
+        return cols
+
+    @staticmethod
+    def _columns(cols: tuple[str | Column, ...]) -> list[Column]:
+        return [F.col(quote_column(c)) if isinstance(c, str) else c for c in cols]
 
 
 def udf(
@@ -74,8 +91,10 @@ def udf(
 
     Parameters
     ----------
-    estimator : object
-        A fitted scikit-learn estimator, ``Pipeline`` or any object with the method.
+    estimator : object or mapping
+        A fitted scikit-learn estimator, ``Pipeline`` or any object with the method; or a mapping from
+        key values to such estimators, each row scored by the model of its key: the Column function
+        then takes the key column first, ``f("store", "features")`` (in SQL ``score(store, a, b)``).
     method : str, default="predict"
         The method to run (see :func:`sklspark.distribute`).
     return_type : pyspark.sql.types.DataType or str, default=None
@@ -129,4 +148,5 @@ def udf(
         estimator, method, "udf", method_kwargs, chunk_size=chunk_size, return_type=return_type, on_error=on_error
     )
     plan = build_plan(request, None)
-    return ScoringUDF(scoring_udf(plan), plan.feature_names, n_features_of(estimator))
+    models = list(estimator.values()) if isinstance(estimator, Mapping) else [estimator]
+    return ScoringUDF(scoring_udf(plan), plan.feature_names, n_features_of(models[0]), plan.key is not None)
