@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.functions import arrow_udf
 from pyspark.sql.types import DataType, StructType
 
+from ._frames import READERS, FrameStyles, frame_styles
 from ._inputs import batch_to_matrix, iter_batch_chunks, iter_row_chunks, stack_rows
 from ._outputs import OutputColumn, chunk_arrays, output_columns, split_rows
 from ._partitions import PartitionPolicy, partition_policy
@@ -25,9 +26,9 @@ from ._validation import (
     check_arrow_features,
     check_method,
     check_optional_chunk_size,
+    check_scalar,
     check_width,
     declares_sparse,
-    fitted_feature_names,
     n_features_of,
     quote_column,
     resolve_features,
@@ -46,6 +47,7 @@ def distribute(
     features: str | Sequence[str] | None = None,
     output_cols: str | Sequence[str] | None = None,
     partitions: int | None = None,
+    pandas_reader: str | None = None,
     **method_kwargs: Any,
 ) -> RDD | DataFrame:
     """Apply a fitted estimator's prediction-time method to every row of an RDD or DataFrame.
@@ -91,6 +93,13 @@ def distribute(
         an input with few partitions (one Parquet file is one partition). An RDD keeps its order (it
         is counted and numbered first: two small jobs); a DataFrame is repartitioned round-robin.
         Without it, ``kneighbors`` and ``radius_neighbors`` on fewer partitions than cores warn.
+    pandas_reader : {"toPandas", "read_parquet", "read_csv"}, default=None
+        For an estimator fitted on a pandas DataFrame: the reader of the frame it was fitted on, which
+        each chunk imitates (null marker ``None`` or ``np.nan``; dates, decimals and timestamps as
+        objects, strings or numbers) where the fitted estimator does not record it. What it records
+        wins: an encoder's ``categories_`` holding ``None`` or ``nan``, ``datetime.date``, ``str`` or
+        ``Decimal`` values, a ``SimpleImputer``'s ``missing_values=None``. ``None``: inferred from that
+        evidence, else as ``toPandas()``. See docs/pipelines.md for the type table and the rules.
     **method_kwargs
         Passed to the method, e.g. ``n_neighbors=5`` or ``return_distance=False``.
 
@@ -127,15 +136,19 @@ def distribute(
     check_method(estimator, method)
     chunk_size = check_optional_chunk_size(chunk_size, "distribute")
     policy = partition_policy(partitions, method, "distribute")
+    check_scalar(pandas_reader, "pandas_reader", "distribute", kind=str, options=READERS, none_ok=True)
     if isinstance(data, RDD):
         if features is not None or output_cols is not None:
             raise TypeError(
                 "features= and output_cols= apply to DataFrame input; the elements of an RDD are "
                 "the feature vectors themselves"
             )
-        return _distribute_rdd(estimator, method, data, chunk_size or RDD_CHUNK_SIZE, method_kwargs, policy)
+        frame = frame_styles(estimator, pandas_reader)  # dict / Row elements become DataFrames of these fields
+        chunk_size = chunk_size or RDD_CHUNK_SIZE
+        return _distribute_rdd(estimator, method, data, chunk_size, method_kwargs, (policy, frame))
     if isinstance(data, DataFrame):
-        return _distribute_dataframe(estimator, method, data, chunk_size, features, output_cols, method_kwargs, policy)
+        spec = resolve_features(data.schema, estimator, features, pandas_reader)
+        return _distribute_dataframe(estimator, method, data, chunk_size, spec, output_cols, method_kwargs, policy)
     raise TypeError(f"data must be a pyspark RDD or DataFrame, got {type(data).__module__}.{type(data).__name__}")
 
 
@@ -184,17 +197,22 @@ def _kwargs_repr(method_kwargs: dict) -> str:
 
 
 def _distribute_rdd(
-    estimator: Any, method: str, rdd: RDD, chunk_size: int, method_kwargs: dict, policy: PartitionPolicy
+    estimator: Any,
+    method: str,
+    rdd: RDD,
+    chunk_size: int,
+    method_kwargs: dict,
+    policy_frame: tuple[PartitionPolicy, FrameStyles | None],
 ) -> RDD:
+    policy, frame = policy_frame
     width = n_features_of(estimator)
     sparse_ok = declares_sparse(estimator)
-    names = fitted_feature_names(estimator)  # dict / Row elements become DataFrames of these fields
 
     def head_rows():
         head = rdd.take(2)
-        return stack_rows(head, 0, accept_sparse=False, names=names) if head else None
+        return stack_rows(head, 0, accept_sparse=False, frame=frame) if head else None
 
-    if names is not None:
+    if frame is not None:
         _probe(estimator, method, method_kwargs, None, np.dtype(np.float32), head_rows)
     elif width is not None:
         # float32 zeros: a float32-fitted model (a large NearestNeighbors) is not upcast to score them
@@ -203,7 +221,7 @@ def _distribute_rdd(
     model = ShippedModel(estimator, rdd.context)
 
     def apply(index: int, rows: Iterable[Any]) -> Iterator[Any]:
-        return score_rows(model, method, method_kwargs, rows, chunk_size, sparse_ok, names, index)
+        return score_rows(model, method, method_kwargs, rows, chunk_size, sparse_ok, frame, index)
 
     return rdd.mapPartitionsWithIndex(apply, preservesPartitioning=True)
 
@@ -215,14 +233,15 @@ def score_rows(
     rows: Iterable[Any],
     chunk_size: int,
     sparse_ok: bool,
-    names: tuple[str, ...] | None,
+    frame: FrameStyles | None,
     partition: int,
 ) -> Iterator[Any]:
     """The task of an RDD partition: its elements stacked into chunks, scored, cut into one item per row.
 
-    ``names``: the fields taken from ``dict``/``Row`` elements into pandas chunks, or ``None`` for vectors.
+    ``frame``: the fields taken from ``dict``/``Row`` elements into pandas chunks and their styles
+    (:func:`~sklspark._frames.frame_styles`), or ``None`` for vectors.
     """
-    chunks = iter_row_chunks(rows, chunk_size, sparse_ok, names)
+    chunks = iter_row_chunks(rows, chunk_size, sparse_ok, frame)
     for _, _, output in run_chunks(model, method, method_kwargs, chunks, partition=partition):
         yield from split_rows(output)
 
@@ -237,6 +256,7 @@ def score_batches(
     chunk_size: int | None,
     sparse_ok: bool,
     columns: Sequence[OutputColumn],
+    frame: FrameStyles | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """The task of a DataFrame partition: Arrow batches stacked into chunks, scored, one result batch per chunk.
 
@@ -246,11 +266,12 @@ def score_batches(
     ``spec=None`` resolves the features from the first batch's Arrow types (``udf()`` Columns meet their
     input types only in the task, see :func:`~sklspark._validation.check_arrow_features`). Where the
     estimator records ``n_features_in_``, every stacked chunk is checked against it, naming its rows.
+    ``frame``: the named columns' styles decided on the driver, for a spec resolved in the task.
     """
     estimator = model.get()
     if input_names is not None:
         batches = (pa.RecordBatch.from_arrays(b.columns, names=list(input_names)) for b in batches)
-    chunks = _feature_chunks(batches, spec, chunk_size, estimator, sparse_ok)
+    chunks = _feature_chunks(batches, spec, chunk_size, estimator, sparse_ok, frame)
     convert = functools.partial(chunk_arrays, columns=columns)
     names = [c.name for c in columns]
     for *_, arrays in run_chunks(model, method, method_kwargs, chunks, convert=convert):
@@ -258,13 +279,18 @@ def score_batches(
 
 
 def _feature_chunks(
-    batches: Iterable[pa.RecordBatch], spec: FeatureSpec | None, chunk_size: int | None, estimator: Any, sparse_ok: bool
+    batches: Iterable[pa.RecordBatch],
+    spec: FeatureSpec | None,
+    chunk_size: int | None,
+    estimator: Any,
+    sparse_ok: bool,
+    frame: FrameStyles | None,
 ) -> Iterator[tuple[int, Any]]:
     """Stack a task's feature batches into the method's chunks, checking matrices against ``n_features_in_``."""
     n_features = n_features_of(estimator)
     for start, batch in iter_batch_chunks(batches, chunk_size):
         if spec is None:
-            spec = check_arrow_features(batch.schema, estimator)
+            spec = check_arrow_features(batch.schema, estimator, frame)
         X = batch_to_matrix(batch, spec, start, sparse_ok and spec.layout == "vector")
         if spec.is_matrix and n_features is not None and X.shape[1] != n_features:
             raise ValueError(
@@ -282,16 +308,17 @@ def batch_scorer(
     chunk_size: int | None,
     sparse_ok: bool,
     columns: Sequence[OutputColumn],
-    feature_names: tuple[str, ...] | None,
+    frame: FrameStyles | None,
 ) -> Callable[[Iterator[Any]], Iterator[pa.Array]]:
     """The function an Arrow iterator UDF runs in its task: :func:`score_batches` over its argument columns.
 
     It takes an iterator of one Arrow array per batch (one argument column) or of tuples of arrays
     (several), as Spark's Arrow iterator UDFs receive them, and yields one array per chunk: the result
     column, or a struct of the result columns for multi-part outputs. The arrays are named after
-    ``spec.columns``, else ``feature_names`` when there are as many, else ``argument 1``, ``argument 2``...
+    ``spec.columns``, else the fitted names of ``frame`` (named columns and their styles, see
+    :func:`~sklspark._frames.frame_styles`) when there are as many, else ``argument 1``, ``argument 2``...
     """
-    known_names = spec.columns if spec is not None else feature_names
+    known_names = spec.columns if spec is not None else frame.columns if frame is not None else None
     fields = [pa.field(c.name, c.arrow_type) for c in columns]
 
     def to_batch(arrays: Any) -> pa.RecordBatch:
@@ -303,7 +330,7 @@ def batch_scorer(
 
     def score(batches: Iterator[tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
         results = score_batches(
-            model, method, method_kwargs, map(to_batch, batches), None, spec, chunk_size, sparse_ok, columns
+            model, method, method_kwargs, map(to_batch, batches), None, spec, chunk_size, sparse_ok, columns, frame
         )
         for result in results:
             yield result.column(0) if len(fields) == 1 else pa.StructArray.from_arrays(result.columns, fields=fields)
@@ -389,12 +416,11 @@ def _distribute_dataframe(
     method: str,
     df: DataFrame,
     chunk_size: int | None,
-    features: str | Sequence[str] | None,
+    spec: FeatureSpec,
     output_cols: str | Sequence[str] | None,
     method_kwargs: dict,
     policy: PartitionPolicy,
 ) -> DataFrame:
-    spec = resolve_features(df.schema, estimator, features)
     head_rows = _head_reader(df, spec)
     width = feature_width(estimator, spec, head_rows)
     # Frames and text are probed on the data's first rows: zeros are no valid category or document.

@@ -10,9 +10,10 @@ from pyspark.sql.pandas.types import to_arrow_type
 from pyspark.sql.types import DataType, StructType, _parse_datatype_string
 
 from ._distribute import _probe, batch_scorer, quoted, scoring_udf
+from ._frames import READERS, frame_styles
 from ._outputs import OutputColumn, default_names, output_columns
 from ._shipping import ShippedModel
-from ._validation import check_method, check_optional_chunk_size, declares_sparse, fitted_feature_names, n_features_of
+from ._validation import check_method, check_optional_chunk_size, check_scalar, declares_sparse, n_features_of
 
 
 class ScoringUDF:
@@ -62,6 +63,7 @@ def udf(
     *,
     return_type: DataType | str | None = None,
     chunk_size: int | None = None,
+    pandas_reader: str | None = None,
     **method_kwargs: Any,
 ) -> ScoringUDF:
     """A fitted estimator's prediction-time method as a Spark Column function.
@@ -88,6 +90,9 @@ def udf(
     chunk_size : int, default=None
         Rows per call of the method; ``None`` means one call per Arrow batch (see
         :func:`sklspark.distribute`).
+    pandas_reader : {"toPandas", "read_parquet", "read_csv"}, default=None
+        For an estimator fitted on a pandas DataFrame: the reader whose frames each chunk imitates
+        where the fitted estimator does not record it (see :func:`sklspark.distribute`).
     **method_kwargs
         Passed to the method, e.g. ``n_neighbors=5``.
 
@@ -123,13 +128,15 @@ def udf(
     """
     check_method(estimator, method)
     chunk_size = check_optional_chunk_size(chunk_size, "udf")
+    check_scalar(pandas_reader, "pandas_reader", "udf", kind=str, options=READERS, none_ok=True)
     spark = SparkSession.getActiveSession()
     if spark is None:
         raise RuntimeError("sklspark.udf() ships the model through the active Spark session; start one first")
     columns = _return_columns(estimator, method, method_kwargs, return_type)
     model = ShippedModel(estimator, spark)
-    names = fitted_feature_names(estimator)
-    score = batch_scorer(model, method, method_kwargs, None, chunk_size, declares_sparse(estimator), columns, names)
+    frame = frame_styles(estimator, pandas_reader)  # the named columns' conversions, decided here once
+    score = batch_scorer(model, method, method_kwargs, None, chunk_size, declares_sparse(estimator), columns, frame)
+    names = frame.columns if frame is not None else None
     return ScoringUDF(scoring_udf(score, method, columns), names, n_features_of(estimator))
 
 
