@@ -127,24 +127,30 @@ def frame_styles(estimator: Any, pandas_reader: str | None = None) -> FrameStyle
         if found:
             evidence.append(f"{type(leaf).__name__} on {name!r}: {', '.join(f'{k}={v}' for k, v in found.items())}")
     strong = [{k: v for k, v in s.items() if k != "imputes"} for s in signals.values()]
-    if any(strong):
-        reader = _agreed_reader([s for s in strong if s], pandas_reader or DEFAULT_READER)
-        styles = tuple(_style(PRESETS[reader], found) for found in strong)
-    else:
-        reader = pandas_reader or DEFAULT_READER
-        imputed = {} if pandas_reader else {"missing": "nan"}
-        styles = tuple(_style(PRESETS[reader], imputed if "imputes" in signals[n] else {}) for n in columns)
+    telling = [found for found in strong if _readers_of(found) != set(READERS)]
+    reader = _agreed_reader(telling, pandas_reader or DEFAULT_READER)
+    if not telling and pandas_reader is None:  # nothing says which reader: a nan-imputing SimpleImputer's nan
+        strong = [
+            {"missing": "nan", **found} if "imputes" in signals[name] else found for name, found in zip(columns, strong)
+        ]
+    styles = tuple(_style(PRESETS[reader], found) for found in strong)
     return FrameStyles(columns, styles, reader, tuple(evidence))
+
+
+def _readers_of(found: dict[str, str]) -> set[str]:
+    """The readers whose frames could hold what one column's transformers recorded."""
+    if found.get("missing") == "None" or found.get("values") in ("date", "decimal"):
+        return set(_TYPED_READERS)
+    if found.get("missing") == "nan":
+        return {"read_csv"}
+    return set(READERS)
 
 
 def _agreed_reader(signals: list[dict[str, str]], pandas_reader: str) -> str:
     """The reader every recorded signal is compatible with (``pandas_reader`` if it is one), else ``pandas_reader``."""
     possible = set(READERS)
     for found in signals:
-        if found.get("missing") == "None" or found.get("values") in ("date", "decimal"):
-            possible &= _TYPED_READERS
-        elif found.get("missing") == "nan":
-            possible &= {"read_csv"}
+        possible &= _readers_of(found)
     if not possible or pandas_reader in possible:
         return pandas_reader
     return next(r for r in READERS if r in possible)

@@ -168,7 +168,7 @@ def _pipeline() -> object:
             [
                 ("plan", categories, ["plan", "vip"]),
                 ("region", make_pipeline(SimpleImputer(strategy="constant", fill_value="none"), ordinal), ["region"]),
-                ("dates", OneHotEncoder(handle_unknown="ignore"), ["signup"]),
+                ("dates", OrdinalEncoder(encoded_missing_value=-2), ["signup"]),  # unseen dates are refused
                 ("decimals", OneHotEncoder(handle_unknown="ignore"), ["price"]),
                 ("numbers", SimpleImputer(), ["tenure", "calls", "rating", "monthly", "autopay"]),
             ]
@@ -189,9 +189,13 @@ def test_pipeline_fitted_on_each_reader(spark, dirty, frames, reader):
     styles = frame_styles(model)  # no option: what the encoders recorded decides
     assert styles.reader == ("read_csv" if reader == "read_csv" else "toPandas"), styles
     expected = model.predict_proba(frame)
-    # The marker matters here: the other reader's null marker changes rows (encoded as unknown).
+    # The marker matters here: the other reader's null marker changes rows silently (a null plan is unknown
+    # to its OneHotEncoder) and is refused by the date column's OrdinalEncoder.
     other = frame.astype(object).where(frame.notna(), np.nan if reader != "read_csv" else None)
-    assert (np.abs(model.predict_proba(other) - expected).max(axis=1) > 1e-9).sum() >= 10
+    same_dates = other.assign(signup=frame["signup"])
+    assert (np.abs(model.predict_proba(same_dates) - expected).max(axis=1) > 1e-9).sum() >= 10
+    with pytest.raises(ValueError, match="Found unknown categories"):
+        model.predict_proba(other)
 
     df = dirty.drop("seen", "seen_ntz").repartition(3, "id")
     assert_same(_sorted(distribute(model, "predict_proba", df, chunk_size=7), "probability"), expected)
@@ -199,3 +203,45 @@ def test_pipeline_fitted_on_each_reader(spark, dirty, frames, reader):
     assert_same(_sorted(df.select("id", f().alias("p")), "p"), expected)
     rows = dirty.orderBy("id").rdd.repartition(1)  # Row elements: Python values, None for null
     assert_same(np.stack(distribute(model, "predict_proba", rows, chunk_size=9).collect()), expected)
+
+
+# --------------------------------------------------------------------------- the rules of frame_styles, without Spark
+
+
+def _fitted(transformers, frame: pd.DataFrame):
+    return ColumnTransformer(transformers, remainder="drop").fit(frame)
+
+
+def test_evidence_follows_column_routing_and_imputers():
+    frame = pd.DataFrame(
+        {
+            "a": ["x", None, "y", "x"],
+            "b": [dt.date(2024, 1, 1), None, dt.date(2024, 1, 2), dt.date(2024, 1, 1)],
+            "c": ["p", "q", None, "p"],
+            "d": [1.0, np.nan, 2.0, 3.0],
+        }
+    )
+    with_nan = frame.astype(object).where(frame.notna(), np.nan)
+    imputed = make_pipeline(SimpleImputer(strategy="constant", fill_value="?"), OrdinalEncoder())
+    # Positions, a boolean mask and a label slice route columns as names do.
+    for routing in ([0, 1], np.array([True, True, False, False]), slice("a", "b")):
+        styles = frame_styles(_fitted([("enc", OneHotEncoder(), routing), ("num", SimpleImputer(), ["d"])], frame))
+        assert styles.reader == "toPandas"
+        assert styles.styles[0].missing == styles.styles[1].missing == "None" and styles.styles[1].dates == "date"
+    # The encoder after an imputer that left None alone records it; after one that imputed nan, nothing.
+    assert frame_styles(_fitted([("c", imputed, ["c"])], frame)).styles[2].missing == "None"
+    nan_fitted = frame_styles(_fitted([("c", imputed, ["c"])], with_nan))
+    assert nan_fitted.styles[2].missing == "nan" and nan_fitted.reader == "toPandas"  # no evidence: the imputer's nan
+    assert frame_styles(_fitted([("c", imputed, ["c"])], with_nan), "toPandas").styles[2].missing == "None"
+    # One column's evidence names the reader of every other column; the option picks among agreeing readers.
+    csv = frame_styles(_fitted([("a", OneHotEncoder(), ["a"]), ("c", imputed, ["c"])], with_nan), "toPandas")
+    assert csv.reader == "read_csv" and csv.styles[1].dates == "str" and csv.styles[2].missing == "nan"
+    assert frame_styles(_fitted([("a", OneHotEncoder(), ["a"])], frame), "read_parquet").reader == "read_parquet"
+    # The column's own evidence wins over the reader: datetime64 categories for dates (read_csv parse_dates).
+    parsed = with_nan.assign(b=pd.to_datetime(frame["b"].fillna(dt.date(2024, 1, 3))))  # NaT: sklearn refuses it
+    mixed = frame_styles(_fitted([("a", OneHotEncoder(), ["a"]), ("b", OneHotEncoder(), ["b"])], parsed))
+    assert mixed.reader == "read_csv" and mixed.styles[1].dates == "datetime64"
+    # None where one column says toPandas and another read_csv: the option (or toPandas), each column its own.
+    both = with_nan.assign(c=frame["c"])
+    contradicting = frame_styles(_fitted([("a", OneHotEncoder(), ["a"]), ("c", OneHotEncoder(), ["c"])], both))
+    assert contradicting.reader == "toPandas" and [s.missing for s in contradicting.styles] == ["nan"] + ["None"] * 3
