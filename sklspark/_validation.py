@@ -399,7 +399,7 @@ def frame_spec(schema: StructType, names: Sequence[str], frame: FrameStyles | No
     Spark type                   ``toPandas()``, ``pd.read_parquet``           ``pd.read_csv``
     ===========================  ============================================  =====================================
     string                       ``object`` of ``str``, ``None`` for null      ``object`` of ``str``, ``np.nan``
-    byte, short, int, long       ``int8`` ... ``int64``; ``float64`` + ``NaN``  ``int64``; ``float64`` + ``NaN``
+    byte, short, int, long       own width; ``float64``, ``NaN`` if nulls      ``int64``; ``float64`` if nulls
     float, double                ``float32`` / ``float64``, ``NaN``            ``float64``, ``NaN``
     boolean                      ``bool``; ``object`` + ``None`` with nulls    ``bool``; ``object`` + ``np.nan``
     decimal                      ``object`` of ``Decimal``, ``None``           ``float64``, ``NaN``
@@ -407,7 +407,9 @@ def frame_spec(schema: StructType, names: Sequence[str], frame: FrameStyles | No
     timestamp, timestamp_ntz     ``datetime64[ns]``, ``NaT`` (*)               ``object`` of ``str``, ``np.nan``
     ===========================  ============================================  =====================================
 
-    (*) wall-clock time in the session time zone (``toPandas``) or in UTC (``read_parquet``).
+    (*) wall-clock time in the session time zone (``toPandas``) or in UTC (``read_parquet``, which
+    also keeps ``timestamp_ntz`` in microseconds). Null booleans and integers change the dtype of the
+    chunks holding them only (``object``, ``float64``), as in pandas. See docs/pipelines.md.
 
     Raises
     ------
