@@ -302,8 +302,11 @@ def _datetimes(column: pa.Array, style: ColumnStyle) -> np.ndarray:
 
 def _timestamp_strings(column: pa.Array) -> np.ndarray:
     """``YYYY-MM-DD HH:MM:SS[.ffffff]`` per value, as ``str(pd.Timestamp)`` writes it; ``None`` for null."""
-    stamps = column.to_numpy(zero_copy_only=False).astype("datetime64[ns]")
-    return np.array([None if np.isnat(v) else str(pd.Timestamp(v)) for v in stamps], dtype=object)
+    micros = column.cast(pa.timestamp("us"))
+    fraction = np.asarray(micros.cast(pa.int64()).fill_null(0)) % 1_000_000 != 0
+    whole = micros.cast(pa.timestamp("s"), safe=False).cast(pa.string())  # "2024-01-02 03:04:05"
+    fine = micros.cast(pa.string())  # with six decimals
+    return pc.if_else(pa.array(fraction), fine, whole).to_numpy(zero_copy_only=False)
 
 
 def _pandas_column(column: pa.Array, kind: str, style: ColumnStyle) -> np.ndarray:

@@ -141,6 +141,21 @@ def test_session_time_zone(spark):
         assert str(got.dtype) == "datetime64[ns]" and str(got[0]) == wall and got.isna()[1]
 
 
+def test_read_csv_timestamps_as_pandas_writes_them(spark):
+    """``str(pd.Timestamp)``: seconds, and six decimals only where there is a fraction (before 1970 too)."""
+    rng = np.random.default_rng(1)
+    seconds, micros = rng.integers(0, 5 * 10**9, 300), rng.integers(0, 10**6, 300)
+    values = [
+        dt.datetime(1900, 1, 1) + dt.timedelta(seconds=int(s), microseconds=int(u * (s % 2)))
+        for s, u in zip(seconds, micros)
+    ]
+    values[5] = None
+    frame = pd.DataFrame({"at": [None if v is None else str(pd.Timestamp(v)) for v in values]}).fillna(np.nan)
+    schema = spark.createDataFrame(pa.table({"at": pa.array(values[:1], pa.timestamp("us"))})).schema
+    spec = resolve_features(schema, FunctionTransformer().fit(frame), None, "read_csv")
+    pd.testing.assert_frame_equal(frame_from_columns([pa.array(values, pa.timestamp("us"))], spec), frame)
+
+
 def test_pandas_reader_refused_before_any_job(spark, dirty, frames):
     model = FunctionTransformer().fit(frames["toPandas"])
     with no_spark_job(spark.sparkContext):
