@@ -25,6 +25,7 @@ def distribute(
     partitions: int | str | None = None,
     on_error: str = "raise",
     key: str | None = None,
+    pandas_reader: str | None = None,
     **method_kwargs: Any,
 ) -> RDD | DataFrame:
     """Apply a fitted estimator's prediction-time method to every row of an RDD or DataFrame.
@@ -89,6 +90,13 @@ def distribute(
         without a model, or a null key, fails naming the key and rows (or is a null result with its
         reason under ``on_error="null"``). Each model is serialised once; a worker loads only the
         models of the keys it meets (see :class:`sklspark._shipping.ShippedFleet` for the memory bound).
+    pandas_reader : {"toPandas", "read_parquet", "read_csv"}, default=None
+        For an estimator fitted on a pandas DataFrame: the reader of the frame it was fitted on, which
+        each chunk imitates (null marker ``None`` or ``np.nan``; dates, decimals and timestamps as
+        objects, strings or numbers) where the fitted estimator does not record it. What it records
+        wins: an encoder's ``categories_`` holding ``None`` or ``nan``, ``datetime.date``, ``str`` or
+        ``Decimal`` values, a ``SimpleImputer``'s ``missing_values=None``. ``None``: inferred from that
+        evidence, else as ``toPandas()``. See docs/pipelines.md for the type table and the rules.
     **method_kwargs
         Passed to the method, e.g. ``n_neighbors=5`` or ``return_distance=False``.
 
@@ -136,6 +144,7 @@ def distribute(
         partitions=partitions,
         on_error=on_error,
         key=key,
+        pandas_reader=pandas_reader,
     )
     plan = build_plan(request, data)
     assert plan.partitioning is not None

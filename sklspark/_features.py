@@ -36,6 +36,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from ._frames import DEFAULT_READER, PRESETS, ColumnStyle, FrameStyles, frame_styles
 from ._validation import n_features_of
 
 #: Spark numeric element types accepted as features, and the NumPy dtype they arrive as.
@@ -56,7 +57,7 @@ class FeatureSpec:
     Layouts: ``"vector"`` (one ``VectorUDT`` column), ``"array"`` (one ``array<numeric>`` column) and
     ``"columns"`` (several numeric columns) stack into a matrix; ``"frame"`` (named columns of any
     scalar type, for an estimator with ``feature_names_in_``) gives a pandas DataFrame with one
-    column per name, converted as ``kinds`` says (see :func:`frame_spec`); ``"text"`` (one string
+    column per name, converted as ``kinds`` and ``styles`` say (see :func:`frame_spec`); ``"text"`` (one string
     column) gives a 1-D object array of ``str``.
 
     Attributes
@@ -65,14 +66,18 @@ class FeatureSpec:
     columns : tuple of str
     dtype : numpy dtype of the stacked matrix (``object`` for ``"frame"`` and ``"text"``)
     kinds : tuple of str
-        ``"frame"`` only: each column's conversion, one of ``"string"``, ``"int"``, ``"float"``,
-        ``"bool"``, ``"decimal"``, ``"datetime"``.
+        ``"frame"`` only: each column's Spark kind, one of ``"string"``, ``"int"``, ``"float"``,
+        ``"bool"``, ``"decimal"``, ``"date"``, ``"timestamp"``.
+    styles : tuple of ColumnStyle
+        ``"frame"`` only: each column's null marker and Python types, decided on the driver from the
+        fitted estimator and the ``pandas_reader`` option (:func:`sklspark._frames.frame_styles`).
     """
 
     layout: str
     columns: tuple[str, ...]
     dtype: np.dtype
     kinds: tuple[str, ...] = ()
+    styles: tuple[ColumnStyle, ...] = ()
 
     @property
     def width(self) -> int | None:
@@ -167,9 +172,9 @@ _FRAME_KINDS: tuple[tuple[type, str], ...] = (
     (DoubleType, "float"),
     (FloatType, "float"),
     (DecimalType, "decimal"),
-    (DateType, "datetime"),
-    (TimestampType, "datetime"),
-    (TimestampNTZType, "datetime"),
+    (DateType, "date"),
+    (TimestampType, "timestamp"),
+    (TimestampNTZType, "timestamp"),
 )
 
 
@@ -211,22 +216,28 @@ def _check_present(schema: StructType, names: Sequence[str]) -> None:
         )
 
 
-def frame_spec(schema: StructType, names: Sequence[str]) -> FeatureSpec:
+def frame_spec(schema: StructType, names: Sequence[str], frame: FrameStyles | None = None) -> FeatureSpec:
     """The ``"frame"`` layout: ``names`` read from ``schema`` and handed over as a pandas DataFrame.
 
-    Each column is converted the way pandas' own readers type it, so a model fitted on a pandas
-    DataFrame sees what it saw at fit time:
+    Each column is converted the way the pandas reader the model was fitted on types it
+    (``frame``, from :func:`sklspark._frames.frame_styles`; ``None``: as ``toPandas()`` does), so a
+    model fitted on a pandas DataFrame sees what it saw at fit time:
 
-    ===========================  ==============================================================
-    Spark type                   pandas dtype in the chunk
-    ===========================  ==============================================================
-    string                       ``object`` of ``str``, ``np.nan`` for null
-    byte, short, int, long       ``int64``; ``float64`` with ``NaN`` if the chunk has nulls
-    float, double                ``float32`` / ``float64``, ``NaN`` for null
-    boolean                      ``bool``; ``object`` with ``np.nan`` if the chunk has nulls
-    decimal                      ``float64``, ``NaN`` for null
-    date, timestamp              ``datetime64[ns]`` (session time zone, no zone), ``NaT``
-    ===========================  ==============================================================
+    ===========================  ============================================  =====================================
+    Spark type                   ``toPandas()``, ``pd.read_parquet``           ``pd.read_csv``
+    ===========================  ============================================  =====================================
+    string                       ``object`` of ``str``, ``None`` for null      ``object`` of ``str``, ``np.nan``
+    byte, short, int, long       own width; ``float64``, ``NaN`` if nulls      ``int64``; ``float64`` if nulls
+    float, double                ``float32`` / ``float64``, ``NaN``            ``float64``, ``NaN``
+    boolean                      ``bool``; ``object`` + ``None`` with nulls    ``bool``; ``object`` + ``np.nan``
+    decimal                      ``object`` of ``Decimal``, ``None``           ``float64``, ``NaN``
+    date                         ``object`` of ``datetime.date``, ``None``     ``object`` of ISO ``str``, ``np.nan``
+    timestamp, timestamp_ntz     ``datetime64[ns]``, ``NaT`` (*)               ``object`` of ``str``, ``np.nan``
+    ===========================  ============================================  =====================================
+
+    (*) wall-clock time in the session time zone (``toPandas``) or in UTC (``read_parquet``, which
+    also keeps ``timestamp_ntz`` in microseconds). Null booleans and integers change the dtype of the
+    chunks holding them only (``object``, ``float64``), as in pandas. See docs/pipelines.md.
 
     Raises
     ------
@@ -248,15 +259,23 @@ def frame_spec(schema: StructType, names: Sequence[str]) -> FeatureSpec:
                 f"scalar columns (string, numeric, boolean, decimal, date, timestamp), not vectors or arrays"
             )
         kinds.append(kind)
-    return FeatureSpec("frame", names, np.dtype(object), tuple(kinds))
+    styles = tuple(frame.style_of(name) if frame is not None else PRESETS[DEFAULT_READER] for name in names)
+    return FeatureSpec("frame", names, np.dtype(object), tuple(kinds), styles)
 
 
-def resolve_features(schema: StructType, estimator: Any, features: str | Sequence[str] | None) -> FeatureSpec:
+def resolve_features(
+    schema: StructType,
+    estimator: Any,
+    features: str | Sequence[str] | None,
+    pandas_reader: str | None = None,
+) -> FeatureSpec:
     """The :class:`FeatureSpec` for ``estimator`` over a DataFrame of ``schema``.
 
     An estimator fitted on a pandas DataFrame (it has ``feature_names_in_``) is given exactly those
     columns, by name, in the fitted order (:func:`frame_spec`); ``features``, if given, must name the
-    same set. An estimator that records no feature count (a text pipeline fitted on a list of
+    same set; ``pandas_reader`` names the pandas reader whose frames it imitates where the fitted
+    estimator does not record it (:func:`sklspark._frames.frame_styles`). An estimator that records
+    no feature count (a text pipeline fitted on a list of
     documents) is given one string column as a 1-D object array of ``str`` (layout ``"text"``).
     Any other estimator gets :func:`check_features`.
     """
@@ -275,13 +294,13 @@ def resolve_features(schema: StructType, estimator: Any, features: str | Sequenc
                 f"features={list(given)} does not name the columns {type(estimator).__name__} was fitted on: "
                 f"{list(fitted)} (feature_names_in_); pass features=None to use those by name"
             )
-    return frame_spec(schema, fitted)
+    return frame_spec(schema, fitted, frame_styles(estimator, pandas_reader))
 
 
 _VECTOR_FIELDS = tuple(field.name for field in to_arrow_type(VectorUDT()))
 
 
-def check_arrow_features(schema: pa.Schema, estimator: Any) -> FeatureSpec:
+def check_arrow_features(schema: pa.Schema, estimator: Any, frame: FrameStyles | None = None) -> FeatureSpec:
     """Resolve the feature columns of Arrow batches whose Spark types were not known on the driver.
 
     A ``udf()`` Column is built before it meets a DataFrame, so its argument columns are first seen
@@ -290,7 +309,8 @@ def check_arrow_features(schema: pa.Schema, estimator: Any) -> FeatureSpec:
     exactly as the estimator's ``feature_names_in_`` are the ``"frame"`` layout; otherwise they are
     resolved as :func:`resolve_features` resolves a DataFrame's (one string column is ``"text"`` for an
     estimator without a feature count), except that an estimator with ``feature_names_in_`` is also
-    given a vector, array or numeric columns positionally (:func:`check_features`).
+    given a vector, array or numeric columns positionally (:func:`check_features`). ``frame``: the
+    named columns' styles, decided on the driver (:func:`sklspark._frames.frame_styles`).
     """
     fields = []
     for field in schema:
@@ -300,4 +320,4 @@ def check_arrow_features(schema: pa.Schema, estimator: Any) -> FeatureSpec:
     fitted = fitted_feature_names(estimator)
     if fitted is None:
         return resolve_features(struct, estimator, names[0] if len(names) == 1 else names)
-    return frame_spec(struct, names) if tuple(names) == fitted else check_features(struct, names)
+    return frame_spec(struct, names, frame) if tuple(names) == fitted else check_features(struct, names)

@@ -22,6 +22,7 @@ from pyspark.ml.linalg import DenseVector, SparseVector
 from pyspark.sql import Row
 
 from ._features import FeatureSpec
+from ._frames import ColumnStyle, FrameStyles
 from ._validation import MAX_BATCH_CHUNK
 
 # --------------------------------------------------------------------------- RDD elements
@@ -59,8 +60,9 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _records_frame(rows: list, names: tuple[str, ...], first_row: int) -> pd.DataFrame:
-    """``dict`` / ``Row`` elements as a pandas DataFrame of the fields ``names``, typed like named Spark columns."""
+def _records_frame(rows: list, frame: FrameStyles, first_row: int) -> pd.DataFrame:
+    """``dict`` / ``Row`` elements as a pandas DataFrame of the fields ``frame.columns``, typed like named columns."""
+    names = frame.columns
     records = []
     for i, row in enumerate(rows):
         record = row.asDict() if isinstance(row, Row) else row
@@ -79,19 +81,19 @@ def _records_frame(rows: list, names: tuple[str, ...], first_row: int) -> pd.Dat
     except (pa.ArrowException, TypeError) as exc:
         raise ValueError(f"rows {first_row}-{first_row + len(rows) - 1} mix value types in one field: {exc}") from exc
     kinds = tuple(arrow_kind(column.type) for column in table.columns)
-    return frame_from_columns(table.columns, FeatureSpec("frame", names, np.dtype(object), kinds))
+    return frame_from_columns(table.columns, FeatureSpec("frame", names, np.dtype(object), kinds, frame.styles))
 
 
 def stack_rows(
-    rows: list, first_row: int, accept_sparse: bool, names: tuple[str, ...] | None = None
+    rows: list, first_row: int, accept_sparse: bool, frame: FrameStyles | None = None
 ) -> np.ndarray | sp.csr_matrix | pd.DataFrame:
     """Stack RDD elements into one matrix (CSR if any row is sparse and the estimator accepts it).
 
-    With ``names`` (the estimator's ``feature_names_in_``), ``dict`` / ``Row`` elements give a pandas
-    DataFrame of those fields instead, typed as :func:`frame_from_columns` types named columns.
+    With ``frame`` (the estimator's ``feature_names_in_`` and their styles), ``dict`` / ``Row`` elements
+    give a pandas DataFrame of those fields instead, typed as :func:`frame_from_columns` types named columns.
     """
-    if names is not None and isinstance(rows[0], (dict, Row)):
-        return _records_frame(rows, names, first_row)
+    if frame is not None and isinstance(rows[0], (dict, Row)):
+        return _records_frame(rows, frame, first_row)
     arrays = [_row_to_array(row, first_row + i) for i, row in enumerate(rows)]
     width = arrays[0].shape[-1]
     for i, arr in enumerate(arrays):
@@ -283,49 +285,93 @@ _ARROW_KINDS = (
     (pa.types.is_integer, "int"),
     (pa.types.is_floating, "float"),
     (pa.types.is_decimal, "decimal"),
-    (pa.types.is_temporal, "datetime"),
+    (pa.types.is_date, "date"),
+    (pa.types.is_timestamp, "timestamp"),
 )
 
 
 def arrow_kind(arrow_type: pa.DataType) -> str:
-    """The conversion a column of ``arrow_type`` takes; all-null columns are missing strings (``np.nan``)."""
+    """The conversion a column of ``arrow_type`` takes; all-null columns are missing strings."""
     if pa.types.is_null(arrow_type):
         return "string"
     kind = next((k for test, k in _ARROW_KINDS if test(arrow_type)), None)
     if kind is None:
         raise ValueError(
-            f"a field of type {arrow_type} has no pandas scalar dtype; expected str, numbers, bool or dates"
+            f"a field of type {arrow_type} has no pandas scalar dtype; expected str, numbers, bool, dates or timestamps"
         )
     return kind
 
 
-def _pandas_column(column: pa.Array, kind: str) -> np.ndarray:
-    """One Arrow column as the NumPy array pandas' readers would give (see :func:`~sklspark._validation.frame_spec`)."""
-    has_nulls = column.null_count > 0
-    if kind == "float":
-        return column.to_numpy(zero_copy_only=False)  # nulls -> NaN, width kept
-    if kind == "decimal" or (kind == "int" and has_nulls):
-        return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
-    if kind == "int":
-        return column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    if kind == "datetime":
-        if pa.types.is_timestamp(column.type) and column.type.tz is not None:
-            column = pc.local_timestamp(column)
-        elif pa.types.is_date(column.type):
-            column = column.cast(pa.timestamp("us"))
-        return column.to_numpy(zero_copy_only=False).astype("datetime64[ns]")
-    values = column.to_numpy(zero_copy_only=False)  # strings, and booleans with nulls: object with None
-    if kind == "bool" and not has_nulls:
-        return values
-    if has_nulls:
+def _objects(values: np.ndarray, nulls: np.ndarray | None, style: ColumnStyle) -> np.ndarray:
+    """An object column with its nulls (``None`` from Arrow) set to the style's marker."""
+    if nulls is not None and style.missing == "nan":
         values = values.astype(object, copy=False)
-        values[np.asarray(column.is_null())] = np.nan
+        values[nulls] = np.nan
     return values
+
+
+def _wall_clock(column: pa.Array, style: ColumnStyle) -> pa.Array:
+    """A timestamp column without its zone: local wall-clock time, or UTC for ``read_parquet``."""
+    if column.type.tz is None:
+        return column
+    if style.timestamps == "utc":
+        return column.cast(pa.timestamp(column.type.unit))
+    return pc.local_timestamp(column)
+
+
+def _datetimes(column: pa.Array, style: ColumnStyle) -> np.ndarray:
+    """``datetime64[ns]``, but a zone-less timestamp keeps its unit as ``read_parquet`` reads it from Spark."""
+    keep_unit = style.timestamps == "utc" and column.type.tz is None
+    values = _wall_clock(column, style).to_numpy(zero_copy_only=False)
+    return values if keep_unit else values.astype("datetime64[ns]")
+
+
+def _timestamp_strings(column: pa.Array) -> np.ndarray:
+    """``YYYY-MM-DD HH:MM:SS[.ffffff]`` per value, as ``str(pd.Timestamp)`` writes it; ``None`` for null."""
+    micros = column.cast(pa.timestamp("us"))
+    fraction = np.asarray(micros.cast(pa.int64()).fill_null(0)) % 1_000_000 != 0
+    whole = micros.cast(pa.timestamp("s"), safe=False).cast(pa.string())  # "2024-01-02 03:04:05"
+    fine = micros.cast(pa.string())  # with six decimals
+    return pc.if_else(pa.array(fraction), fine, whole).to_numpy(zero_copy_only=False)
+
+
+def _pandas_column(column: pa.Array, kind: str, style: ColumnStyle) -> np.ndarray:
+    """One Arrow column as the style's pandas reader would give it (see :func:`~sklspark._validation.frame_spec`)."""
+    nulls = np.asarray(column.is_null()) if column.null_count else None
+    if kind == "float":
+        values = column.to_numpy(zero_copy_only=False)  # nulls -> NaN
+        return values.astype(np.float64, copy=False) if style.widen else values
+    if kind == "int":
+        if nulls is not None:
+            return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        values = column.to_numpy(zero_copy_only=False)
+        return values.astype(np.int64, copy=False) if style.widen else values
+    if kind == "decimal":
+        if style.decimals == "float":  # through the text, as read_csv parses it: Arrow's direct cast is not exact
+            return column.cast(pa.string()).cast(pa.float64()).to_numpy(zero_copy_only=False)
+        return _objects(column.to_numpy(zero_copy_only=False), nulls, style)
+    if kind == "date":
+        if style.dates == "date":
+            return _objects(column.to_pandas(date_as_object=True).to_numpy(), nulls, style)
+        if style.dates == "str":
+            return _objects(column.cast(pa.string()).to_numpy(zero_copy_only=False), nulls, style)
+        return column.cast(pa.timestamp("us")).to_numpy(zero_copy_only=False).astype("datetime64[ns]")
+    if kind == "timestamp":
+        if style.timestamps == "str":
+            return _objects(_timestamp_strings(_wall_clock(column, style)), nulls, style)
+        return _datetimes(column, style)
+    values = column.to_numpy(zero_copy_only=False)  # strings, and booleans with nulls: object with None
+    if kind == "bool" and nulls is None:
+        return values
+    return _objects(values.astype(object, copy=False), nulls, style)
 
 
 def frame_from_columns(columns: list[pa.Array], spec: FeatureSpec) -> pd.DataFrame:
     """Arrow columns, one per name of a ``"frame"`` spec, as a pandas DataFrame with those names in that order."""
-    data = {name: _pandas_column(column, kind) for name, column, kind in zip(spec.columns, columns, spec.kinds)}
+    data = {
+        name: _pandas_column(column, kind, style)
+        for name, column, kind, style in zip(spec.columns, columns, spec.kinds, spec.styles)
+    }
     return pd.DataFrame(data, columns=list(spec.columns), copy=False)
 
 

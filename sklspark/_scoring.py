@@ -24,7 +24,8 @@ from pyspark.sql.functions import arrow_udf
 from pyspark.sql.pandas.types import to_arrow_type
 from pyspark.sql.types import DataType, StringType, StructType, _parse_datatype_string
 
-from ._features import FeatureSpec, check_arrow_features, fitted_feature_names, resolve_features
+from ._features import FeatureSpec, check_arrow_features, resolve_features
+from ._frames import READERS, FrameStyles, frame_styles
 from ._inputs import batch_to_matrix, iter_batch_chunks, iter_row_lists, null_feature_rows, stack_rows
 from ._outputs import (
     ERROR_COLUMN,
@@ -68,6 +69,7 @@ class ScoringRequest:
     return_type: Any = None
     on_error: Any = "raise"
     key: Any = None
+    pandas_reader: Any = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,9 +93,10 @@ class ScoringPlan:
         Sparse rows may be handed over as CSR.
     columns : tuple of OutputColumn
         The result columns (DataFrame, ``udf()``), ending with ``error`` when ``on_error="null"``.
-    feature_names : tuple of str or None
-        The estimator's ``feature_names_in_``: fields of ``dict``/``Row`` RDD elements, names of a
-        ``udf()``'s argument columns.
+    frame : FrameStyles or None
+        For an estimator with ``feature_names_in_``: those names and how each column is handed over
+        (null marker, Python types: :func:`sklspark._frames.frame_styles`), for ``dict``/``Row`` RDD
+        elements and a ``udf()``'s argument columns.
     partitioning : PartitionPolicy or None
         How the input is spread first (``None`` for a ``udf()``, which has no input of its own).
     on_error : {"raise", "null"}
@@ -110,10 +113,15 @@ class ScoringPlan:
     chunk_size: int | None = None
     sparse_ok: bool = False
     columns: tuple[OutputColumn, ...] = ()
-    feature_names: tuple[str, ...] | None = None
+    frame: FrameStyles | None = None
     partitioning: PartitionPolicy | None = None
     on_error: str = "raise"
     key: str | None = None
+
+    @property
+    def feature_names(self) -> tuple[str, ...] | None:
+        """The estimator's ``feature_names_in_``, or ``None``."""
+        return self.frame.columns if self.frame is not None else None
 
     @property
     def isolate(self) -> bool:
@@ -137,6 +145,7 @@ def build_plan(request: ScoringRequest, data: RDD | DataFrame | None) -> Scoring
     method: str = request.method
     chunk_size = check_optional_chunk_size(request.chunk_size, caller)
     on_error = check_scalar(request.on_error, "on_error", caller, kind=str, options=ON_ERROR)
+    check_scalar(request.pandas_reader, "pandas_reader", caller, kind=str, options=READERS, none_ok=True)
     heads: dict = {}  # the data's first rows, read at most once for all the models
     if isinstance(data, RDD):
         if request.features is not None or request.output_cols is not None:
@@ -255,26 +264,26 @@ def _active_session(caller: str) -> SparkSession:
 def _rdd_fields(request: ScoringRequest, estimator: Any, rdd: RDD, heads: dict) -> dict:
     """The decisions for one model over an RDD (of ``(key, features)`` pairs for a mapping of models)."""
     width = n_features_of(estimator)
-    names = fitted_feature_names(estimator)  # dict / Row elements become DataFrames of these fields
+    frame = frame_styles(estimator, request.pandas_reader)  # dict / Row elements become DataFrames of these
 
     def head_rows() -> Any:
         if "rdd" not in heads:
             heads["rdd"] = rdd.take(2)
         head = [pair[1] for pair in heads["rdd"]] if isinstance(request.estimator, Mapping) else heads["rdd"]
-        return stack_rows(head, 0, accept_sparse=False, names=names) if head else None
+        return stack_rows(head, 0, accept_sparse=False, frame=frame) if head else None
 
-    if names is not None or width is not None:
+    if frame is not None or width is not None:
         # float32 zeros: a float32-fitted model (a large NearestNeighbors) is not upcast to score them
         probe(
-            estimator, request.method, request.method_kwargs, None if names else width, np.dtype(np.float32), head_rows
+            estimator, request.method, request.method_kwargs, None if frame else width, np.dtype(np.float32), head_rows
         )
-    return {"sparse_ok": declares_sparse(estimator), "feature_names": names}
+    return {"sparse_ok": declares_sparse(estimator), "frame": frame}
 
 
 def _dataframe_fields(request: ScoringRequest, estimator: Any, df: DataFrame, heads: dict) -> dict:
     """The decisions for one model over a DataFrame."""
     method = request.method
-    spec = resolve_features(df.schema, estimator, request.features)
+    spec = resolve_features(df.schema, estimator, request.features, request.pandas_reader)
     head_rows = head_reader(df, spec, heads)
     width = feature_width(estimator, spec, head_rows)
     declared = None if spec.is_matrix else declared_columns(estimator, method, request.output_cols, df.columns)
@@ -297,7 +306,7 @@ def _dataframe_fields(request: ScoringRequest, estimator: Any, df: DataFrame, he
         "spec": spec,
         "sparse_ok": spec.layout == "vector" and declares_sparse(estimator),
         "columns": tuple(columns),
-        "feature_names": fitted_feature_names(estimator),
+        "frame": frame_styles(estimator, request.pandas_reader),
     }
 
 
@@ -309,11 +318,8 @@ def _udf_fields(request: ScoringRequest, estimator: Any) -> dict:
         if request.return_type is not None
         else _estimator_columns(request, estimator)
     )
-    return {
-        "columns": tuple(columns),
-        "sparse_ok": declares_sparse(estimator),
-        "feature_names": fitted_feature_names(estimator),
-    }
+    frame = frame_styles(estimator, request.pandas_reader)
+    return {"columns": tuple(columns), "sparse_ok": declares_sparse(estimator), "frame": frame}
 
 
 def _estimator_columns(request: ScoringRequest, estimator: Any) -> list[OutputColumn]:
@@ -427,7 +433,7 @@ class _Task:
             keys = np.array([row[0] for row in rows], dtype=object)
             rows = [row[1] for row in rows]
         try:
-            return stack_rows(rows, first_row, self.plan.sparse_ok, self.plan.feature_names), keys
+            return stack_rows(rows, first_row, self.plan.sparse_ok, self.plan.frame), keys
         except ValueError as exc:
             raise BadInput(str(exc)) from exc
 
@@ -519,7 +525,7 @@ def score_batches(plan: ScoringPlan, batches: Iterable[pa.RecordBatch]) -> Itera
             if task.plan.spec is None:
                 features = batch.drop_columns([_KEY_FIELD]) if task.keyed else batch
                 some_model = task.estimator if task.estimator is not None else next(iter_models(plan))
-                task.plan = replace(plan, spec=check_arrow_features(features.schema, some_model))
+                task.plan = replace(plan, spec=check_arrow_features(features.schema, some_model, plan.frame))
             spec = task.plan.spec
             assert spec is not None
             missing = null_feature_rows(batch, spec) if spec.is_matrix else None

@@ -78,6 +78,7 @@ def udf(
     return_type: DataType | str | None = None,
     chunk_size: int | None = None,
     on_error: str = "raise",
+    pandas_reader: str | None = None,
     **method_kwargs: Any,
 ) -> ScoringUDF:
     """A fitted estimator's prediction-time method as a Spark Column function.
@@ -111,6 +112,9 @@ def udf(
         the result fields plus a string field ``error`` (null where the row was scored, else
         ``"<method>: <ExceptionType>: <message>"``), and the row's result fields are null (see
         :func:`sklspark.distribute`).
+    pandas_reader : {"toPandas", "read_parquet", "read_csv"}, default=None
+        For an estimator fitted on a pandas DataFrame: the reader whose frames each chunk imitates
+        where the fitted estimator does not record it (see :func:`sklspark.distribute`).
     **method_kwargs
         Passed to the method, e.g. ``n_neighbors=5``.
 
@@ -145,7 +149,14 @@ def udf(
     [Row(id=1, churn=0), Row(id=2, churn=1)]
     """
     request = ScoringRequest(
-        estimator, method, "udf", method_kwargs, chunk_size=chunk_size, return_type=return_type, on_error=on_error
+        estimator,
+        method,
+        "udf",
+        method_kwargs,
+        chunk_size=chunk_size,
+        return_type=return_type,
+        on_error=on_error,
+        pandas_reader=pandas_reader,
     )
     plan = build_plan(request, None)
     models = list(estimator.values()) if isinstance(estimator, Mapping) else [estimator]
