@@ -19,6 +19,7 @@ TINY = {
     "item_recommender.py": (["--n-items", "500", *LOCAL], SAME),
     "approximate_knn.py": (["--n-points", "2000", *LOCAL], r"recall@10 of annoy against exact search: (0\.9\d*|1\.0+)"),
     "tabular_pipeline.py": (["--n-rows", "2000", *LOCAL], SAME),
+    "many_models.py": (["--n-rows", "2000", "--n-stores", "20", *LOCAL], SAME),
 }
 
 
