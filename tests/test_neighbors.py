@@ -700,12 +700,14 @@ def test_on_error_null_gives_bad_rows_null_lists_and_a_reason(spark, shards):
 
 
 def _permuted_ties(n_ref=60, width=16, seed=4):
-    """References that are permutations of one another's values, around a zero query: exact L1 ties whose float
-    sums depend on the order the terms are added in (numpy's pairwise sum against a left-to-right one)."""
+    """References that are permutations of one another's values, around a zero query: ties whose float sums
+    depend on the order the terms are added in (numpy's pairwise sum against a left-to-right one); and exact
+    duplicates, ties in any arithmetic."""
     rng = np.random.default_rng(seed)
     base = np.round(rng.uniform(0.1, 1.0, size=width), 1)
     R = np.stack([rng.permutation(base) * (1 + (i % 3 == 0)) for i in range(n_ref)])
     R[::4] = 0.0 + R[::4] * (rng.uniform(size=(len(R[::4]), width)) < 0.5)  # some zero entries: sparse rows differ
+    R[n_ref // 2 :: 2] = R[: n_ref // 4]  # duplicates of earlier rows
     Q = np.vstack([np.zeros(width), R[[1, 2, 5]] * 0.5])
     return Q, R
 

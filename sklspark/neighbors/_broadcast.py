@@ -159,7 +159,7 @@ def reference_index(plan: JoinPlan) -> ReferenceIndex | None:
     bad = non_finite_rows(X)
     if bad.size and search.on_error == "raise":
         row = int(bad[0])
-        raise ValueError(f"the reference's {non_finite_message(row, plan.result_id, id_values[row])}")
+        raise ValueError(f"the reference's {non_finite_message(row, plan.result_id, ids[row].as_py())}")
     if bad.size:
         _log.warning("%s: %d reference row(s) with NaN or infinite features left out", plan.caller, bad.size)
         keep = np.setdiff1d(np.arange(X.shape[0]), bad)
