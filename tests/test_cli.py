@@ -407,18 +407,18 @@ def test_knn_bad_arguments(run, points, tmp_path):
 
 
 def test_knn_inner_product_takes_a_negative_max_distance(run, points, tmp_path):
-    """With inner_product the distance is -q.r: --max-distance -1.5 keeps the neighbours with q.r >= 1.5."""
+    """With inner_product the distance is -q.r: --max-distance -3 keeps the neighbours with q.r >= 3."""
     d, P, ids = points
     code, _, err = run(
         "knn", str(d / "points.parquet"), "-o", str(tmp_path / "nn"), "-k", "4", "--id-col", "pid",
-        "--metric", "inner_product", "--max-distance", "-1.5",
+        "--metric", "inner_product", "--max-distance", "-3",
     )  # fmt: skip
     assert code == 0, err
     table = pq.read_table(tmp_path / "nn").sort_by("pid")
-    D = -(P @ P.T)
+    D = -np.cumsum(P[:, None, :] * P[None, :, :], axis=2)[..., -1]  # terms added in feature order, as sklspark does
     np.fill_diagonal(D, np.inf)  # exclude_self
     order = np.lexsort((np.broadcast_to(np.arange(len(P)), D.shape), D), axis=1)[:, :4]
-    expected = [[ids[j] for j in row if D[i, j] <= -1.5] for i, row in enumerate(order)]
+    expected = [[ids[j] for j in row if D[i, j] <= -3] for i, row in enumerate(order)]
     assert table.column("neighbor_ids").to_pylist() == expected
     assert any(len(e) < 4 for e in expected) and any(len(e) == 4 for e in expected)
 
