@@ -336,7 +336,7 @@ def bench_approximate(args, tmp: Path, rows: list[Row]) -> None:
     hnsw = TimedHnsw(M=args.hnsw_m, ef_construction=args.hnsw_ef_construction, ef_search=args.hnsw_ef_search)
     df = spark.read.parquet(str(one_file))
     size = _join._estimated_bytes(df)
-    mode = "broadcast" if size is not None and size <= _join.BROADCAST_MAX_BYTES else "sharded"
+    mode = "broadcast" if size is not None and size <= _join.REFERENCE_BROADCAST_MAX_BYTES else "sharded"
     mode = f"{mode} mode (Spark estimates the file at {(size or 0) / 2**20:.0f} MiB)"
     out = tmp / "approximate-neighbours.parquet"
     t = timed(lambda: all_neighbors(df, k, backend=hnsw).write.mode("overwrite").parquet(str(out)))

@@ -406,6 +406,49 @@ def test_knn_bad_arguments(run, points, tmp_path):
     assert not (tmp_path / "nn").exists()
 
 
+def test_knn_inner_product_takes_a_negative_max_distance(run, points, tmp_path):
+    """With inner_product the distance is -q.r: --max-distance -3 keeps the neighbours with q.r >= 3."""
+    d, P, ids = points
+    code, _, err = run(
+        "knn", str(d / "points.parquet"), "-o", str(tmp_path / "nn"), "-k", "4", "--id-col", "pid",
+        "--metric", "inner_product", "--max-distance", "-3",
+    )  # fmt: skip
+    assert code == 0, err
+    table = pq.read_table(tmp_path / "nn").sort_by("pid")
+    D = -np.cumsum(P[:, None, :] * P[None, :, :], axis=2)[..., -1]  # terms added in feature order, as sklspark does
+    np.fill_diagonal(D, np.inf)  # exclude_self
+    order = np.lexsort((np.broadcast_to(np.arange(len(P)), D.shape), D), axis=1)[:, :4]
+    expected = [[ids[j] for j in row if D[i, j] <= -3] for i, row in enumerate(order)]
+    assert table.column("neighbor_ids").to_pylist() == expected
+    assert any(len(e) < 4 for e in expected) and any(len(e) == 4 for e in expected)
+
+
+def test_knn_on_an_empty_file_writes_an_empty_result(run, tmp_path):
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"id": pa.array([], pa.int64()), "features": pa.array([], pa.list_(pa.float64()))}), empty)
+    for extra in ([], ["--shards", "2"]):
+        out = tmp_path / f"nn{len(extra)}"
+        code, _, err = run("knn", str(empty), "-o", str(out), "-k", "5", *extra)
+        assert code == 0, err
+        table = pq.read_table(out)
+        assert table.num_rows == 0 and table.column_names == ["id", "neighbor_ids", "distances"]
+        assert "0 rows in, 0 rows out" in err
+
+
+@pytest.mark.parametrize("command", ["knn", "apply"])
+def test_corrupt_input_exits_1_naming_the_file_and_the_cause(run, files, tmp_path, command):
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"not a parquet file, just some bytes 0123456789")
+    model = [str(files / "model.skops")] if command == "apply" else []
+    code, _, err = run(command, *model, str(corrupt), "-o", str(tmp_path / "out"))
+    assert code == 1, err
+    message = " ".join(err.split())  # the console wraps long lines
+    assert f"error: cannot read {corrupt} as parquet:" in message
+    assert "Could not read footer" in message and "is not a Parquet file" in message
+    assert "Py4JJavaError" not in err and "at org.apache" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_demo_shows_a_result():
     code, out, err = run_command("demo", "--n-points", "2000")
     assert code == 0, err

@@ -28,8 +28,8 @@ from sklspark._partitions import TASKS_PER_CORE
 from sklspark.neighbors import AnnoyBackend, GemmBackend, HnswBackend, all_neighbors, kneighbors_join, to_edges
 from sklspark.neighbors._backends import get_backend
 from sklspark.neighbors._broadcast import ReferenceIndex
+from sklspark.neighbors._plan import stable_order
 from sklspark.neighbors._rerank import exact_top_k, paired_distances
-from sklspark.neighbors._sharded import stable_order
 
 RNG = np.random.default_rng(0)
 #: Integer coordinates: many exact duplicates (distance 0) and ties.
@@ -190,7 +190,7 @@ def test_all_modes_and_faiss_identical_and_exact(grid, monkeypatch, modes):
     sharded = collect(all_neighbors(df, 6, shards=3))
     faiss = collect(all_neighbors(df, 6, backend="faiss"))
     sklearn = collect(all_neighbors(df, 6, backend="sklearn"))
-    monkeypatch.setattr(join_module, "BROADCAST_MAX_BYTES", 0)
+    monkeypatch.setattr(join_module, "REFERENCE_BROADCAST_MAX_BYTES", 0)
     auto_sharded = collect(all_neighbors(df, 6))
     assert modes == ["broadcast", "sharded", "broadcast", "broadcast", "sharded"]
     for other in (sharded, faiss, sklearn, auto_sharded):
@@ -635,10 +635,142 @@ def test_sparse_vectors_stay_csr_in_sharded_mode(spark, monkeypatch, metric):
         "sharded_join",
         lambda *a, **kw: sizes.append((kw["shards"], kw["blocks"])) or original(*a, **kw),
     )
-    monkeypatch.setattr(join_module, "BROADCAST_MAX_BYTES", 0)
+    monkeypatch.setattr(join_module, "REFERENCE_BROADCAST_MAX_BYTES", 0)
     got = collect(all_neighbors(df, 5, metric=metric, backend=CsrOnly()))
     assert_identical(got, collect(all_neighbors(df, 5, metric=metric, backend="sklearn", shards=2)))
     assert_matches_csr_brute_force(got, X, ids, 5, metric)
     # 300 rows of ~12 stored entries: one shard, and blocks only to keep every core busy (dense: 5 and 10)
     tasks = spark.sparkContext.defaultParallelism * TASKS_PER_CORE
     assert sizes == [(1, tasks), (2, -(-tasks // 2))]
+
+
+@pytest.mark.parametrize("backend", ["auto", "sklearn", "faiss", "hnsw"])
+@pytest.mark.parametrize("shards", [None, 2])
+def test_nan_query_is_refused_naming_the_side_and_id_in_every_mode(spark, shards, backend):
+    """A query row with NaN fails the job in both modes and with every backend, naming the queries and its ID.
+
+    (Broadcast mode used to return the first reference rows with NaN distances for it, silently.)
+    """
+    R, Q = GRID[:40].copy(), GRID[40:60].copy()
+    Q[7, 1] = np.nan
+    ref = array_df(spark, R, np.arange(40), n_partitions=1)
+    queries = array_df(spark, Q, np.arange(100, 120), n_partitions=1)
+    with pytest.raises(Exception) as info:
+        kneighbors_join(queries, ref, 3, shards=shards, backend=backend).collect()
+    message = str(info.value)
+    assert "queries" in message and re.search(r"row \d*\s*\(id 107\) has NaN or infinite features", message)
+
+
+@pytest.mark.parametrize("shards", [None, 2])
+def test_nan_reference_row_is_refused_naming_the_side_and_id(spark, shards):
+    R = GRID[:40].copy()
+    R[5, 0] = np.inf
+    ref = array_df(spark, R, np.arange(40) * 10, n_partitions=1)
+    with pytest.raises(Exception, match=r"reference's (shard \d in partition \d+: )?row \d+ \(id 50\) has NaN or inf"):
+        kneighbors_join(array_df(spark, GRID[40:50], np.arange(10)), ref, 3, shards=shards).collect()
+
+
+@pytest.mark.parametrize("shards", [None, 2])
+def test_on_error_null_gives_bad_rows_null_lists_and_a_reason(spark, shards):
+    """on_error="null": a NaN row has null neighbours and its reason, is nobody's neighbour; the others are exact."""
+    X = RNG.normal(size=(60, 4))
+    bad = [3, 31, 47]
+    X[bad[0], 1], X[bad[1], 0], X[bad[2], 3] = np.nan, np.inf, -np.inf
+    df = array_df(spark, X, np.arange(60) * 2, n_partitions=2)
+    ids, R = reference_order(df)
+    result = all_neighbors(df, 4, shards=shards, on_error="null")
+    assert result.columns == ["id", "neighbor_ids", "distances", "error"]
+    table = result.toArrow().sort_by("id")
+    errors = table.column("error").to_pylist()
+    assert [i for i, e in zip(table.column("id").to_pylist(), errors) if e is not None] == [2 * b for b in bad]
+    assert errors[bad[0]] == "all_neighbors: ValueError: the queries' row (id 6) has NaN or infinite features"
+    for column in ("neighbor_ids", "distances"):
+        assert [v is None for v in table.column(column).to_pylist()] == [e is not None for e in errors]
+    good = np.isfinite(R).all(axis=1)
+    query_ids = table.column("id").to_numpy()
+    finite = np.isin(query_ids, ids[good])
+    got = (query_ids[finite], _stack(np.array(table.column("neighbor_ids").to_pylist(), dtype=object)[finite].tolist()))
+    got += (_stack(np.array(table.column("distances").to_pylist(), dtype=object)[finite].tolist()),)
+    Rg, ids_g = R[good], ids[good]
+    assert_matches_truth(got, Rg[np.argsort(ids_g)], Rg, ids_g, 4, exclude_self=True, query_ids=got[0])
+    # kneighbors_join: the same rule, the error names the function called
+    joined = kneighbors_join(df, df, 2, shards=shards, on_error="null").where("error IS NOT NULL").collect()
+    assert sorted(r.id for r in joined) == [2 * b for b in bad]
+    assert all(r.error.startswith("kneighbors_join: ValueError: the queries' row (id ") for r in joined)
+
+
+def _permuted_ties(n_ref=60, width=16, seed=4):
+    """References that are permutations of one another's values, around a zero query: ties whose float sums
+    depend on the order the terms are added in (numpy's pairwise sum against a left-to-right one); and exact
+    duplicates, ties in any arithmetic."""
+    rng = np.random.default_rng(seed)
+    base = np.round(rng.uniform(0.1, 1.0, size=width), 1)
+    R = np.stack([rng.permutation(base) * (1 + (i % 3 == 0)) for i in range(n_ref)])
+    R[::4] = 0.0 + R[::4] * (rng.uniform(size=(len(R[::4]), width)) < 0.5)  # some zero entries: sparse rows differ
+    R[n_ref // 2 :: 2] = R[: n_ref // 4]  # duplicates of earlier rows
+    Q = np.vstack([np.zeros(width), R[[1, 2, 5]] * 0.5])
+    return Q, R
+
+
+@pytest.mark.parametrize("metric", ["manhattan", "euclidean"])
+@pytest.mark.parametrize("shards", [None, 2])
+def test_dense_and_sparse_rows_break_exact_ties_alike(spark, metric, shards):
+    """The same points as arrays and as SparseVectors: identical neighbours and distances, equal to numpy brute
+    force that adds each distance's terms left to right, ties to the smaller reference position."""
+    Q, R = _permuted_ties()
+    terms = np.abs(Q[:, None, :] - R[None, :, :]) ** (1 if metric == "manhattan" else 2)
+    ordered = np.cumsum(terms, axis=2)[..., -1]
+    assert (terms.sum(axis=2) != ordered).any()  # the data tells summation orders apart
+    D = ordered if metric == "manhattan" else np.sqrt(ordered)
+    schema = StructType([StructField("id", LongType()), StructField("features", VectorUDT())])
+
+    def frames(M, first_id):
+        dense = array_df(spark, M, np.arange(len(M)) + first_id, n_partitions=1)
+        vectors = [Vectors.sparse(M.shape[1], {j: v for j, v in enumerate(m) if v}) for m in M]
+        rows = [(first_id + i, v) for i, v in enumerate(vectors)]
+        return dense, spark.createDataFrame(rows, schema).coalesce(1)
+
+    got = []
+    for queries, ref in zip(frames(Q, 1000), frames(R, 0)):
+        got.append(collect(kneighbors_join(queries, ref, 8, metric=metric, shards=shards)))
+    assert_identical(*got)
+    order = np.lexsort((np.broadcast_to(np.arange(len(R)), D.shape), D), axis=-1)[:, :8]  # positions = ids
+    np.testing.assert_array_equal(got[0][1], order)
+    np.testing.assert_array_equal(got[0][2], np.take_along_axis(D, order, axis=1))
+    assert (np.diff(got[0][2], axis=1) == 0).any()  # ties in the lists, broken by position
+
+
+@pytest.mark.parametrize("shards", [None, 2])
+def test_exclude_self_compares_int_and_bigint_ids_as_long(spark, shards):
+    X = GRID[:50]
+    features = pa.ListArray.from_arrays(pa.array(np.arange(51) * 3, type=pa.int32()), pa.array(X.ravel()))
+    queries = spark.createDataFrame(pa.table({"id": pa.array(np.arange(50), pa.int32()), "features": features}))
+    ref = array_df(spark, X, np.arange(50), n_partitions=2)
+    assert queries.schema["id"].dataType.simpleString() == "int"
+    ids, R = reference_order(ref)
+    got = collect(kneighbors_join(queries, ref, 3, exclude_self=True, shards=shards))
+    assert_matches_truth(got, X, R, ids, 3, exclude_self=True, query_ids=got[0])
+
+
+def test_decisions_are_logged_once_per_call(spark, caplog):
+    df = array_df(spark, GRID[:40], np.arange(40), n_partitions=2)
+    with caplog.at_level("INFO", logger="sklspark"):
+        all_neighbors(df, 3, shards=2, metric="manhattan")
+    messages = [r.getMessage() for r in caplog.records if r.name == "sklspark"]
+    assert sum("backend sklearn, metric 'manhattan' (auto: gemm does not compute" in m for m in messages) == 1
+    assert sum("all_neighbors: sharded mode: shards=2 given" in m for m in messages) == 1
+    layout = r"2 shard\(s\) .* x \d+ query block\(s\) .* for \d+ cores"
+    assert sum(re.search(layout, m) is not None for m in messages) == 1
+    caplog.clear()
+    with caplog.at_level("INFO", logger="sklspark"):
+        kneighbors_join(df, df, 3)
+    messages = [r.getMessage() for r in caplog.records if r.name == "sklspark"]
+    assert sum("backend gemm, metric 'euclidean' (auto: gemm computes" in m for m in messages) == 1
+    assert (
+        sum(
+            re.search(r"broadcast mode: reference of \d+ bytes .* <= REFERENCE_BROADCAST_MAX", m) is not None
+            for m in messages
+        )
+        == 1
+    )
+    assert sum("broadcast reference of 40 rows x 3 features (dense), searched by" in m for m in messages) == 1

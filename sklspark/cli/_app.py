@@ -49,13 +49,34 @@ class BadArguments(click.UsageError):
     """Arguments refused before any job: exit code 2."""
 
 
+#: A Java exception's message in a JVM trace: ``: org.apache.spark.SparkException: ...`` (the error Spark raised)
+#: and ``Caused by: java.lang.RuntimeException: ...`` (what caused it, the last one the root).
+_JAVA_ERROR = re.compile(r"^(?:: |Caused by: )(?:[\w$]+\.)*[\w$]+(?:Exception|Error)(?:: (.*))?$")
+
+#: Spark's error class and SQL state around a message: ``[FAILED_READ_FILE.X] ... SQLSTATE: KD001``.
+_SPARK_ERROR_CLASS = re.compile(r"^\[[A-Z_.]+\] |\s*SQLSTATE: \w+$")
+
+
+def _java_cause(text: str) -> str | None:
+    """One line from a JVM trace (a ``Py4JJavaError``): Spark's error, and its root cause if that says more."""
+    messages = [m.group(1) or "" for m in map(_JAVA_ERROR.match, text.splitlines()) if m]
+    if not messages:
+        return None
+    spark_error, root = (_SPARK_ERROR_CLASS.sub("", m).strip() for m in (messages[0], messages[-1]))
+    return spark_error if root in spark_error else f"{spark_error} (cause: {root})"
+
+
 def _one_paragraph(exc: BaseException) -> str:
-    """The useful part of an exception from Spark: sklspark's own message, else the last Python error line."""
+    """The useful part of an exception from Spark: sklspark's own message, else the last Python error line, else
+    the JVM's error and its root cause."""
     text = str(exc)
     for line in text.splitlines():
         if ERROR_MARKER in line:
             return line[line.index(ERROR_MARKER) + len(ERROR_MARKER) :].strip()
     errors = [ln.strip() for ln in text.splitlines() if re.match(r"^\s*[\w.]+(Error|Exception): ", ln)]
+    java = None if errors else _java_cause(text)
+    if java is not None:
+        return java
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
     return errors[-1] if errors else f"{type(exc).__name__}: {first}"
 
@@ -249,9 +270,10 @@ knn_options = _grouped(
     ),
     click.option(
         "--max-distance",
-        type=click.FloatRange(min=0),
+        type=float,
         default=None,
-        help="Leave out neighbours farther than this (lists may then be shorter than k).",
+        help="Leave out neighbours farther than this (lists may then be shorter than k); at least 0, except with "
+        "--metric inner_product, whose distance -q.r may be negative.",
     ),
     click.option(
         "--exclude-self/--include-self",
@@ -344,10 +366,13 @@ def _read(spark: Any, paths: HadoopPaths, path: str, io: OutputOptions):
         raise BadArguments(f"input {path} does not exist")
     from pyspark.errors import AnalysisException
 
+    fmt = input_format(path, io.input_format)
     try:
-        return read_input(spark, path, input_format(path, io.input_format))
+        return read_input(spark, path, fmt)
     except AnalysisException as exc:
         raise BadArguments(f"cannot read {path}: {_one_paragraph(exc)}") from exc
+    except Exception as exc:  # a corrupt file: Spark fails reading it (a Py4JJavaError), not the arguments
+        raise JobFailed(f"cannot read {path} as {fmt}: {_one_paragraph(exc)}") from exc
 
 
 def _write_with_summary(spark: Any, paths: HadoopPaths, df: Any, io: OutputOptions, what: str) -> int:

@@ -6,7 +6,7 @@ row's nearest other rows (the self-join) and :func:`to_edges` turns either resul
 Modes
 -----
 Broadcast (a fitted ``NearestNeighbors``, or a DataFrame reference estimated at most
-``sklspark.neighbors._join.BROADCAST_MAX_BYTES``)
+``sklspark.neighbors._join.REFERENCE_BROADCAST_MAX_BYTES``)
     The reference is collected to the driver once (as Arrow), indexed once and replicated once per
     executor (a broadcast, or an index file for ``faiss``/``hnsw``/``annoy``); the queries are never shuffled
     and are scored in chunks of ``chunk_size`` rows by :func:`sklspark.distribute`. A task holds the

@@ -44,7 +44,7 @@ import copy
 import os
 import sys
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -53,13 +53,7 @@ from sklearn.preprocessing import normalize
 
 from .._validation import check_scalar
 from ._gemm import top_scores
-
-#: Other names of the metrics the re-rank computes itself.
-METRIC_ALIASES = {"l2": "euclidean", "l1": "manhattan", "cityblock": "manhattan", "infinity": "chebyshev"}
-
-#: The inner product ``q . r`` as a metric (faiss's ``METRIC_INNER_PRODUCT``): the larger, the nearer. Its
-#: distance is ``-q . r``, so that like every other distance it ascends from the nearest row.
-INNER_PRODUCT = "inner_product"
+from ._names import INNER_PRODUCT, METRIC_ALIASES
 
 
 class Backend(ABC):
@@ -441,8 +435,17 @@ BACKENDS: dict[str, type[Backend]] = {
 }
 
 
-def get_backend(backend: str | Backend, metric: str, caller: str | None = None) -> Backend:
-    """Resolve ``backend=`` (``"auto"``, a name from :data:`BACKENDS` or an unbuilt :class:`Backend` instance).
+class BackendChoice(NamedTuple):
+    """The backend a call searches with, the canonical name of its metric, and why that backend."""
+
+    engine: Backend
+    metric: str
+    reason: str
+
+
+def choose_backend(backend: str | Backend, metric: str, caller: str | None = None) -> BackendChoice:
+    """Resolve ``backend=`` (``"auto"``, a name from :data:`BACKENDS` or an unbuilt :class:`Backend` instance)
+    and check ``metric`` against it, once.
 
     ``"auto"`` is ``gemm`` for the metrics it computes (euclidean, cosine, inner product) and ``sklearn``
     for any other.
@@ -450,16 +453,25 @@ def get_backend(backend: str | Backend, metric: str, caller: str | None = None) 
     Raises
     ------
     TypeError, ValueError
-        For anything else than ``"auto"``, a backend instance or the name of one; with ``"auto"``, for a
-        metric scikit-learn does not know.
+        For anything else than ``"auto"``, a backend instance or the name of one; for a metric the backend
+        cannot use (with ``"auto"``: one scikit-learn does not know).
     ImportError
         If the backend's optional package is not installed.
     """
     if isinstance(backend, Backend):
-        return backend.fresh()
+        engine = backend.fresh()
+        return BackendChoice(engine, engine.check_metric(metric), "the instance passed")
     options = ["auto", *BACKENDS]
     name = check_scalar(backend, "backend", caller, kind=str, options=options, also=["an instance of 'Backend'"])
-    if name == "auto":
-        gemm = metric == INNER_PRODUCT or SklearnBackend().check_metric(metric) in GemmBackend.metrics
-        return GemmBackend() if gemm else SklearnBackend()
-    return BACKENDS[name]()
+    if name != "auto":
+        engine = BACKENDS[name]()
+        return BackendChoice(engine, engine.check_metric(metric), "named by backend=")
+    canonical = INNER_PRODUCT if metric == INNER_PRODUCT else SklearnBackend().check_metric(metric)
+    if canonical in GemmBackend.metrics:
+        return BackendChoice(GemmBackend(), canonical, f"auto: gemm computes metric {canonical!r}")
+    return BackendChoice(SklearnBackend(), canonical, f"auto: gemm does not compute metric {canonical!r}")
+
+
+def get_backend(backend: str | Backend, metric: str, caller: str | None = None) -> Backend:
+    """The engine of :func:`choose_backend`."""
+    return choose_backend(backend, metric, caller).engine

@@ -11,24 +11,28 @@ in ``distribute()``'s per-process model cache (keyed by a token).
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import scipy.sparse as sp
 from pyspark import SparkFiles
 from pyspark.sql import DataFrame
 from sklearn.base import BaseEstimator
 
 from .._distribute import distribute
+from .._inputs import batch_to_matrix
+from .._session import default_parallelism
 from .._shipping import ship_file, staging_path
-from ._backends import Backend
+from ._backends import Backend, SklearnBackend
+from ._checks import check_unique_arrow_ids, non_finite_message, non_finite_rows
+from ._names import BAD_ROW, DISTANCES, NEIGHBOR_IDS
+from ._plan import FittedReference, JoinPlan, stable_order
 from ._rerank import exact_top_k
 
-#: Names of the two result columns.
-NEIGHBOR_IDS = "neighbor_ids"
-DISTANCES = "distances"
+_log = logging.getLogger("sklspark")
 
 
 class IndexFile:
@@ -111,40 +115,92 @@ class ReferenceIndex(BaseEstimator):
         tags.input_tags.sparse = sp.issparse(getattr(self, "X_", None))  # CSR query chunks for a CSR reference
         return tags
 
-    def search(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
-        """The IDs and exact distances of each row's ``n_neighbors`` nearest reference rows, nearest first."""
+    def search(self, X: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The IDs and exact distances of each row's ``n_neighbors`` nearest reference rows, nearest first, and
+        whether the row has NaN or infinite features (then it is not searched: its lists are placeholders).
+
+        The task cannot name a bad row's ID (it sees the features only): the join does, from the flag.
+        """
         backend = self.index_.get() if isinstance(self.index_, IndexFile) else self.index_
-        keys = np.arange(self.X_.shape[0], dtype=np.int64)
-        positions, distances = exact_top_k(backend, self.X_, keys, X, self.n_neighbors, self.metric)
-        return self.ids[positions], distances
+        bad = np.zeros(X.shape[0], dtype=bool)
+        bad[non_finite_rows(X)] = True
+        positions = np.zeros((X.shape[0], self.n_neighbors), dtype=np.int64)
+        distances = np.full((X.shape[0], self.n_neighbors), np.nan)
+        good = np.flatnonzero(~bad)
+        if good.size:
+            keys = np.arange(self.X_.shape[0], dtype=np.int64)
+            Q = X[good] if bad.any() else X
+            positions[good], distances[good] = exact_top_k(backend, self.X_, keys, Q, self.n_neighbors, self.metric)
+        return self.ids[positions], distances, bad
 
 
-def broadcast_join(
-    queries: DataFrame, features: str | Sequence[str], id_col: str, index: ReferenceIndex, chunk_size: int
-) -> DataFrame:
+def reference_index(plan: JoinPlan) -> ReferenceIndex | None:
+    """The reference indexed on the driver: a fitted ``NearestNeighbors`` adopted as it is, or a DataFrame
+    collected (Arrow, in position order) with its IDs, size and features checked; ``None`` when ``k`` does
+    not fit the reference but there are no queries (the result is then empty).
+
+    A reference row with NaN or infinite features is refused, naming its ID; left out with
+    ``on_error="null"`` (it is then nobody's neighbour).
+    """
+    search = plan.search
+    reference = plan.reference
+    if isinstance(reference, FittedReference):
+        built = SklearnBackend.from_fitted(reference.nn) if isinstance(search.engine, SklearnBackend) else None
+        return ReferenceIndex(search.engine, reference.ids, search.n, search.metric).fit(reference.X, built=built)
+    assert search.r_spec is not None  # a DataFrame reference has its spec
+    columns = search.r_spec.columns
+    table = stable_order(reference, search.id_col, columns).select(search.id_col, *columns).toArrow()
+    ids = table.column(search.id_col).combine_chunks()
+    check_unique_arrow_ids(ids)
+    if not plan.has_work(table.num_rows, plan.queries.isEmpty):
+        return None
+    X = batch_to_matrix(pa.concat_batches(table.to_batches()), search.r_spec, 0, accept_sparse=True)  # CSR stays CSR
+    id_values = ids.to_numpy(zero_copy_only=False)
+    bad = non_finite_rows(X)
+    if bad.size and search.on_error == "raise":
+        row = int(bad[0])
+        raise ValueError(f"the reference's {non_finite_message(row, plan.result_id, ids[row].as_py())}")
+    if bad.size:
+        _log.warning("%s: %d reference row(s) with NaN or infinite features left out", plan.caller, bad.size)
+        keep = np.setdiff1d(np.arange(X.shape[0]), bad)
+        X, id_values = X[keep], id_values[keep]
+    _log.info(
+        "%s: broadcast reference of %d rows x %d features (%s), searched by %d cores",
+        plan.caller,
+        X.shape[0],
+        X.shape[1],
+        "CSR" if sp.issparse(X) else "dense",
+        default_parallelism(plan.queries),
+    )
+    return ReferenceIndex(search.engine, id_values, min(search.n, X.shape[0]), search.metric).fit(X)
+
+
+def broadcast_join(plan: JoinPlan, index: ReferenceIndex) -> DataFrame:
     """Score the queries against a fitted :class:`ReferenceIndex`, shipped once to every executor.
 
-    The queries are first spread round-robin over as many partitions as they have, at least a few per
-    core (``partitions='auto'`` of :mod:`sklspark._partitions`: ``search`` is an expensive method), a
-    shuffle of the queries alone, small next to the search, after which every core searches whatever
+    The queries go through :func:`sklspark.distribute` with ``partitions='auto'``, which spreads them round-robin
+    over as many partitions as they have, at least a few per core (``search`` is an expensive method),
+    a shuffle of the queries alone, small next to the search, after which every core searches whatever
     the input's partitioning (one Parquet file is one partition, or several of which all but one may be
     empty).
 
     Returns
     -------
     DataFrame
-        ``id_col``, ``neighbor_ids`` and ``distances`` (``index.n_neighbors`` each), one row per query row.
+        ``id_col``, ``neighbor_ids`` and ``distances`` (``index.n_neighbors`` each), and the flag
+        :data:`~sklspark.neighbors._names.BAD_ROW` (the row has NaN or infinite features), one row per query row.
     """
-    index.ship(queries)
-    feature_cols = [features] if isinstance(features, str) else list(features)
-    queries = queries.select(id_col, *feature_cols)
+    search = plan.search
+    index.ship(plan.queries)
+    queries = plan.queries.select(search.id_col, *search.q_spec.columns)
+    features = search.q_spec.columns[0] if search.q_spec.layout != "columns" else list(search.q_spec.columns)
     scored: DataFrame = distribute(  # type: ignore[assignment]  # a DataFrame in, a DataFrame out
         index,
         "search",
         queries,
-        chunk_size=chunk_size,
+        chunk_size=search.chunk_size,
         features=features,
-        output_cols=[NEIGHBOR_IDS, DISTANCES],
+        output_cols=[NEIGHBOR_IDS, DISTANCES, BAD_ROW],
         partitions="auto",
     )
-    return scored.select(id_col, NEIGHBOR_IDS, DISTANCES)
+    return scored.select(search.id_col, NEIGHBOR_IDS, DISTANCES, BAD_ROW)

@@ -6,7 +6,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from .._features import quote_column
-from ._broadcast import DISTANCES, NEIGHBOR_IDS
+from ._names import DISTANCES, NEIGHBOR_IDS
 
 
 def to_edges(

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ._backends import INNER_PRODUCT, Backend
+from ._backends import Backend
+from ._names import CHEBYSHEV, COSINE, EUCLIDEAN, INNER_PRODUCT, MANHATTAN
 
 #: Candidates asked of an exact backend beyond the ``n`` wanted: enough to see past a boundary tie of a
 #: few rows (larger ties are caught by the completeness check and searched again, wider). Each extra
@@ -38,43 +39,61 @@ _EXHAUSTIVE_PAIRS = 1 << 22
 #: Most (query, candidate) pairs of CSR rows stacked at once by the exact distance.
 _SPARSE_PAIRS = 1 << 16
 
-_EUCLIDEAN = "euclidean"
-_MANHATTAN = "manhattan"
-_COSINE = "cosine"
-_CHEBYSHEV = "chebyshev"
+
+def ordered_sums(M: np.ndarray | sp.spmatrix) -> np.ndarray:
+    """Row sums added one term at a time in column order, as float64: the same bits for a dense row and its CSR form.
+
+    A dense sum (numpy's pairwise summation) and a CSR one add the same terms in different orders, and
+    differ in the last bit, enough to break an exact tie differently. Added strictly left to right,
+    the zeros a dense row has and its CSR form leaves out change nothing (``x + 0 == x``), so both
+    layouts give identical distances. (``+ 0.0`` turns a ``-0.0`` sum into ``0.0``, as CSR has it.)
+    """
+    if sp.issparse(M):
+        M = sp.csr_matrix(M, dtype=np.float64)
+        M.sort_indices()
+        counts = np.diff(M.indptr)
+        padded = np.zeros((M.shape[0], max(int(counts.max(initial=0)), 1)))
+        rank = np.arange(M.nnz) - np.repeat(M.indptr[:-1], counts)
+        padded[np.repeat(np.arange(M.shape[0]), counts), rank] = M.data
+        M = padded
+    M = np.asarray(M, dtype=np.float64)
+    if M.shape[1] == 0:
+        return np.zeros(M.shape[0])
+    return np.cumsum(M, axis=1)[:, -1] + 0.0
 
 
 def _cosine(q: np.ndarray, r: np.ndarray) -> np.ndarray:
     """Cosine distance of paired rows, as scikit-learn defines it (zero vectors have similarity 0)."""
-    norms = np.sqrt((q * q).sum(axis=1)) * np.sqrt((r * r).sum(axis=1))
-    dot = (q * r).sum(axis=1)
+    norms = np.sqrt(ordered_sums(q * q)) * np.sqrt(ordered_sums(r * r))
+    dot = ordered_sums(q * r)
     similarity = np.divide(dot, norms, out=np.zeros_like(dot), where=norms > 0)
     return np.clip(1.0 - similarity, 0.0, 2.0)
 
 
 _PAIRED = {
-    _EUCLIDEAN: lambda q, r: np.sqrt(np.square(q - r).sum(axis=1)),
-    _MANHATTAN: lambda q, r: np.abs(q - r).sum(axis=1),
-    _CHEBYSHEV: lambda q, r: np.abs(q - r).max(axis=1),
-    _COSINE: _cosine,
-    INNER_PRODUCT: lambda q, r: -(q * r).sum(axis=1),
+    EUCLIDEAN: lambda q, r: np.sqrt(ordered_sums(np.square(q - r))),
+    MANHATTAN: lambda q, r: ordered_sums(np.abs(q - r)),
+    CHEBYSHEV: lambda q, r: np.abs(q - r).max(axis=1),
+    COSINE: _cosine,
+    INNER_PRODUCT: lambda q, r: -ordered_sums(q * r),
 }
 
 
 def _sparse_cosine(q: sp.csr_matrix, r: sp.csr_matrix) -> np.ndarray:
-    norms = np.sqrt(row_sums(q.multiply(q))) * np.sqrt(row_sums(r.multiply(r)))
-    dot = row_sums(q.multiply(r))
+    norms = np.sqrt(ordered_sums(q.multiply(q))) * np.sqrt(ordered_sums(r.multiply(r)))
+    dot = ordered_sums(q.multiply(r))
     similarity = np.divide(dot, norms, out=np.zeros_like(dot), where=norms > 0)
     return np.clip(1.0 - similarity, 0.0, 2.0)
 
 
-#: The same distances on CSR rows: element-wise over each pair's stored entries, never densified.
+#: The same distances on CSR rows: element-wise over each pair's stored entries, never densified, and added in
+#: the same order as a dense row's (:func:`ordered_sums`), so that both layouts give the same bits.
 _PAIRED_SPARSE = {
-    _EUCLIDEAN: lambda q, r: np.sqrt(row_sums((q - r).power(2))),
-    _MANHATTAN: lambda q, r: row_sums(abs(q - r)),
-    _CHEBYSHEV: lambda q, r: abs(q - r).max(axis=1).toarray().ravel(),
-    _COSINE: _sparse_cosine,
-    INNER_PRODUCT: lambda q, r: -row_sums(q.multiply(r)),
+    EUCLIDEAN: lambda q, r: np.sqrt(ordered_sums((q - r).power(2))),
+    MANHATTAN: lambda q, r: ordered_sums(abs(q - r)),
+    CHEBYSHEV: lambda q, r: abs(q - r).max(axis=1).toarray().ravel(),
+    COSINE: _sparse_cosine,
+    INNER_PRODUCT: lambda q, r: -ordered_sums(q.multiply(r)),
 }
 
 
@@ -94,7 +113,8 @@ def _float64(M: np.ndarray | sp.spmatrix) -> np.ndarray | sp.csr_matrix:
 def paired_distances(Q: np.ndarray, R: np.ndarray, candidates: np.ndarray, metric: str) -> np.ndarray:
     """Exact float64 distance from each row of ``Q`` to each of its candidate rows of ``R``.
 
-    Every value depends only on the pair's two rows (row-wise reductions), never on the batch.
+    Every value depends only on the pair's two rows (row-wise sums, added in column order), never on the batch
+    or on the layout: dense and CSR rows give the same bits.
 
     Parameters
     ----------
@@ -147,7 +167,7 @@ def _complete(
     """Rows whose ``n``-th exact distance ``nth`` is safely below the backend's candidate ``horizon``."""
     gamma = _rounding(backend, Q, R)
     Q, R = _float64(Q), _float64(R)
-    if metric == _EUCLIDEAN:  # compare squares: the error of |q|^2 + |r|^2 - 2 q.r scales with the norms
+    if metric == EUCLIDEAN:  # compare squares: the error of |q|^2 + |r|^2 - 2 q.r scales with the norms
         r_max = float(np.max(row_sums(_squares(R))))
         slack = gamma * (row_sums(_squares(Q)) + r_max)
         return nth * nth < horizon * horizon - slack
@@ -155,7 +175,7 @@ def _complete(
     if metric == INNER_PRODUCT:  # a dot product's error is bounded by |q| |r| (Cauchy-Schwarz)
         scale = np.sqrt(row_sums(_squares(Q)) * float(np.max(row_sums(_squares(R)))))
     else:
-        scale = 1.0 if metric == _COSINE else row_sums(abs(Q)) + float(np.max(row_sums(abs(R))))
+        scale = 1.0 if metric == COSINE else row_sums(abs(Q)) + float(np.max(row_sums(abs(R))))
     return nth < horizon - gamma * (np.abs(horizon) + scale)
 
 

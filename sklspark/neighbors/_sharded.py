@@ -3,9 +3,9 @@
 Plan
 ----
 1. Every reference row gets its global position ``monotonically_increasing_id()`` (partition index,
-   then row within the partition, the partition sorted by :func:`stable_order`: the order in which
-   broadcast mode reads the reference too) and shard ``position mod S``. Every query row gets a key of
-   its own the same way and block ``key mod B``. The sort matters when Spark retries a task (a lost
+   then row within the partition, the partition sorted by :func:`~sklspark.neighbors._plan.stable_order`:
+   the order in which broadcast mode reads the reference too) and shard ``position mod S``. Every query
+   row gets a key of its own the same way and block ``key mod B``. The sort matters when Spark retries a task (a lost
    executor): a retried task may read its shuffled input in another order, and positions taken in
    arrival order would then differ between attempts, mixing up queries and shards.
 2. Queries are replicated once per shard and reference rows once per query block, and both are
@@ -31,23 +31,29 @@ stay CSR for backends that take it (``gemm``, ``sklearn``), so the bound holds f
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
-from pyspark.sql.types import ArrayType, DataType, DoubleType, LongType, StructField, StructType
+from pyspark.sql.types import ArrayType, BooleanType, DataType, DoubleType, LongType, StructField, StructType
 
 from .._features import FeatureSpec
 from .._inputs import batch_to_matrix, iter_batch_chunks
+from .._partitions import spread_tasks
 from .._runner import apply_chunks
-from ._backends import Backend
-from ._broadcast import DISTANCES, NEIGHBOR_IDS
+from .._session import default_parallelism
+from ._checks import check_unique_ids, non_finite_message, non_finite_rows
+from ._names import BAD_ROW, DISTANCES, NEIGHBOR_IDS
+from ._plan import JoinPlan, SearchSpec, stable_order
 from ._rerank import exact_top_k
+
+_log = logging.getLogger("sklspark")
 
 #: Most bytes of reference features in one shard (when ``shards`` is not given).
 SHARD_MAX_BYTES = 128 << 20
@@ -62,169 +68,233 @@ _SHARD = "__sklspark_shard"
 _CANDIDATES = "__sklspark_candidates"
 
 
-def stable_order(df: DataFrame, id_col: str, feature_cols: Sequence[str]) -> DataFrame:
-    """``df`` sorted within each partition by ID, then by a hash of the features (no shuffle).
-
-    Whichever order a (retried) task reads its partition in, the rows come out in the same order, so
-    ``monotonically_increasing_id()`` taken after it gives every row the same value in every attempt
-    (rows equal in ID and hash are equal, up to a 64-bit hash collision, so their order does not matter).
-    """
-    return df.sortWithinPartitions(id_col, F.xxhash64(*feature_cols))
-
-
 def count_blocks(n_rows: int, row_bytes: int, max_bytes: int) -> int:
     """Fewest blocks of at most ``max_bytes`` (at least 1, at most one per row)."""
     return max(1, min(max(n_rows, 1), math.ceil(n_rows * row_bytes / max_bytes)))
 
 
-def _partial_top(
-    queries: pa.Table,
-    shard: pa.Table,
-    *,
-    n: int,
-    id_col: str,
-    q_spec: FeatureSpec,
-    r_spec: FeatureSpec,
-    backend: Backend,
-    metric: str,
-    chunk_size: int,
-    schema: pa.Schema,
-) -> pa.Table:
-    """One (query block, shard) group: every query's exact top ``n`` within the shard.
+def _width_and_bytes(spec: FeatureSpec) -> tuple[Column, Column]:
+    """Per row: its number of features, and the bytes of its stored features (a sparse row's stored entries only).
 
-    The shard is indexed and the queries are searched through the core's chunk runner
-    (:func:`~sklspark._runner.apply_chunks`): threads capped, and a bad row raises a ``ChunkError``
-    naming the side (queries or reference), the block or shard, and the row's position and ID.
+    A vector's size and stored values are read from its JSON form (Spark SQL has no vector functions,
+    and ``vector_to_array`` would make a 2^18-column sparse vector a 2 MiB array); a sparse entry is
+    counted as a float64 value and an int32 column index, as in a CSR matrix.
     """
-    if queries.num_rows == 0 or shard.num_rows == 0:
-        return schema.empty_table()
-    reference = pa.concat_batches(shard.to_batches())
-    keys = reference.column(_POSITION).to_numpy()
-    ids = reference.column(id_col)
-    name, where = type(backend).__name__, f"shard {shard.column(_SHARD)[0].as_py()}"
+    itemsize = spec.dtype.itemsize
+    if spec.layout == "columns":
+        return F.lit(len(spec.columns)), F.lit(len(spec.columns) * itemsize)
+    column = F.col(spec.columns[0])
+    if spec.layout != "vector":
+        return F.size(column), F.size(column) * itemsize
+    as_json = F.to_json(F.struct(column.alias("v")))
+    stored = F.json_array_length(F.get_json_object(as_json, "$.v.values"))
+    sparse = F.get_json_object(as_json, "$.v.type") == "0"
+    width = F.coalesce(F.get_json_object(as_json, "$.v.size").cast("int"), stored)  # dense vectors have no size
+    return width, stored * F.when(sparse, itemsize + 4).otherwise(itemsize)
 
-    def build(R: np.ndarray) -> np.ndarray:
-        backend.build(R, metric)
-        return R
 
-    # one chunk, made lazily: the runner reports a bad reference row as it reports a bad query row
-    sparse = backend.sparse  # SparseVector rows stay CSR for backends that take it, as in broadcast mode
-    shard_matrix = ((0, _finite_matrix(reference, r_spec, 0, id_col, sparse)) for _ in range(1))
-    ((_, R, _),) = apply_chunks(build, f"{name}.build on the reference's {where}", shard_matrix)
-    n = min(n, R.shape[0])
-    query_chunks = (
-        (start, batch, _finite_matrix(batch, q_spec, start, id_col, sparse))
-        for start, batch in iter_batch_chunks(queries.to_batches(), chunk_size)
+def _shape_stats(spec: FeatureSpec) -> list[Column]:
+    """Smallest and largest row width, and average stored bytes per row (one aggregate pass)."""
+    width, stored = _width_and_bytes(spec)
+    return [F.min(width), F.max(width), F.coalesce(F.avg(stored), F.lit(0.0))]
+
+
+def shard_layout(plan: JoinPlan) -> tuple[int, int] | None:
+    """Check the reference's IDs and both sides' widths with one aggregate job each, and size the join:
+    ``(shards, query blocks)``, or ``None`` when ``k`` does not fit the reference but there are no queries.
+    """
+    search, reference = plan.search, plan.reference
+    assert isinstance(reference, DataFrame) and search.r_spec is not None  # sharded: a DataFrame reference
+    id_col = search.id_col
+    stats = reference.agg(F.count(F.lit(1)), F.count(id_col), F.count_distinct(id_col), *_shape_stats(search.r_spec))
+    first = stats.first()
+    assert first is not None  # an aggregate without grouping has one row
+    n_ref, n_ids, n_distinct, width, max_width, row_bytes = first
+    check_unique_ids(
+        n_ref,
+        n_ids,
+        n_distinct,
+        lambda: [r[0] for r in reference.groupBy(id_col).count().where("count > 1").limit(5).collect()],
     )
-    label = f"{name}.search of the queries' block {queries.column(_BLOCK)[0].as_py()} in {where}"
-    out = []
-    for _, batch, Q, (positions, distances) in apply_chunks(
-        lambda Q: exact_top_k(backend, R, keys, Q, n, metric), label, query_chunks
-    ):
-        flat = positions.ravel()
-        candidates = pa.StructArray.from_arrays(
-            [pa.array(distances.ravel()), pa.array(keys[flat]), ids.take(flat)],
-            fields=list(schema.field(_CANDIDATES).type.value_type),
+    q_first = plan.queries.agg(F.count(F.lit(1)), *_shape_stats(search.q_spec)).first()
+    assert q_first is not None
+    n_queries, q_width, q_max_width, q_row_bytes = q_first
+    if not plan.has_work(n_ref, lambda: n_queries == 0):
+        return None
+    if width != max_width:
+        raise ValueError(f"the reference's {search.r_spec.describe()} has rows of {width} and of {max_width} features")
+    if n_queries and (q_width, q_max_width) != (width, width):
+        raise ValueError(
+            f"the queries' {search.q_spec.describe()} has rows of {q_width} to {q_max_width} features, but the "
+            f"reference's has {width}"
         )
-        offsets = pa.array(np.arange(Q.shape[0] + 1, dtype=np.int32) * n)
-        out.append(
-            pa.RecordBatch.from_arrays(
-                [batch.column(_QUERY), batch.column(id_col), pa.ListArray.from_arrays(offsets, candidates)],
-                schema=schema,
-            )
-        )
-    return pa.Table.from_batches(out, schema=schema)
+    shards = plan.shards or count_blocks(n_ref, row_bytes, SHARD_MAX_BYTES)  # by the bytes stored, not the width
+    blocks = count_blocks(n_queries, q_row_bytes, QUERY_BLOCK_MAX_BYTES)
+    # a few (block, shard) groups per core, whatever the inputs' partitioning: every core searches
+    tasks = spread_tasks(plan.queries)
+    spread = max(blocks, min(max(n_queries, 1), -(-tasks // shards)))
+    _log.info(
+        "%s: %d shard(s) (%s; %d reference rows of %.0f bytes, at most %d bytes a shard) x %d query block(s) "
+        "(%d by size: %d queries of %.0f bytes, at most %d bytes a block; raised to reach %d tasks for %d cores)",
+        plan.caller,
+        shards,
+        "shards= given" if plan.shards else "by size",
+        n_ref,
+        row_bytes,
+        SHARD_MAX_BYTES,
+        spread,
+        blocks,
+        n_queries,
+        q_row_bytes,
+        QUERY_BLOCK_MAX_BYTES,
+        tasks,
+        default_parallelism(plan.queries),
+    )
+    return shards, spread
 
 
-def _finite_matrix(
-    batch: pa.RecordBatch, spec: FeatureSpec, first_row: int, id_col: str, accept_sparse: bool
-) -> np.ndarray | sp.csr_matrix:
-    """The batch's feature matrix (CSR if it has sparse vectors and ``accept_sparse``); ``ValueError``
-    naming the first row (and its ID) with NaN or infinity.
+def _checked_matrix(
+    batch: pa.RecordBatch, spec: FeatureSpec, first_row: int, search: SearchSpec
+) -> tuple[np.ndarray | sp.csr_matrix, np.ndarray]:
+    """The batch's feature matrix (CSR if it has sparse vectors and the backend takes them) and its rows with
+    NaN or infinite features; with ``on_error="raise"`` a ``ValueError`` naming the first such row and its ID.
 
     Every backend gets finite rows: scikit-learn refuses others without naming the row, FAISS and
     Annoy would return meaningless neighbours.
     """
-    X = batch_to_matrix(batch, spec, first_row, accept_sparse=accept_sparse)
-    if sp.issparse(X):  # only the stored entries can be NaN or infinite
-        bad = np.unique(np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))[~np.isfinite(X.data)])
-    else:
-        bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
-    if bad.size:
+    X = batch_to_matrix(batch, spec, first_row, accept_sparse=search.engine.sparse)
+    bad = non_finite_rows(X)
+    if bad.size and search.on_error == "raise":
         row = int(bad[0])
-        raise ValueError(
-            f"row {first_row + row} ({id_col} {batch.column(id_col)[row].as_py()!r}) has NaN or infinite features"
-        )
-    return X
+        raise ValueError(non_finite_message(first_row + row, search.id_col, batch.column(search.id_col)[row].as_py()))
+    return X, bad
 
 
-def sharded_join(
-    queries: DataFrame,
-    reference: DataFrame,
-    n: int,
-    *,
-    id_col: str,
-    q_spec: FeatureSpec,
-    r_spec: FeatureSpec,
-    backend: Backend,
-    metric: str,
-    shards: int,
-    blocks: int,
-    chunk_size: int,
-) -> DataFrame:
-    """Exact top ``n`` of every query over a reference split into ``shards`` shards.
+def _partial_top(search: SearchSpec, queries: pa.Table, shard: pa.Table, schema: pa.Schema) -> pa.Table:
+    """One (query block, shard) group: every query's exact top ``n`` within the shard.
+
+    The shard is indexed and the queries are searched through the core's chunk runner
+    (:func:`~sklspark._runner.apply_chunks`): threads capped, and a bad row raises a ``ChunkError``
+    naming the side (queries or reference), the block or shard, and the row's position and ID. With
+    ``on_error="null"`` a bad reference row is left out and a bad query row gets no candidates, flagged.
+    """
+    if queries.num_rows == 0 or shard.num_rows == 0:
+        return schema.empty_table()
+    backend = search.engine.fresh()
+    reference = pa.concat_batches(shard.to_batches())
+    name, where = type(backend).__name__, f"shard {shard.column(_SHARD)[0].as_py()}"
+    r_spec = search.r_spec
+    assert r_spec is not None  # sharded: a DataFrame reference
+
+    def shard_chunk() -> Any:  # one chunk, made lazily: the runner reports a bad reference row as a bad query row
+        R, bad = _checked_matrix(reference, r_spec, 0, search)
+        kept = np.setdiff1d(np.arange(R.shape[0]), bad)
+        yield 0, kept, (R[kept] if bad.size else R)
+
+    def build(R: Any) -> Any:
+        if R.shape[0]:
+            backend.build(R, search.metric)
+        return R
+
+    ((_, kept, R, _),) = apply_chunks(build, f"{name}.build on the reference's {where}", shard_chunk())
+    keys = reference.column(_POSITION).to_numpy()[kept]
+    ids = reference.column(search.id_col).take(pa.array(kept, type=pa.int64()))
+    n = min(search.n, R.shape[0])
+
+    def top(Q: Any) -> tuple[np.ndarray, np.ndarray]:
+        if n == 0 or Q.shape[0] == 0:
+            return np.empty((Q.shape[0], 0), dtype=np.int64), np.empty((Q.shape[0], 0))
+        return exact_top_k(backend, R, keys, Q, n, search.metric)
+
+    def query_chunks() -> Any:
+        for start, batch in iter_batch_chunks(queries.to_batches(), search.chunk_size):
+            Q, bad = _checked_matrix(batch, search.q_spec, start, search)
+            yield start, batch, bad, (Q[np.setdiff1d(np.arange(Q.shape[0]), bad)] if bad.size else Q)
+
+    label = f"{name}.search of the queries' block {queries.column(_BLOCK)[0].as_py()} in {where}"
+    out = [
+        _candidates(batch, bad, found, (keys, ids), schema)
+        for _, batch, bad, _, found in apply_chunks(top, label, query_chunks())
+    ]
+    return pa.Table.from_batches(out, schema=schema)
+
+
+def _candidates(
+    batch: pa.RecordBatch, bad: np.ndarray, found: tuple[np.ndarray, np.ndarray], shard: tuple, schema: pa.Schema
+) -> pa.RecordBatch:
+    """One chunk's output rows: each query's candidates ``(distance, position, id)`` within the shard (none for
+    a bad row) and its flag. ``found`` holds the good rows' positions and distances, ``shard`` the keys and IDs."""
+    (positions, distances), (keys, ids) = found, shard
+    flags = np.zeros(batch.num_rows, dtype=bool)
+    flags[bad] = True
+    counts = np.where(flags, 0, positions.shape[1])
+    flat = positions.ravel()
+    candidates = pa.StructArray.from_arrays(
+        [pa.array(distances.ravel()), pa.array(keys[flat]), ids.take(pa.array(flat, type=pa.int64()))],
+        fields=list(schema.field(_CANDIDATES).type.value_type),
+    )
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+    return pa.RecordBatch.from_arrays(
+        [
+            batch.column(_QUERY),
+            batch.column(schema.names[1]),
+            pa.ListArray.from_arrays(offsets, candidates),
+            pa.array(flags),
+        ],
+        schema=schema,
+    )
+
+
+def sharded_join(plan: JoinPlan, *, shards: int, blocks: int) -> DataFrame:
+    """Exact top ``n`` of every query over a reference split into ``shards`` shards, the queries in ``blocks`` blocks.
 
     Returns
     -------
     DataFrame
-        ``id_col``, ``neighbor_ids`` and ``distances`` (``n`` each), one row per query row.
+        ``id_col``, ``neighbor_ids`` and ``distances`` (``n`` each), and the flag
+        :data:`~sklspark.neighbors._names.BAD_ROW`, one row per query row.
     """
-    ref = stable_order(reference, id_col, r_spec.columns)
-    ref = ref.select(F.monotonically_increasing_id().alias(_POSITION), id_col, *r_spec.columns)
+    search = plan.search
+    id_col, n = search.id_col, search.n
+    assert isinstance(plan.reference, DataFrame) and search.r_spec is not None
+    ref = stable_order(plan.reference, id_col, search.r_spec.columns)
+    ref = ref.select(F.monotonically_increasing_id().alias(_POSITION), id_col, *search.r_spec.columns)
     # Both sides' group keys must have the same types (long): rows are hashed to partitions by them, and
     # an int 1 and a long 1 hash differently, so mixed types would send a group's halves apart.
     ref = ref.withColumn(_SHARD, F.pmod(_POSITION, F.lit(shards))).withColumn(
         _BLOCK, F.explode(F.sequence(F.lit(0), F.lit(blocks - 1)).cast("array<bigint>"))
     )
-    qry = stable_order(queries, id_col, q_spec.columns)
-    qry = qry.select(F.monotonically_increasing_id().alias(_QUERY), id_col, *q_spec.columns)
+    qry = stable_order(plan.queries, id_col, search.q_spec.columns)
+    qry = qry.select(F.monotonically_increasing_id().alias(_QUERY), id_col, *search.q_spec.columns)
     qry = qry.withColumn(_BLOCK, F.pmod(_QUERY, F.lit(blocks))).withColumn(
         _SHARD, F.explode(F.sequence(F.lit(0), F.lit(shards - 1)).cast("array<bigint>"))
     )
-    ref_id_type: DataType = reference.schema[id_col].dataType
+    ref_id_type: DataType = plan.reference.schema[id_col].dataType
     candidate = StructType(
         [StructField("distance", DoubleType()), StructField("position", LongType()), StructField("id", ref_id_type)]
     )
     schema = StructType(
         [
             StructField(_QUERY, LongType()),
-            StructField(id_col, queries.schema[id_col].dataType),
+            StructField(id_col, plan.queries.schema[id_col].dataType),
             StructField(_CANDIDATES, ArrayType(candidate)),
+            StructField(BAD_ROW, BooleanType()),
         ]
     )
     arrow_schema = to_arrow_schema(schema)
 
     def partial(left: pa.Table, right: pa.Table) -> pa.Table:
-        return _partial_top(
-            left,
-            right,
-            n=n,
-            id_col=id_col,
-            q_spec=q_spec,
-            r_spec=r_spec,
-            backend=backend.fresh(),
-            metric=metric,
-            chunk_size=chunk_size,
-            schema=arrow_schema,
-        )
+        return _partial_top(search, left, right, arrow_schema)
 
     tops = qry.groupBy(_BLOCK, _SHARD).cogroup(ref.groupBy(_BLOCK, _SHARD)).applyInArrow(partial, schema)
     merged = tops.groupBy(_QUERY).agg(
         F.first(id_col).alias(id_col),
         F.slice(F.array_sort(F.flatten(F.collect_list(_CANDIDATES))), 1, n).alias(_CANDIDATES),
+        F.bool_or(BAD_ROW).alias(BAD_ROW),
     )
     return merged.select(
         id_col,
         F.transform(_CANDIDATES, lambda c: c["id"]).alias(NEIGHBOR_IDS),
         F.transform(_CANDIDATES, lambda c: c["distance"]).alias(DISTANCES),
+        BAD_ROW,
     )
