@@ -493,3 +493,31 @@ def test_killed_job_leaves_no_partial_output(files, tmp_path):
     proc.kill()
     proc.wait()
     assert not out.exists()
+
+
+def test_apply_a_mapping_of_models_by_key(run, tmp_path):
+    keys = np.arange(len(X)) % 3
+    models = {k: make_pipeline(StandardScaler(), LogisticRegression(C=1.0 + k)).fit(X, Y) for k in range(3)}
+    joblib.dump(models, tmp_path / "fleet.joblib")
+    pq.write_table(
+        pa.table({"id": np.arange(len(X)), "shop": keys, **{c: X[:, j] for j, c in enumerate("abcd")}}),
+        tmp_path / "in.parquet",
+    )
+    code, _, err = run(
+        "apply",
+        str(tmp_path / "fleet.joblib"),
+        str(tmp_path / "in.parquet"),
+        "-o",
+        str(tmp_path / "out"),
+        "--features",
+        "a,b,c,d",
+        "--key",
+        "shop",
+        "--trust-pickle",
+        "--method",
+        "predict_proba",
+    )
+    assert code == 0, err
+    table = pq.read_table(tmp_path / "out").sort_by("id")
+    expected = np.stack([models[k].predict_proba(X[i : i + 1])[0] for i, k in enumerate(keys)])
+    np.testing.assert_allclose(np.stack(table.column("probability").to_numpy(zero_copy_only=False)), expected)

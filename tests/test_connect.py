@@ -53,6 +53,13 @@ SCRIPT = textwrap.dedent(
     got = spark.sql("SELECT id, score(x0, x1, x2, x3, x4, x5) AS p FROM t").toArrow().sort_by("id")
     assert np.array_equal(got.column("p").to_numpy(), clf.predict(X))
 
+    # a model per key, in the closure: each row scored by its key's model
+    fleet = {k: LogisticRegression(C=1.0 + k).fit(X, X[:, 1] > 0) for k in range(3)}
+    keyed = df.withColumn("shop", (df.id % 3).cast("long"))
+    got = sklspark.distribute(fleet, "predict", keyed, key="shop").toArrow().sort_by("id")
+    expected = [fleet[i % 3].predict(X[i : i + 1])[0] for i in range(600)]
+    assert got.column("prediction").to_pylist() == expected
+
     try:
         sklspark.distribute(nn, "kneighbors", spark.createDataFrame(
             pa.table({"id": [0, 1], "features": [[float("nan")] * 6, [0.0] * 6]})

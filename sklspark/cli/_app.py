@@ -486,6 +486,13 @@ def knn(
     "radius_neighbors are spread over at least 2 per core, so one Parquet file uses every core; other methods keep "
     "the input's partitions).",
 )
+@click.option(
+    "--key",
+    default=None,
+    metavar="COLUMN",
+    help="MODEL holds a mapping from key values to fitted models (a dict saved with skops or pickle): score each "
+    "row with the model of its value in COLUMN.",
+)
 @click.option("--trust", multiple=True, metavar="TYPE", help="Trust this type when loading a .skops file, repeatable.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading .pkl/.joblib files: this runs code from the file.")
 @feature_options
@@ -499,6 +506,7 @@ def apply(
     chunk_size: int | None,
     method_kwargs: dict,
     partitions: int | None,
+    key: str | None,
     trust: tuple[str, ...],
     trust_pickle: bool,
     feature_opts: FeatureOptions,
@@ -521,19 +529,28 @@ def apply(
         paths = HadoopPaths(spark)
         df = _read(spark, paths, input_path, io)
         features: str | list[str] | None = feature_opts.features
+        first = next(iter(model.values()), None) if isinstance(model, dict) else model
         if (
             feature_opts.feature_list is None
             and feature_opts.features_col == "features"
-            and fitted_feature_names(model)
+            and fitted_feature_names(first)
         ):
             features = None  # a model fitted on a pandas DataFrame: its own columns, by name
         spread = partitions or "auto"
         result = _prepare(
             lambda: distribute(
-                model, method, df, chunk_size=chunk_size, features=features, partitions=spread, **method_kwargs
+                model,
+                method,
+                df,
+                chunk_size=chunk_size,
+                features=features,
+                partitions=spread,
+                key=key,
+                **method_kwargs,
             )
         )
-        _write_with_summary(spark, paths, result, io, f"{type(model).__name__}.{method}")
+        name = f"{len(model)} models" if key is not None and isinstance(model, dict) else type(model).__name__
+        _write_with_summary(spark, paths, result, io, f"{name}.{method}")
 
 
 @cli.command()
