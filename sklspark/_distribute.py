@@ -55,8 +55,10 @@ def distribute(
         Rows passed to one call of the method; bounds the memory a task needs. ``None``: for a
         DataFrame, one call per Arrow batch Spark hands to Python
         (``spark.sql.execution.arrow.maxRecordsPerBatch``, 10,000 rows by default; batches over
-        65,536 rows are cut), with no copy; for an RDD, 4,096 rows. An int: chunks of exactly that
-        many rows (the last of a partition may be shorter), re-cut across Arrow batches.
+        65,536 rows are cut), with no copy; for an RDD, 4,096 rows; for a mapping of models over a
+        DataFrame, as many rows as make 64 MiB of features (each model is called once per key in a
+        chunk, so fewer, larger calls). An int: chunks of exactly that many rows (the last of a
+        partition may be shorter), re-cut across Arrow batches.
     features : str or list of str, default=None
         DataFrame only: a ``VectorUDT`` column, an ``array<numeric>`` column, a list of
         numeric columns, or one string column of documents (passed as a 1-D array of ``str``).
