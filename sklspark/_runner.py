@@ -17,8 +17,7 @@ import scipy.sparse as sp
 from pyspark import TaskContext
 from threadpoolctl import ThreadpoolController
 
-#: Prefix of every message sklspark raises inside a task: the CLI finds sklspark's own error in a Spark trace by it.
-ERROR_MARKER = "sklspark:"
+from ._versions import ERROR_MARKER
 
 #: Per worker process: the threadpoolctl controller, and the number of imported modules when it scanned.
 _controller: ThreadpoolController | None = None

@@ -33,6 +33,7 @@ import cloudpickle
 from pyspark import SparkFiles
 
 from ._session import spark_context_of
+from ._versions import VersionRecord, check_worker, combine, dump_recording
 
 #: Models kept alive per Python worker process; older ones are evicted first.
 _CACHE_SIZE = 2
@@ -88,17 +89,19 @@ def ship_file(spark: Any, path: str) -> None:
 class _Shipment:
     """Serialised bytes made once on the driver, readable in every worker: how they travel is decided here.
 
-    ``write(file)`` writes the bytes; a payload up to :data:`BROADCAST_MAX_BYTES` is broadcast (classic
-    Spark) or, up to :data:`CLOSURE_MAX_BYTES`, carried in the closure (Spark Connect); a larger one is
-    shipped as a file (see the module docstring).
+    ``write(file)`` writes the bytes and returns the versions they were pickled with
+    (:func:`~sklspark._versions.dump_recording`), which a worker checks before it unpickles anything
+    (:func:`~sklspark._versions.check_worker`, once per process). A payload up to
+    :data:`BROADCAST_MAX_BYTES` is broadcast (classic Spark) or, up to :data:`CLOSURE_MAX_BYTES`, carried
+    in the closure (Spark Connect); a larger one is shipped as a file (see the module docstring).
     """
 
-    def __init__(self, kind: str, write: Callable[[IO[bytes]], None], spark: Any) -> None:
+    def __init__(self, kind: str, write: Callable[[IO[bytes]], VersionRecord | None], spark: Any) -> None:
         self.token = uuid.uuid4().hex
         self._file_name = f"sklspark-{kind}-{self.token}.pkl"
         path = staging_path(self._file_name)
         with open(path, "wb") as f:
-            write(f)
+            self.versions = write(f)
         self.nbytes = os.path.getsize(path)
         self._broadcast = self._payload = None
         spark_context = spark_context_of(spark)
@@ -111,7 +114,14 @@ class _Shipment:
             ship_file(spark, path)
 
     def _load(self, offset: int = 0, length: int | None = None) -> Any:
-        """Unpickle the object stored at ``offset`` (the whole payload by default), in a worker."""
+        """Unpickle the object stored at ``offset`` (the whole payload by default), in a worker.
+
+        Raises
+        ------
+        VersionMismatch
+            Before unpickling, if this process's versions cannot safely load what the driver pickled.
+        """
+        check_worker(self.versions, self.token)
         if self.via == "file":
             with open(SparkFiles.get(self._file_name), "rb") as f:
                 f.seek(offset)
@@ -140,10 +150,12 @@ class ShippedModel(_Shipment):
         Size of the serialised model.
     via : {"broadcast", "closure", "file"}
         How it travels.
+    versions : VersionRecord
+        The versions it was pickled with, checked by each worker before it unpickles the model.
     """
 
     def __init__(self, estimator: Any, spark: Any) -> None:
-        super().__init__("model", functools.partial(cloudpickle.dump, estimator), spark)
+        super().__init__("model", functools.partial(dump_recording, estimator), spark)
 
     def get(self) -> Any:
         """The estimator, deserialised at most once per process."""
@@ -181,11 +193,13 @@ class ShippedFleet(_Shipment):
     def __init__(self, models: Mapping[Any, Any], spark: Any) -> None:
         self.offsets: dict[Any, tuple[int, int]] = {}
 
-        def write(f: IO[bytes]) -> None:
+        def write(f: IO[bytes]) -> VersionRecord | None:
+            records = []
             for key, estimator in models.items():
                 start = f.tell()
-                cloudpickle.dump(estimator, f)
+                records.append(dump_recording(estimator, f))
                 self.offsets[key] = (start, f.tell() - start)
+            return combine(records)
 
         super().__init__("fleet", write, spark)
 

@@ -1,3 +1,6 @@
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from sklspark import spark_session
@@ -23,3 +26,13 @@ def spark():
 @pytest.fixture(scope="session")
 def sc(spark):
     return spark.sparkContext
+
+
+@pytest.fixture(scope="session")
+def old_sklearn_python():
+    """A Python for the executors with an older scikit-learn and this run's other packages (see _venvs.py)."""
+    import sklearn
+    from _venvs import WORKER_SKLEARN, worker_python
+
+    assert sklearn.__version__ != WORKER_SKLEARN, "the tests need a driver on another scikit-learn"
+    return worker_python(Path(tempfile.gettempdir()) / "sklspark-test-envs", f"scikit-learn=={WORKER_SKLEARN}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _cluster import StandaloneCluster
+from _venvs import run_versions_job
 
 pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 
@@ -90,3 +91,12 @@ def test_worker_stopped_for_good_mid_job(cluster, tmp_path):
         assert cluster.alive_workers() == 1
     finally:
         cluster.restart_worker(1)
+
+
+@pytest.mark.slow
+def test_an_older_scikit_learn_on_the_executors_fails_the_job(cluster, tmp_path, old_sklearn_python):
+    """Executors on an environment with an older scikit-learn: every entry point fails before unpickling.
+
+    The executors' Python is the driver's ``PYSPARK_PYTHON`` (not the workers' own); see ``_versions_job.py``.
+    """
+    run_versions_job(old_sklearn_python, "classic", cluster.url, tmp_path)
