@@ -6,6 +6,10 @@ distance then reference position: the tie rule every exact backend must follow a
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
@@ -132,3 +136,18 @@ def test_clustered_bounds_hold_far_from_the_origin(monkeypatch):
     expected_positions, expected_distances = brute_force(X[:400], X, 5)
     np.testing.assert_array_equal(positions, expected_positions)
     np.testing.assert_array_equal(distances, expected_distances)
+
+
+@pytest.mark.slow  # about 5 s on a quiet machine, 30 s on a loaded one
+def test_kernel_benchmark_quick(tmp_path):
+    """``benchmarks/kernel.py --quick`` runs end to end and writes its tables (timings are never asserted)."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "kernel.py"
+    out = tmp_path / "kernel.md"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = out.read_text()
+    for heading in ("## numpy SGEMM", "## All pairs, top k", "## Clustered exact search against brute force"):
+        assert heading in text
+    assert "DIFFERENT" not in text  # the clustered and brute-force searches found the same neighbours

@@ -176,6 +176,12 @@ class GemmBackend(Backend):
     searches visit only the clusters that can hold a neighbour (:mod:`sklspark.neighbors._clustered`,
     exact like brute force), else they stay brute force. :attr:`pairs_scored` counts the
     (query, reference row) pairs scored by :meth:`search` so far.
+
+    Parameters
+    ----------
+    clustered : {"auto", True, False}, default="auto"
+        ``"auto"``: decide in :meth:`build` as above; ``True``: always search a partition (euclidean, dense,
+        at least :data:`sklspark.neighbors._clustered.MIN_ROWS` rows); ``False``: always brute force.
     """
 
     name = "gemm"
@@ -183,7 +189,10 @@ class GemmBackend(Backend):
     precision = np.dtype(np.float32)
     sparse = True
 
-    def __init__(self) -> None:
+    def __init__(self, clustered: bool | str = "auto") -> None:
+        if not (isinstance(clustered, bool) or (isinstance(clustered, str) and clustered == "auto")):
+            raise ValueError(f"GemmBackend: clustered must be 'auto', True or False, got {clustered!r}")
+        self.clustered_search = clustered
         self._ref: Scored | None = None
         self._partition: Partition | None = None
         self._metric = "euclidean"
@@ -192,7 +201,8 @@ class GemmBackend(Backend):
     def build(self, X: Any, metric: str) -> None:
         self._metric = metric
         R = float32_rows(X, metric)
-        self._partition = partition(R) if metric == "euclidean" and not sp.issparse(R) else None
+        eligible = metric == "euclidean" and not sp.issparse(R) and self.clustered_search is not False
+        self._partition = partition(R, force=self.clustered_search is True) if eligible else None
         if self._partition is not None:  # clustered: the partition holds the rows, cluster by cluster
             self._ref = None
         else:

@@ -179,8 +179,10 @@ class Partition:
         return done
 
 
-def partition(R: np.ndarray, seed: int = 0) -> Partition | None:
+def partition(R: np.ndarray, seed: int = 0, force: bool = False) -> Partition | None:
     """A k-means partition of the float32 rows ``R`` if a trial search shows it skips enough work, else ``None``.
+
+    With ``force``, the partition without the trial (still ``None`` below :data:`MIN_ROWS` rows).
 
     ``sqrt(n_ref)`` clusters (16 to 2,048): k-means++ seeds and :data:`LLOYD_ITERATIONS` Lloyd iterations on a
     sample; the
@@ -197,6 +199,8 @@ def partition(R: np.ndarray, seed: int = 0) -> Partition | None:
         labels = _nearest(sample, centroids)
         centroids = _means(sample, labels, n_clusters, centroids)
     result = Partition(R, _nearest(R, centroids), centroids)
+    if force:
+        return result
     # the trial's queries: blocks of consecutive stored rows, as a search of the reference itself blocks them
     starts = rng.choice(max(1, n_ref - _gemm.QUERY_BLOCK), TRIAL_BLOCKS)
     rows = np.unique(np.minimum(np.concatenate([np.arange(s, s + _gemm.QUERY_BLOCK) for s in starts]), n_ref - 1))
