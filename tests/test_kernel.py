@@ -6,6 +6,7 @@ distance then reference position: the tie rule every exact backend must follow a
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,17 @@ def test_kernel_benchmark_quick(tmp_path):
     for heading in ("## numpy SGEMM", "## All pairs, top k", "## Clustered exact search against brute force"):
         assert heading in text
     assert "DIFFERENT" not in text  # the clustered and brute-force searches found the same neighbours
+
+
+def test_pickled_backend_ships_the_rows_once_and_searches_alike():
+    """The broadcast pickles the reference with the backend: the bias-augmented copy is not in the pickle."""
+    X = RNG.random((2000, 16), dtype=np.float32)
+    backend = GemmBackend()
+    backend.build(X, "euclidean")
+    before = backend.search(X[:50], 5)
+    payload = pickle.dumps((X, backend))
+    assert len(payload) < 1.2 * X.nbytes  # X once (shared with the backend), no (n, d + 1) copy
+    _, loaded = pickle.loads(payload)
+    after = loaded.search(X[:50], 5)
+    np.testing.assert_array_equal(before[1], after[1])
+    np.testing.assert_array_equal(before[0], after[0])

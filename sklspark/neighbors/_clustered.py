@@ -82,7 +82,7 @@ class Partition:
             np.maximum.at(self.radii, stored_labels[start : start + 65536], np.sqrt(np.einsum("ij,ij->i", part, part)))
         self.radii *= 1 + _FLOAT64_MARGIN
         self.reference = Scored(stored, np.einsum("ij,ij->i", stored, stored))
-        self._max_bias = float(self.reference.rows[:, -1].max(initial=0))
+        self._max_bias = float(self.reference.bias.max(initial=0))
 
     def search(self, Q: np.ndarray, n: int, limit: float = np.inf) -> tuple[np.ndarray, np.ndarray, float]:
         """The ``n`` smallest scores ``|r|^2 - 2 q . r`` of each query over the reference (as brute force would
@@ -105,6 +105,7 @@ class Partition:
         def run(block: slice) -> tuple[np.ndarray, np.ndarray, float]:
             return self._block(Q64[block], Qs[block], n, limit)
 
+        self.reference.rows  # made once, before the threads share it  # noqa: B018
         parts = map_blocks(run, len(Q))
         scores = np.empty((len(Q), n), dtype=np.float32)
         positions = np.empty((len(Q), n), dtype=np.int64)

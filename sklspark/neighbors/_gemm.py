@@ -57,6 +57,10 @@ _controller: list[Any] = [None, 0]
 class Scored:
     """Reference rows prepared for scoring: dense rows carry their bias as a last column; CSR rows stay CSR.
 
+    The dense ``[r, bias[r]]`` matrix is made on first use in each process and never pickled: a pickle holds
+    ``R`` itself, which the broadcast shares with the re-rank's copy of the reference when they are the
+    same array (float32 input).
+
     Parameters
     ----------
     R : ndarray or CSR matrix of float32 of shape (n_ref, n_features)
@@ -66,20 +70,31 @@ class Scored:
     def __init__(self, R: Any, bias: np.ndarray) -> None:
         self.sparse = sp.issparse(R)
         self.n_features = R.shape[1]
-        self.bias: np.ndarray | None = None
-        if self.sparse:
-            self.rows, self.bias = R, np.asarray(bias, dtype=np.float32)
-        else:
-            self.rows = np.empty((R.shape[0], R.shape[1] + 1), dtype=np.float32)
-            self.rows[:, :-1] = R
-            self.rows[:, -1] = bias
+        self._R = R
+        self.bias = np.asarray(bias, dtype=np.float32)
+        self._rows: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_rows": None}
 
     def __len__(self) -> int:
-        return int(self.rows.shape[0])
+        return int(self._R.shape[0])
+
+    @property
+    def rows(self) -> Any:
+        """The rows as scored: ``[r, bias[r]]`` (float32, C-contiguous) for dense rows, the CSR matrix for CSR."""
+        if self.sparse:
+            return self._R
+        if self._rows is None:
+            rows = np.empty((self._R.shape[0], self.n_features + 1), dtype=np.float32)
+            rows[:, :-1] = self._R
+            rows[:, -1] = self.bias
+            self._rows = rows
+        return self._rows
 
     def features(self) -> Any:
-        """The reference rows without their bias column (a view for dense rows)."""
-        return self.rows if self.sparse else self.rows[:, :-1]
+        """The reference rows without their bias."""
+        return self._R
 
     def queries(self, Q: Any) -> Any:
         """Scaled queries ``q'`` in the layout :meth:`scores` multiplies: ``[q', 1]`` for a dense reference."""
@@ -95,7 +110,7 @@ class Scored:
         if self.sparse:
             S = Qs @ self.rows[start:stop].T
             S = S.toarray() if sp.issparse(S) else np.asarray(S)
-            S += self.bias[start:stop]  # type: ignore[index]
+            S += self.bias[start:stop]
             return S
         if out is None:
             return Qs @ self.rows[start:stop].T
@@ -184,6 +199,7 @@ def top_scores(Q: Any, ref: Scored, n: int) -> tuple[np.ndarray, np.ndarray]:
     positions : ndarray of int64 of shape (n_queries, n)
     """
     Qs = ref.queries(Q)
+    ref.rows  # made once, before the threads share it  # noqa: B018
     parts = map_blocks(lambda block: _block(Qs[block], ref, n), Q.shape[0], not ref.sparse)
     if not parts:
         return np.empty((0, n), dtype=np.float32), np.empty((0, n), dtype=np.int64)
