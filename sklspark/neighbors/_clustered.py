@@ -13,7 +13,8 @@ cluster's bound is not above the query's current ``n``-th smallest score *plus a
 * a float32 score ``|r|^2 - 2 q . r`` (a dot product of ``K = n_features + 1`` terms, the bias one of them)
   is within ``2 (K + 1) eps (|q|^2 + max |r|^2)`` of its exact value; the margin used is four times that,
   the same margin :func:`sklspark.neighbors._rerank._complete` allows the backend's distances;
-* the bound itself is computed in float64 and lowered by a relative ``1e-9``.
+* the bound itself is computed in float64, lowered by twice the rounding error of ``|q|^2 + |c|^2 - 2 q . c``,
+  and the radii are raised by a relative ``1e-9``.
 
 So a skipped row's exact distance is above the ``n``-th candidate's by more than any rounding: it could not
 have been among the ``n`` smallest float32 scores of brute force, nor tie with a neighbour; the exact
@@ -121,10 +122,17 @@ class Partition:
         score could be at or below it.
         """
         norms = np.einsum("ij,ij->i", Q64, Q64)
-        squared = norms[:, None] + np.einsum("ij,ij->i", self.centroids, self.centroids) - 2 * Q64 @ self.centroids.T
-        distance = np.sqrt(np.maximum(squared, 0))
-        slack = _FLOAT64_MARGIN * (np.sqrt(norms)[:, None] + np.sqrt(np.maximum(squared, 0)) + 1e-30)
-        lower = np.maximum(distance - self.radii - slack, 0)
+        centre_norms = np.einsum("ij,ij->i", self.centroids, self.centroids)
+        squared = norms[:, None] + centre_norms - 2 * Q64 @ self.centroids.T
+        # float64 rounding of |q|^2 + |c|^2 - 2 q.c: at most (d + 3) eps (|q| + |c|)^2; taken twice over
+        error = (
+            2
+            * (Q64.shape[1] + 3)
+            * np.finfo(np.float64).eps
+            * np.square(np.sqrt(norms)[:, None] + np.sqrt(centre_norms))
+        )
+        distance = np.sqrt(np.maximum(squared - error, 0))
+        lower = np.maximum(distance - self.radii, 0)
         eps = float(np.finfo(np.float32).eps)
         margin = 8.0 * (self.centroids.shape[1] + 2) * eps * (norms + self._max_bias)
         return lower * lower - norms[:, None] - margin[:, None]
