@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from threadpoolctl import threadpool_limits
 
 import sklspark.neighbors._clustered as clustered_module
 import sklspark.neighbors._gemm as gemm_module
-from sklspark.neighbors import GemmBackend
+from sklspark.neighbors import GemmBackend, all_neighbors
 from sklspark.neighbors._gemm import Scored, top_scores
 from sklspark.neighbors._rerank import EXACT_MARGIN, exact_top_k
 
@@ -166,3 +167,23 @@ def test_pickled_backend_ships_the_rows_once_and_searches_alike():
     after = loaded.search(X[:50], 5)
     np.testing.assert_array_equal(before[1], after[1])
     np.testing.assert_array_equal(before[0], after[0])
+
+
+def _collect(result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    table = result.toArrow()
+    table = table.take(np.argsort(table.column("id").to_numpy(), kind="stable"))
+    return tuple(np.array(table.column(name).to_pylist()) for name in ("id", "neighbor_ids", "distances"))
+
+
+def test_all_neighbors_with_the_clustered_search_in_both_modes_equals_brute_force(spark):
+    """Spark, broadcast (built on the driver, shipped) and sharded (built per shard in the tasks): exact, ties too."""
+    X = mixture(1500, 8, 20)
+    n, width = X.shape
+    features = pa.ListArray.from_arrays(pa.array(np.arange(n + 1) * width, type=pa.int32()), pa.array(X.ravel()))
+    df = spark.createDataFrame(pa.table({"id": pa.array(np.arange(n) * 3 + 1), "features": features})).repartition(3)
+    expected = _collect(all_neighbors(df, 6, backend="sklearn"))
+    assert (expected[2][:, 0] == 0).sum() >= 10  # the duplicates: ties at distance 0
+    for shards in (None, 2):
+        got = _collect(all_neighbors(df, 6, backend=GemmBackend(clustered=True), shards=shards))
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a, b)

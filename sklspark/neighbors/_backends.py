@@ -180,8 +180,8 @@ class GemmBackend(Backend):
     Parameters
     ----------
     clustered : {"auto", True, False}, default="auto"
-        ``"auto"``: decide in :meth:`build` as above; ``True``: always search a partition (euclidean, dense,
-        at least :data:`sklspark.neighbors._clustered.MIN_ROWS` rows); ``False``: always brute force.
+        ``"auto"``: decide in :meth:`build` as above; ``True``: always search a partition (euclidean, dense
+        references); ``False``: always brute force.
     """
 
     name = "gemm"

@@ -191,17 +191,17 @@ class Partition:
 def partition(R: np.ndarray, seed: int = 0, force: bool = False) -> Partition | None:
     """A k-means partition of the float32 rows ``R`` if a trial search shows it skips enough work, else ``None``.
 
-    With ``force``, the partition without the trial (still ``None`` below :data:`MIN_ROWS` rows).
+    With ``force``, the partition without the trial, whatever the number of rows (from 2).
 
     ``sqrt(n_ref)`` clusters (16 to 2,048): k-means++ seeds and :data:`LLOYD_ITERATIONS` Lloyd iterations on a
     sample; the
     trial searches :data:`TRIAL_BLOCKS` blocks of rows of ``R`` and counts the pairs scored.
     """
     n_ref = len(R)
-    if n_ref < MIN_ROWS:
+    if n_ref < (2 if force else MIN_ROWS):
         return None
     rng = np.random.default_rng(seed)
-    n_clusters = int(np.clip(np.sqrt(n_ref), 16, 2048))
+    n_clusters = min(n_ref, int(np.clip(np.sqrt(n_ref), 16, 2048)))
     sample = R[np.sort(rng.choice(n_ref, min(n_ref, SAMPLE_PER_CLUSTER * n_clusters), replace=False))]
     centroids = _seeds(sample, n_clusters, rng)
     for _ in range(LLOYD_ITERATIONS):
