@@ -5,7 +5,7 @@
 
 Reports, in one process and one run:
 
-* numpy SGEMM GFLOP/s at the square shape (4096^3) and at the kernel's tile shape (256 x 4096 x 65), the
+* numpy SGEMM GFLOP/s at the square shape (4096^3) and at the kernel's tile shape (256 x 1024 x 65), the
   tile once as one multi-threaded BLAS call per tile and once as the kernel runs it (one single-threaded
   call per core, from Python threads), and the BLAS kernel each library runs (``threadpoolctl``);
 * the *floor*: the useful ``2 n^2 d`` flops of all-pairs at the best of those rates;
