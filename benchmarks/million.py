@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--slice", type=int, default=10_000, help="query rows of the in-process slice")
     parser.add_argument("--spark", action="store_true", help="also the full run end to end on local[2]")
     parser.add_argument("--verify", type=int, default=10_000, help="rows checked after the full run")
+    parser.add_argument("--skip-brute", action="store_true", help="only the automatic choice in-process")
     args = parser.parse_args()
     n, d, k = args.rows, args.dim, args.k
     X = make_data(n, d, args.data, args.clusters)
@@ -111,7 +112,8 @@ def main() -> None:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     queries = np.sort(np.random.default_rng(8).choice(n, min(args.slice, n), replace=False))
-    for name, clustered in (("gemm, brute force", False), ("gemm, automatic (clustered when it pays)", "auto")):
+    variants = [("gemm, brute force", False), ("gemm, automatic (clustered when it pays)", "auto")]
+    for name, clustered in variants[1:] if args.skip_brute else variants:
         build, search, backend = in_process(X, queries, k, clustered)
         total = build + search * n / len(queries)
         mode = "clustered" if backend.clustered else "brute force"

@@ -42,9 +42,11 @@ MAX_FRACTION = 0.35
 TRIAL_BLOCKS = 2
 TRIAL_NEIGHBOURS = 16
 
-#: Lloyd iterations of the k-means on the sample, and sample rows per centroid.
+#: Lloyd iterations of the k-means on the sample, sample rows per centroid, and rows per centroid of the
+#: k-means++ seeding (a subset of the sample).
 LLOYD_ITERATIONS = 6
 SAMPLE_PER_CLUSTER = 32
+SEED_ROWS_PER_CLUSTER = 8
 
 #: Relative margin on the float64 centroid distances and radii.
 _FLOAT64_MARGIN = 1e-9
@@ -220,16 +222,22 @@ def partition(R: np.ndarray, seed: int = 0, force: bool = False) -> Partition | 
 
 
 def _seeds(sample: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeds: each next centre drawn with probability proportional to the squared distance to the nearest."""
-    X = sample.astype(np.float64)
-    norms = np.einsum("ij,ij->i", X, X)
+    """k-means++ seeds from :data:`SEED_ROWS_PER_CLUSTER` rows per cluster of ``sample``: each next centre drawn
+    with probability proportional to its squared distance to the nearest centre so far.
+
+    Row differences, not matrix-vector products: a multi-threaded BLAS call per centre is slow on a busy machine.
+    """
+    rows = rng.choice(len(sample), min(len(sample), SEED_ROWS_PER_CLUSTER * n_clusters), replace=False)
+    X = sample[rows].astype(np.float64)
     chosen = [int(rng.integers(len(X)))]
-    nearest = np.maximum(norms - 2 * X @ X[chosen[0]] + norms[chosen[0]], 0)
+    difference = X - X[chosen[0]]
+    nearest = np.einsum("ij,ij->i", difference, difference)
     for _ in range(1, n_clusters):
         total = nearest.sum()
         pick = int(rng.choice(len(X), p=nearest / total)) if total > 0 else int(rng.integers(len(X)))
         chosen.append(pick)
-        nearest = np.minimum(nearest, np.maximum(norms - 2 * X @ X[pick] + norms[pick], 0))
+        np.subtract(X, X[pick], out=difference)
+        np.minimum(nearest, np.einsum("ij,ij->i", difference, difference), out=nearest)
     return X[chosen]
 
 
