@@ -140,54 +140,55 @@ class Partition:
         return lower * lower - norms[:, None] - margin[:, None]
 
     def _block(self, Q64: np.ndarray, Qs: np.ndarray, n: int, limit: float) -> tuple[np.ndarray, np.ndarray, float]:
-        """One block: its queries' own clusters first (thresholds), then every cluster some query still needs.
+        """One block: each query's nearest cluster first (its threshold), then what each query still needs.
 
-        Clusters are gathered into tiles of about :data:`sklspark.neighbors._gemm.REFERENCE_TILE` rows scored
-        for the whole block at once (one product each), and a cluster is left out once no query's bound is at
-        or below its threshold.
+        The clusters nearest some query of the block are scored for the queries nearest them, then for the
+        other queries that need them; the remaining clusters, in ascending order of their smallest bound, are
+        gathered into tiles of about :data:`sklspark.neighbors._gemm.REFERENCE_TILE` rows, each scored (one
+        product) for the queries that need one of its clusters. Every (query, row) pair is scored at most once.
         """
         bounds = self._bounds(Q64)
-        smallest = bounds.min(axis=0)
-        own = np.unique(np.argmin(bounds, axis=1))
-        rest = np.argsort(smallest, kind="stable")
+        nearest = np.argmin(bounds, axis=1)
+        own = np.unique(nearest)
         kept = Kept(len(Q64), n)
         tiles: list[np.ndarray] = []
+        pairs = sum(self._score(kept, Qs, [c], tiles, np.flatnonzero(nearest == c)) for c in own)
+        kept.tighten()
+        for c in own:
+            needy = np.flatnonzero((bounds[:, c] <= kept.threshold) & (nearest != c))
+            pairs += self._score(kept, Qs, [c], tiles, needy)
+        smallest = bounds.min(axis=0)
+        rest = np.argsort(smallest, kind="stable")
         batch: list[int] = []
         batch_rows = 0
-        for c in [*own, -1, *rest[~np.isin(rest, own)]]:
-            if (
-                c == -1 or batch_rows >= _gemm.REFERENCE_TILE
-            ):  # score the batch: after the own clusters, and every full tile
-                scored = self._score(kept, Qs, batch, tiles)
+        for c in [*rest[~np.isin(rest, own)], -1]:
+            if c >= 0 and smallest[c] <= kept.threshold.max() and (bounds[:, c] <= kept.threshold).any():
+                batch.append(c)
+                batch_rows += int(self.offsets[c + 1] - self.offsets[c])
+            if batch and (c < 0 or batch_rows >= _gemm.REFERENCE_TILE or smallest[c] > kept.threshold.max()):
+                needy = np.flatnonzero((bounds[:, batch] <= kept.threshold[:, None]).any(axis=1))
+                pairs += self._score(kept, Qs, batch, tiles, needy)
                 batch, batch_rows = [], 0
-                if scored * len(Q64) > limit:
-                    return np.empty((len(Q64), n), np.float32), np.zeros((len(Q64), n), np.int64), np.inf
-                if c == -1:
-                    kept.tighten()
-                    continue
-            if c not in own:
-                if smallest[c] > kept.threshold.max():
-                    break  # later clusters' bounds are larger still, for every query
-                if (bounds[:, c] > kept.threshold).all():
-                    continue
-            batch.append(c)
-            batch_rows += int(self.offsets[c + 1] - self.offsets[c])
-        self._score(kept, Qs, batch, tiles)
+            if pairs > limit:
+                return np.empty((len(Q64), n), np.float32), np.zeros((len(Q64), n), np.int64), np.inf
+            if c >= 0 and smallest[c] > kept.threshold.max():
+                break  # later clusters' bounds are larger still, for every query
         scores, positions = kept.result()
         index = np.concatenate(tiles)
-        return scores, np.where(positions >= 0, index[positions], -1), float(len(index) * len(Q64))
+        return scores, np.where(positions >= 0, index[positions], -1), float(pairs)
 
-    def _score(self, kept: Kept, Qs: np.ndarray, clusters: list[int], tiles: list[np.ndarray]) -> int:
-        """Score the rows of ``clusters`` for every query of the block into ``kept``; returns rows scored so far."""
+    def _score(self, kept: Kept, Qs: np.ndarray, clusters: list[int], tiles: list[np.ndarray], rows: np.ndarray) -> int:
+        """Score the members of ``clusters`` for the query ``rows`` of the block into ``kept``; the pairs scored."""
+        if not clusters or rows.size == 0:
+            return 0
         done = sum(len(t) for t in tiles)
-        if clusters:
-            index = np.concatenate([np.arange(self.offsets[c], self.offsets[c + 1]) for c in clusters])
-            step = max(_gemm.REFERENCE_TILE, kept.n)
-            for start in range(0, len(index), step):
-                kept.add(Qs @ self.reference.rows[index[start : start + step]].T, done + start)
-            tiles.append(index)
-            done += len(index)
-        return done
+        index = np.concatenate([np.arange(self.offsets[c], self.offsets[c + 1]) for c in clusters])
+        queries = Qs if rows.size == len(Qs) else Qs[rows]
+        step = max(_gemm.REFERENCE_TILE, kept.n)
+        for start in range(0, len(index), step):
+            kept.add(queries @ self.reference.rows[index[start : start + step]].T, done + start, rows=rows)
+        tiles.append(index)
+        return int(rows.size * len(index))
 
 
 def partition(R: np.ndarray, seed: int = 0, force: bool = False) -> Partition | None:
