@@ -25,7 +25,9 @@ off (:mod:`sklspark.neighbors._rerank`). Both modes and every exact backend ther
 Backends
 --------
 ``gemm`` (exact, euclidean, cosine and inner product, the default for those: float32 matrix products in cache-sized
-tiles, see :mod:`sklspark.neighbors._gemm`), ``sklearn`` (exact, any metric, the default for the others),
+tiles, see :mod:`sklspark.neighbors._gemm`; on clustered euclidean data it visits only the clusters of a k-means
+partition that can hold a neighbour, see :mod:`sklspark.neighbors._clustered`),
+``sklearn`` (exact, any metric, the default for the others),
 ``faiss`` (exact, euclidean; ``pip install 'sklspark[faiss]'``),
 ``hnsw`` (approximate, faiss's HNSW graph, for millions of rows; ``pip install 'sklspark[faiss]'``),
 ``annoy`` (approximate; ``pip install 'sklspark[annoy]'``), or your own :class:`Backend`.

@@ -52,7 +52,8 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import normalize
 
 from .._validation import check_scalar
-from ._gemm import top_scores
+from ._clustered import Partition, partition
+from ._gemm import Scored, top_scores
 from ._names import INNER_PRODUCT, METRIC_ALIASES
 
 
@@ -162,6 +163,19 @@ class GemmBackend(Backend):
     backends'. Cosine rows are normalised once (zero rows stay zero: distance 1, as in scikit-learn).
     The inner product's distance is ``-q . r`` (largest inner product first).
     A CSR reference (``SparseVector`` features) stays CSR: tiles are sparse-sparse products.
+
+    Clustered data: for a dense euclidean reference of at least
+    :data:`sklspark.neighbors._clustered.MIN_ROWS` rows, :meth:`build` partitions it with k-means and tries
+    a search on a sample of its rows; when the partition's triangle-inequality bounds skip enough pairs,
+    searches visit only the clusters that can hold a neighbour (:mod:`sklspark.neighbors._clustered`,
+    exact like brute force), else they stay brute force. :attr:`pairs_scored` counts the
+    (query, reference row) pairs scored by :meth:`search` so far.
+
+    Parameters
+    ----------
+    clustered : {"auto", True, False}, default="auto"
+        ``"auto"``: decide in :meth:`build` as above; ``True``: always search a partition (euclidean, dense
+        references); ``False``: always brute force.
     """
 
     name = "gemm"
@@ -169,28 +183,52 @@ class GemmBackend(Backend):
     precision = np.dtype(np.float32)
     sparse = True
 
-    def __init__(self) -> None:
-        self._R: Any = None
-        self._bias: np.ndarray | None = None
+    def __init__(self, clustered: bool | str = "auto") -> None:
+        if not (isinstance(clustered, bool) or (isinstance(clustered, str) and clustered == "auto")):
+            raise ValueError(f"GemmBackend: clustered must be 'auto', True or False, got {clustered!r}")
+        self.clustered_search = clustered
+        self._ref: Scored | None = None
+        self._partition: Partition | None = None
         self._metric = "euclidean"
+        self.pairs_scored = 0
 
     def build(self, X: Any, metric: str) -> None:
         self._metric = metric
-        self._R = float32_rows(X, metric)
-        self._bias = _squared_norms(self._R) if metric == "euclidean" else np.zeros(X.shape[0], np.float32)
+        R = float32_rows(X, metric)
+        eligible = metric == "euclidean" and not sp.issparse(R) and self.clustered_search is not False
+        self._partition = partition(R, force=self.clustered_search is True) if eligible else None
+        if self._partition is not None:  # clustered: the partition holds the rows, cluster by cluster
+            self._ref = None
+        else:
+            self._ref = Scored(R, _squared_norms(R) if metric == "euclidean" else np.zeros(X.shape[0], np.float32))
+
+    @property
+    def clustered(self) -> bool:
+        """Whether :meth:`build` found the reference clustered enough to search it cluster by cluster."""
+        return self._partition is not None
 
     def search(self, Q: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-        assert self._R is not None and self._bias is not None, "build() first"
-        Q = sp.csr_matrix(Q) if sp.issparse(self._R) else Q.toarray() if sp.issparse(Q) else Q
-        Q = float32_rows(Q, self._metric)
-        if self._metric == "euclidean":
-            scores, positions = top_scores(Q * np.float32(-2), self._R, self._bias, n)
-            squared = scores.astype(np.float64) + _squared_norms(Q).astype(np.float64)[:, None]
-            return np.sqrt(np.maximum(squared, 0)), positions
-        scores, positions = top_scores(-Q, self._R, self._bias, n)  # -q . r
-        if self._metric == INNER_PRODUCT:
-            return scores.astype(np.float64), positions
-        return np.clip(1.0 + scores.astype(np.float64), 0.0, 2.0), positions
+        assert self._ref is not None or self._partition is not None, "build() first"
+        sparse = self._ref is not None and self._ref.sparse
+        Q = float32_rows(sp.csr_matrix(Q) if sparse else Q.toarray() if sp.issparse(Q) else Q, self._metric)
+        if self._metric != "euclidean":
+            scores, positions = self._top_scores(-Q, n)  # -q . r
+            if self._metric == INNER_PRODUCT:
+                return scores.astype(np.float64), positions
+            return np.clip(1.0 + scores.astype(np.float64), 0.0, 2.0), positions
+        if self._partition is not None:
+            scores, positions, pairs = self._partition.search(Q, n)
+            self.pairs_scored += int(pairs)
+        else:
+            scores, positions = self._top_scores(Q * np.float32(-2), n)
+        squared = scores.astype(np.float64) + _squared_norms(Q).astype(np.float64)[:, None]
+        return np.sqrt(np.maximum(squared, 0)), positions
+
+    def _top_scores(self, Q: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Brute force over every reference row; ``Q`` already scaled."""
+        assert self._ref is not None
+        self.pairs_scored += Q.shape[0] * len(self._ref)
+        return top_scores(Q, self._ref, n)
 
 
 def float32_rows(X: Any, metric: str) -> Any:
