@@ -288,3 +288,39 @@ def test_any_column_name_in_neighbors(spark):
     distances, indices = NearestNeighbors(n_neighbors=3).fit(X).kneighbors(X)
     np.testing.assert_array_equal(edges["dst"].to_numpy().reshape(30, 2), indices[:, 1:] * 10)
     assert_same(edges["distance"].to_numpy().reshape(30, 2), distances[:, 1:])
+
+
+def test_empty_frame_and_stream_take_their_columns_from_the_fitted_estimator(spark, score_df, tmp_path):
+    """No rows to probe: a classifier's predict is typed by classes_, predict_proba is array<double>."""
+    model = MODELS["encoders-imputers-logistic"]
+    empty = score_df.limit(0)
+    out = distribute(model, "predict_proba", empty)
+    assert out.count() == 0
+    assert out.schema["probability"].dataType.simpleString() == "array<double>"
+    assert distribute(model, "predict", empty).schema["prediction"].dataType.simpleString() == "string"
+    score_df.write.parquet(str(tmp_path / "in"))
+    stream = spark.readStream.schema(score_df.schema).parquet(str(tmp_path / "in"))
+    scored = distribute(model, "predict", stream)
+    query = scored.writeStream.format("memory").queryName("sklspark_named_stream").start()
+    try:
+        query.processAllAvailable()
+    finally:
+        query.stop()
+    got = _sorted(spark.table("sklspark_named_stream"), "prediction")
+    expected = model.predict(SCORE[FEATURES])
+    assert got["prediction"].tolist() == expected.tolist()
+
+
+def test_integer_output_into_a_double_column_when_exact(spark):
+    """RadiusNeighborsRegressor on int targets gives int64 -2^63 for a chunk whose rows have no neighbour."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(30, 2))
+    radius = RadiusNeighborsRegressor(radius=0.5).fit(X, np.arange(30) % 4)
+    far = np.array([[50.0, 50.0], *X[:3]])  # row 0 alone in its 1-row chunk, without neighbours
+    df = spark.createDataFrame(pa.table({"id": np.arange(4), "u": far[:, 0], "v": far[:, 1]})).coalesce(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.concatenate([radius.predict(far[i : i + 1]) for i in range(4)])
+        got = _sorted(distribute(radius, "predict", df, features=["u", "v"], chunk_size=1), "prediction")
+    assert expected[0] == -(2**63)
+    assert_same(got["prediction"].to_numpy(), expected.astype(np.float64))
