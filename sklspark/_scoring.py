@@ -31,12 +31,14 @@ from ._outputs import (
     chunk_arrays,
     declared_columns,
     default_names,
+    describe_output,
     output_columns,
+    shape_mismatch,
     split_rows,
 )
 from ._partitions import PartitionPolicy, partition_policy
 from ._probe import feature_width, head_reader, no_rows, probe
-from ._runner import BadInput, Piece, capped_threads, one_row_per_input, score_chunk
+from ._runner import ERROR_MARKER, BadInput, ChunkError, Piece, capped_threads, one_row_per_input, score_chunk
 from ._shipping import BROADCAST_MAX_BYTES, ShippedModel
 from ._validation import check_method, check_optional_chunk_size, check_scalar, declares_sparse, n_features_of
 
@@ -238,11 +240,11 @@ def _dataframe_fields(request: ScoringRequest, df: DataFrame) -> dict:
 def _udf_fields(request: ScoringRequest) -> dict:
     """A ``udf()``'s result columns: from ``return_type`` when given, else from the fitted estimator."""
     estimator, method = request.estimator, request.method
-    columns = (
-        _return_type_columns(method, request.return_type)
-        if request.return_type is not None
-        else _estimator_columns(request)
-    )
+    if request.return_type is None:
+        columns = _estimator_columns(request)
+    else:
+        columns = _return_type_columns(method, request.return_type)
+        _check_return_type(request, columns)
     return {
         "columns": tuple(columns),
         "sparse_ok": declares_sparse(estimator),
@@ -270,6 +272,31 @@ def _estimator_columns(request: ScoringRequest) -> list[OutputColumn]:
         f"cannot derive the return type of {name} without reading data: the estimator records no "
         f'n_features_in_; pass return_type=..., e.g. return_type="double"'
     )
+
+
+def _check_return_type(request: ScoringRequest, columns: list[OutputColumn]) -> None:
+    """Refuse a ``return_type`` that cannot hold the method's output, probed on rows of zeros where it can be.
+
+    Where the estimator records no ``n_features_in_`` or refuses zeros, the tasks check each chunk
+    (:func:`sklspark._outputs.chunk_arrays` names the declared type and what came).
+    """
+    estimator, method = request.estimator, request.method
+    width = n_features_of(estimator)
+    if width is None:
+        return
+    try:
+        sample = probe(estimator, method, request.method_kwargs, width, np.dtype(np.float64), no_rows)
+    except ValueError:
+        return  # rows of zeros refused: the tasks check the real output
+    mismatch = shape_mismatch(sample, columns)
+    if mismatch is not None:
+        returns = describe_output(sample)
+        derived = result_type(output_columns(method, sample, None, (), estimator)).simpleString()
+        raise TypeError(
+            f"return_type={result_type(columns).simpleString()!r} does not match what "
+            f"{type(estimator).__name__}.{method} returns: {returns} ({mismatch}); "
+            f"use return_type={derived!r}, or leave it out to derive it"
+        )
 
 
 def _return_type_columns(method: str, return_type: DataType | str) -> list[OutputColumn]:
@@ -436,6 +463,13 @@ def scoring_udf(plan: ScoringPlan) -> Any:
 
     def to_batch(arrays: Any) -> pa.RecordBatch:
         arrays = arrays if isinstance(arrays, tuple) else (arrays,)
+        if not arrays:
+            fitted = ", ".join(plan.feature_names or ())
+            raise ChunkError(
+                f"{ERROR_MARKER} {plan.label} was called with no columns: Spark hands a Python function only the "
+                f"columns named in its call, so in SQL name them"
+                + (f": f({fitted}), the columns of feature_names_in_" if fitted else ", one per feature")
+            )
         names = known_names
         if names is None or len(names) != len(arrays):
             names = tuple(f"argument {i + 1}" for i in range(len(arrays)))

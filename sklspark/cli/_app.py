@@ -461,6 +461,14 @@ def knn(
     "radius_neighbors are spread over at least 2 per core, so one Parquet file uses every core; other methods keep "
     "the input's partitions).",
 )
+@click.option(
+    "--on-error",
+    type=click.Choice(["raise", "null"]),
+    default="raise",
+    show_default=True,
+    help="What a row that cannot be scored does: raise fails the job (exit 1); null writes null results for it and "
+    "its reason in a string column 'error' (null where the row was scored).",
+)
 @click.option("--trust", multiple=True, metavar="TYPE", help="Trust this type when loading a .skops file, repeatable.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading .pkl/.joblib files: this runs code from the file.")
 @feature_options
@@ -474,6 +482,7 @@ def apply(
     chunk_size: int | None,
     method_kwargs: dict,
     partitions: int | None,
+    on_error: str,
     trust: tuple[str, ...],
     trust_pickle: bool,
     feature_opts: FeatureOptions,
@@ -505,7 +514,14 @@ def apply(
         spread = partitions or "auto"
         result = _prepare(
             lambda: distribute(
-                model, method, df, chunk_size=chunk_size, features=features, partitions=spread, **method_kwargs
+                model,
+                method,
+                df,
+                chunk_size=chunk_size,
+                features=features,
+                partitions=spread,
+                on_error=on_error,
+                **method_kwargs,
             )
         )
         _write_with_summary(spark, paths, result, io, f"{type(model).__name__}.{method}")
