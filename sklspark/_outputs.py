@@ -327,13 +327,13 @@ def shape_mismatch(output: Any, columns: Sequence[OutputColumn]) -> str | None:
     parts = output_parts(output)
     if len(parts) != len(columns):
         return f"{len(parts)} part(s) for {len(columns)} result field(s)"
-    for part, column in zip(parts, columns):
+    for i, (part, column) in enumerate(zip(parts, columns)):
         nesting = _part_nesting(part)
-        wanted = _nesting(column.arrow_type)
         if nesting is None:
             continue
-        if nesting != wanted or (sp.issparse(part) and column.arrow_type != _VECTOR_ARROW_TYPE):
-            return f"{describe_output(part)} for field {column.name!r} of type {column.spark_type.simpleString()}"
+        if nesting != _nesting(column.arrow_type) or (sp.issparse(part) and column.arrow_type != _VECTOR_ARROW_TYPE):
+            what = "it" if len(parts) == 1 else f"part {i + 1}, {describe_output(part)}"
+            return f"field {column.name!r} of type {column.spark_type.simpleString()} cannot hold {what}"
     return None
 
 

@@ -294,7 +294,7 @@ def _check_return_type(request: ScoringRequest, columns: list[OutputColumn]) -> 
         derived = result_type(output_columns(method, sample, None, (), estimator)).simpleString()
         raise TypeError(
             f"return_type={result_type(columns).simpleString()!r} does not match what "
-            f"{type(estimator).__name__}.{method} returns: {returns} ({mismatch}); "
+            f"{type(estimator).__name__}.{method} returns, {returns}: {mismatch}; "
             f"use return_type={derived!r}, or leave it out to derive it"
         )
 
