@@ -437,7 +437,9 @@ def _assemble(pieces: list[Piece], columns: Sequence[OutputColumn], plan: Scorin
             )
             for j, c in enumerate(columns)
         ]
-    if plan.isolate:
+    if plan.isolate and all(p.error is None for p in pieces):
+        arrays.append(pa.nulls(sum(p.length for p in pieces), pa.string()))  # the clean case: no list of Nones
+    elif plan.isolate:
         reasons = [reason for p in pieces for reason in [p.error] * p.length]
         arrays.append(pa.array(reasons, type=pa.string()))
     return arrays
