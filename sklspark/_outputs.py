@@ -284,6 +284,59 @@ def _vector_array(part: Any) -> pa.Array:
     )
 
 
+def describe_output(output: Any) -> str:
+    """What a method's output is, in words: ``"a 2-D float64 array (3 values per row)"``, or a tuple of such."""
+    parts = output_parts(output)
+    if len(parts) > 1:
+        return f"{len(parts)} parts ({'; '.join(describe_output(p) for p in parts)})"
+    part = parts[0]
+    if sp.issparse(part):
+        return f"a scipy sparse matrix ({part.shape[1]} values per row)"
+    if not isinstance(part, np.ndarray):
+        return f"a {type(part).__name__}"
+    if part.ndim == 1 and part.dtype.kind == "O" and part.size and isinstance(part[0], np.ndarray):
+        return f"a 1-D object array of {part[0].dtype} arrays (one list per row)"
+    if part.ndim == 1:
+        return f"a 1-D {part.dtype} array (one value per row)"
+    return f"a {part.ndim}-D {part.dtype} array ({' x '.join(map(str, part.shape[1:]))} values per row)"
+
+
+def _nesting(arrow_type: pa.DataType) -> int:
+    """How many list levels a column type has (a Spark ML vector counts as one)."""
+    if arrow_type == _VECTOR_ARROW_TYPE:
+        return 1
+    return 1 + _nesting(arrow_type.value_type) if pa.types.is_list(arrow_type) else 0
+
+
+def _part_nesting(part: Any) -> int | None:
+    if sp.issparse(part):
+        return 1
+    if not isinstance(part, np.ndarray) or part.size == 0:
+        return None
+    if part.ndim == 1 and part.dtype.kind == "O" and isinstance(part[0], np.ndarray):
+        return 1
+    return part.ndim - 1
+
+
+def shape_mismatch(output: Any, columns: Sequence[OutputColumn]) -> str | None:
+    """Why ``output`` cannot fill ``columns`` whatever its values are (parts, nesting), or ``None`` if it can.
+
+    A multi-part output needs one column per part; a part with rows of values needs a list (or vector)
+    column as deep as its rows, and a sparse part a vector column.
+    """
+    parts = output_parts(output)
+    if len(parts) != len(columns):
+        return f"{len(parts)} part(s) for {len(columns)} result field(s)"
+    for i, (part, column) in enumerate(zip(parts, columns)):
+        nesting = _part_nesting(part)
+        if nesting is None:
+            continue
+        if nesting != _nesting(column.arrow_type) or (sp.issparse(part) and column.arrow_type != _VECTOR_ARROW_TYPE):
+            what = "it" if len(parts) == 1 else f"part {i + 1}, {describe_output(part)}"
+            return f"field {column.name!r} of type {column.spark_type.simpleString()} cannot hold {what}"
+    return None
+
+
 def chunk_arrays(output: Any, columns: Sequence[OutputColumn]) -> list[pa.Array]:
     """One chunk's output as Arrow arrays, one per result column.
 
@@ -292,6 +345,13 @@ def chunk_arrays(output: Any, columns: Sequence[OutputColumn]) -> list[pa.Array]
     ValueError
         If a part does not fit its column's type, naming the column.
     """
+    mismatch = shape_mismatch(output, columns)
+    if mismatch is not None:
+        declared = ", ".join(f"{c.name} {c.spark_type.simpleString()}" for c in columns)
+        raise ValueError(
+            f"the method returned {describe_output(output)}, which does not fit the declared result ({declared}): "
+            f"{mismatch}"
+        )
     arrays = []
     for part, column in zip(output_parts(output), columns):
         try:

@@ -35,12 +35,14 @@ from ._outputs import (
     chunk_arrays,
     declared_columns,
     default_names,
+    describe_output,
     output_columns,
+    shape_mismatch,
     split_rows,
 )
 from ._partitions import PartitionPolicy, partition_policy
 from ._probe import feature_width, head_reader, no_rows, probe
-from ._runner import BadInput, Piece, capped_threads, one_row_per_input, score_chunk
+from ._runner import ERROR_MARKER, BadInput, ChunkError, Piece, capped_threads, one_row_per_input, score_chunk
 from ._shipping import BROADCAST_MAX_BYTES, ShippedFleet, ShippedModel
 from ._validation import (
     MAX_BATCH_CHUNK,
@@ -332,11 +334,11 @@ def _dataframe_fields(request: ScoringRequest, estimator: Any, df: DataFrame, he
 def _udf_fields(request: ScoringRequest, estimator: Any) -> dict:
     """A ``udf()``'s result columns for one model: from ``return_type`` when given, else from the model."""
     method = request.method
-    columns = (
-        _return_type_columns(method, request.return_type)
-        if request.return_type is not None
-        else _estimator_columns(request, estimator)
-    )
+    if request.return_type is None:
+        columns = _estimator_columns(request, estimator)
+    else:
+        columns = _return_type_columns(method, request.return_type)
+        _check_return_type(request, estimator, columns)
     frame = frame_styles(estimator, request.pandas_reader)
     return {"columns": tuple(columns), "sparse_ok": declares_sparse(estimator), "frame": frame}
 
@@ -361,6 +363,31 @@ def _estimator_columns(request: ScoringRequest, estimator: Any) -> list[OutputCo
         f"cannot derive the return type of {name} without reading data: the estimator records no "
         f'n_features_in_; pass return_type=..., e.g. return_type="double"'
     )
+
+
+def _check_return_type(request: ScoringRequest, estimator: Any, columns: list[OutputColumn]) -> None:
+    """Refuse a ``return_type`` that cannot hold the method's output, probed on rows of zeros where it can be.
+
+    Where the estimator records no ``n_features_in_`` or refuses zeros, the tasks check each chunk
+    (:func:`sklspark._outputs.chunk_arrays` names the declared type and what came).
+    """
+    method = request.method
+    width = n_features_of(estimator)
+    if width is None:
+        return
+    try:
+        sample = probe(estimator, method, request.method_kwargs, width, np.dtype(np.float64), no_rows)
+    except ValueError:
+        return  # rows of zeros refused: the tasks check the real output
+    mismatch = shape_mismatch(sample, columns)
+    if mismatch is not None:
+        returns = describe_output(sample)
+        derived = result_type(output_columns(method, sample, None, (), estimator)).simpleString()
+        raise TypeError(
+            f"return_type={result_type(columns).simpleString()!r} does not match what "
+            f"{type(estimator).__name__}.{method} returns, {returns}: {mismatch}; "
+            f"use return_type={derived!r}, or leave it out to derive it"
+        )
 
 
 def _return_type_columns(method: str, return_type: DataType | str) -> list[OutputColumn]:
@@ -581,7 +608,9 @@ def _assemble(pieces: list[Piece], columns: Sequence[OutputColumn], plan: Scorin
             )
             for j, c in enumerate(columns)
         ]
-    if plan.isolate:
+    if plan.isolate and all(p.error is None for p in pieces):
+        arrays.append(pa.nulls(sum(p.length for p in pieces), pa.string()))  # the clean case: no list of Nones
+    elif plan.isolate:
         reasons = [reason for p in pieces for reason in [p.error] * p.length]
         arrays.append(pa.array(reasons, type=pa.string()))
     return arrays
@@ -608,6 +637,13 @@ def scoring_udf(plan: ScoringPlan) -> Any:
 
     def to_batch(arrays: Any) -> pa.RecordBatch:
         arrays = arrays if isinstance(arrays, tuple) else (arrays,)
+        if not arrays:
+            fitted = ", ".join(plan.feature_names or ())
+            raise ChunkError(
+                f"{ERROR_MARKER} {plan.label} was called with no columns: Spark hands a Python function only the "
+                f"columns named in its call, so in SQL name them"
+                + (f": f({fitted}), the columns of feature_names_in_" if fitted else ", one per feature")
+            )
         key = (_KEY_FIELD,) if plan.key is not None else ()
         names = known_names
         if names is None or len(names) != len(arrays) - len(key):

@@ -41,11 +41,17 @@ def _pipeline_ok(text: str) -> bool:
     return "Throughput of distribute() / hand-written" in text and "equal in-process scikit-learn: True" in text
 
 
+def _on_error_ok(text: str) -> bool:
+    rows = [line for line in text.splitlines() if line.startswith(("| LogisticRegression", "| StandardScaler"))]
+    return len(rows) == 2
+
+
 @pytest.mark.parametrize(
     ("script", "args", "check"),
     [
         ("large_model.py", ["--rows", "20000", "--queries", "500"], _large_model_ok),
         ("pipeline.py", ["--quick"], _pipeline_ok),
+        pytest.param("on_error.py", ["--quick"], _on_error_ok, marks=pytest.mark.slow),
     ],
 )
 def test_single_benchmark_script_smoke(tmp_path, script, args, check):

@@ -128,7 +128,16 @@ def test_help_is_complete(command):
     result = CliRunner().invoke(cli, [*command, "--help"], prog_name="sklspark")
     assert result.exit_code == 0
     for option in {
-        "apply": ["--method", "--kwarg", "--trust", "--trust-pickle", "--chunk-size", "--features", "--partitions"],
+        "apply": [
+            "--method",
+            "--kwarg",
+            "--trust",
+            "--trust-pickle",
+            "--chunk-size",
+            "--features",
+            "--partitions",
+            "--on-error",
+        ],
         "knn": ["-k", "--id-col", "--metric", "--backend", "--shards", "--exclude-self"],
         "demo": ["--n-points"],
     }[command[0]]:
@@ -291,6 +300,30 @@ def test_failed_job_exits_1_with_one_paragraph_and_no_output(run, files, tmp_pat
     assert "error: Pipeline.predict failed in partition 0, rows 100-149: ValueError: Input X contains NaN" in err
     assert "at org.apache" not in err and "Traceback" not in err
     assert os.listdir(tmp_path) == []  # neither the output nor a temporary directory is left
+
+
+def test_apply_on_error_null_keeps_every_row_and_names_the_bad_one(run, files, tmp_path):
+    code, _, err = run(
+        "apply",
+        str(files / "model.skops"),
+        str(files / "nan.parquet"),
+        "-o",
+        str(tmp_path / "out"),
+        "--features",
+        "a,b,c,d",
+        "--chunk-size",
+        "50",
+        "--on-error",
+        "null",
+    )
+    assert code == 0, err
+    table = pq.read_table(tmp_path / "out").sort_by("id")
+    model = sio.load(files / "model.skops")
+    prediction, error = table.column("prediction").to_pylist(), table.column("error").to_pylist()
+    good = np.setdiff1d(np.arange(len(X)), [123])
+    assert [prediction[i] for i in good] == model.predict(X[good]).tolist()
+    assert prediction[123] is None and error[123].startswith("predict: ValueError: Input X contains NaN")
+    assert [error[i] for i in good] == [None] * len(good)
 
 
 def test_verbose_shows_the_trace(run, files, tmp_path):

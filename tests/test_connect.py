@@ -70,6 +70,19 @@ SCRIPT = textwrap.dedent(
     else:
         raise AssertionError("a NaN row did not fail the job")
 
+    # on_error="null": a NaN row becomes nulls and its reason, in distribute() and in a udf() struct.
+    dirty = spark.createDataFrame(pa.table({"id": [0, 1, 2], "features": [[0.1] * 6, [float("nan")] * 6, [0.2] * 6]}))
+    got = sklspark.distribute(clf, "predict_proba", dirty, on_error="null").toArrow().sort_by("id")
+    assert got.column("error").to_pylist()[0::2] == [None, None]
+    assert got.column("error")[1].as_py().startswith("predict_proba: ValueError: Input X contains NaN")
+    assert got.column("probability")[1].as_py() is None
+    clean = np.array([[0.1] * 6, [0.2] * 6])
+    assert np.allclose(np.stack(got.column("probability").to_pylist()[0::2]), clf.predict_proba(clean))
+    knn_or_null = sklspark.udf(nn, "kneighbors", on_error="null")
+    got = dirty.select("id", knn_or_null("features").alias("k")).select("id", "k.*").toArrow().sort_by("id")
+    assert got.column("indices").to_pylist()[0::2] == nn.kneighbors(clean)[1].tolist()
+    assert got.column("indices")[1].as_py() is None and "Input X contains NaN" in got.column("error")[1].as_py()
+
     # A model too big for the closure travels as an uploaded artifact (threshold lowered to force it).
     import sklspark._shipping as shipping
     shipping.CLOSURE_MAX_BYTES = 1000

@@ -1,5 +1,7 @@
 """udf(): the estimator's method as a Column in select, withColumn and SQL, against the in-process result."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -98,3 +100,47 @@ def test_errors(spark, table):
         bad.coalesce(1).select(sklspark.udf(nn, "kneighbors")("features")).collect()
     with pytest.raises(PythonException, match=r"feature column 'argument 2' is string"):
         table.coalesce(1).select(sklspark.udf(LogisticRegression().fit(X[:, :2], Y))("a", "note")).collect()
+
+
+@pytest.mark.parametrize(
+    ("estimator", "method", "return_type", "returns"),
+    [
+        (NearestNeighbors(n_neighbors=2).fit(X), "kneighbors", "double", "2 parts"),
+        (StandardScaler().fit(X), "transform", "double", "a 2-D float64 array (4 values per row)"),
+        (
+            NearestNeighbors(n_neighbors=2).fit(X),
+            "kneighbors",
+            "struct<a:array<double>,b:array<bigint>,c:double>",
+            "2 part(s) for 3 result field(s)",
+        ),
+        (LogisticRegression().fit(X, Y), "predict", "array<double>", "a 1-D int64 array (one value per row)"),
+    ],
+)
+def test_a_return_type_that_cannot_hold_the_output_is_refused_on_the_driver(
+    spark, estimator, method, return_type, returns
+):
+    derived = sklspark.udf(estimator, method).returnType.simpleString()
+    with no_spark_job(spark.sparkContext), pytest.raises(TypeError) as info:
+        sklspark.udf(estimator, method, return_type=return_type)
+    message = str(info.value)
+    assert f"does not match what {type(estimator).__name__}.{method} returns" in message
+    assert returns in message and f"use return_type={derived!r}" in message
+
+
+def test_a_return_type_that_cannot_hold_the_output_fails_clearly_in_the_task(spark, table):
+    rows = FunctionTransformer(lambda Z: np.c_[Z, Z]).fit(None)  # no n_features_in_: not probed on the driver
+    score = sklspark.udf(rows, "transform", return_type="double")
+    message = "returned a 2-D float64 array (8 values per row), which does not fit the declared result "
+    message += "(transform double)"
+    with pytest.raises(PythonException, match=re.escape(message)):
+        table.select(score("features")).collect()
+    kept = sklspark.udf(rows, "transform", return_type="array<double>")
+    assert_same(collect_df(table.select("id", kept("features").alias("s")), ["s"], np.c_[X, X]), np.c_[X, X])
+
+
+def test_sql_call_with_no_columns_is_refused_clearly(spark, table):
+    clf = LogisticRegression().fit(pd.DataFrame(X, columns=NAMES), Y)
+    spark.udf.register("churn_no_args", sklspark.udf(clf))
+    table.createOrReplaceTempView("customers_no_args")
+    with pytest.raises(PythonException, match=r"was called with no columns.*f\(a, b, c, d\), the columns of feature_"):
+        spark.sql("SELECT churn_no_args() FROM customers_no_args").collect()

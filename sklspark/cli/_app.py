@@ -493,6 +493,14 @@ def knn(
     help="MODEL holds a mapping from key values to fitted models (a dict saved with skops or pickle): score each "
     "row with the model of its value in COLUMN.",
 )
+@click.option(
+    "--on-error",
+    type=click.Choice(["raise", "null"]),
+    default="raise",
+    show_default=True,
+    help="What a row that cannot be scored does: raise fails the job (exit 1); null writes null results for it and "
+    "its reason in a string column 'error' (null where the row was scored).",
+)
 @click.option("--trust", multiple=True, metavar="TYPE", help="Trust this type when loading a .skops file, repeatable.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading .pkl/.joblib files: this runs code from the file.")
 @feature_options
@@ -507,6 +515,7 @@ def apply(
     method_kwargs: dict,
     partitions: int | None,
     key: str | None,
+    on_error: str,
     trust: tuple[str, ...],
     trust_pickle: bool,
     feature_opts: FeatureOptions,
@@ -546,6 +555,7 @@ def apply(
                 features=features,
                 partitions=spread,
                 key=key,
+                on_error=on_error,
                 **method_kwargs,
             )
         )
