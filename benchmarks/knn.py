@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
 
 def quick(args) -> None:
     args.knn_rows = 2_000
-    args.spark_join_rows = args.spark_join_rows or [500]
+    args.spark_join_rows = args.spark_join_rows or [300]
 
 
 def bench(args, tmp: Path, rows: list[Row]) -> None:
