@@ -183,7 +183,8 @@ def null_feature_rows(batch: pa.RecordBatch, spec: FeatureSpec) -> np.ndarray | 
         missing = np.asarray(column.is_null()) if column.null_count else None
         if spec.layout in ("vector", "array"):
             values = column.flatten()[3] if spec.layout == "vector" else column  # flatten() honours slices
-            elements = values.flatten()
+            # No null in the unsliced elements (the common case, no copy): none in this slice either.
+            elements = values.values if not values.values.null_count else values.flatten()
             if elements.null_count:
                 lengths = np.diff(_list_offsets(values))
                 owner = np.repeat(np.arange(len(values)), lengths)  # the row of each element

@@ -8,7 +8,7 @@ row stands alone (:func:`score_chunk`).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,7 +137,9 @@ class Piece:
     error: str | None = None
 
 
-def score_chunk(fn: Callable[[Any, int], Any], chunk: Any, rows: np.ndarray, label: str, isolate: bool) -> list[Piece]:
+def score_chunk(
+    fn: Callable[[Any, int], Any], chunk: Any, rows: Sequence[int], label: str, isolate: bool
+) -> list[Piece]:
     """``fn(chunk)`` as one :class:`Piece` covering the whole chunk, or the pieces left by isolating failures.
 
     Parameters
@@ -147,8 +149,8 @@ def score_chunk(fn: Callable[[Any, int], Any], chunk: Any, rows: np.ndarray, lab
         in the partition; ``chunk[a:b]`` must be a chunk too (a list of RDD elements, an Arrow record
         batch). It raises :class:`BadInput` for rows it cannot read.
     chunk : sliceable
-    rows : ndarray of int
-        The partition positions of the chunk's rows, for messages.
+    rows : sequence of int
+        The partition positions of the chunk's rows, for messages (a ``range`` when they are consecutive).
     label : str
         What runs, ``"<Estimator>.<method>"``.
     isolate : bool

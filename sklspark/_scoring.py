@@ -543,8 +543,7 @@ def score_rows(plan: ScoringPlan, rows: Iterable[Any]) -> Iterator[Any]:
 
     with capped_threads():
         for start, chunk in iter_row_lists(rows, plan.chunk_size or RDD_CHUNK_SIZE):
-            positions = np.arange(start, start + len(chunk))
-            for piece in score_chunk(score, chunk, positions, plan.label, plan.isolate):
+            for piece in score_chunk(score, chunk, range(start, start + len(chunk)), plan.label, plan.isolate):
                 if piece.error is not None:
                     yield (None, piece.error)
                 elif plan.isolate:
@@ -577,9 +576,9 @@ def score_batches(plan: ScoringPlan, batches: Iterable[pa.RecordBatch]) -> Itera
             spec = task.plan.spec
             assert spec is not None
             missing = null_feature_rows(batch, spec) if spec.is_matrix else None
-            positions = np.arange(start, start + batch.num_rows)
+            positions: Sequence[int] = range(start, start + batch.num_rows)  # no array unless rows are dropped
             if missing is not None:
-                batch, positions = batch.filter(pa.array(~missing)), positions[~missing]
+                batch, positions = batch.filter(pa.array(~missing)), np.arange(start, start + batch.num_rows)[~missing]
             pieces = score_chunk(score, batch, positions, plan.label, plan.isolate) if len(positions) else []
             arrays = _assemble(pieces, columns, plan)
             if missing is not None:

@@ -212,3 +212,34 @@ def test_partitions_spreads_one_partition_and_keeps_rdd_order(spark):
     assert_same(collect_df(out, ["distances", "indices"], expected), expected)
     with pytest.raises(ValueError, match=r"The 'partitions' parameter of distribute must be an int .* Got 0 instead"):
         distribute(nn, "kneighbors", df, partitions=0)
+
+
+@pytest.mark.parametrize("layout", ["array", "vector"])
+def test_null_feature_rows_of_slices_match_a_row_by_row_check(layout):
+    """The no-copy fast path (no null in the whole element array) and the slow one agree with each row's check."""
+    from sklspark._features import FeatureSpec
+    from sklspark._inputs import null_feature_rows
+
+    rows = [[1.0, 2.0], [None, 1.0], None, [3.0, 4.0], [5.0, None], [6.0, 7.0], [8.0, 9.0]]
+    for values in (rows, [r if r is None or None not in r else [0.0, 0.0] for r in rows]):
+        lists = pa.array(values, type=pa.list_(pa.float64()))
+        if layout == "vector":  # a VectorUDT struct: type, size, indices, values
+            n = len(values)
+            column = pa.StructArray.from_arrays(
+                [
+                    pa.array([1] * n, pa.int8()),
+                    pa.array([None] * n, pa.int32()),
+                    pa.array([None] * n, pa.list_(pa.int32())),
+                    lists,
+                ],
+                names=["type", "size", "indices", "values"],
+                mask=pa.array([v is None for v in values]),
+            )
+        else:
+            column = lists
+        spec = FeatureSpec(layout=layout, columns=("f",), dtype=np.dtype(np.float64))
+        for start, stop in ((0, 7), (0, 1), (2, 4), (5, 7), (3, 4)):
+            batch = pa.RecordBatch.from_arrays([column.slice(start, stop - start)], names=["f"])
+            expected = np.array([v is None or None in v for v in values[start:stop]])
+            got = null_feature_rows(batch, spec)
+            assert np.array_equal(got if got is not None else np.zeros(stop - start, bool), expected)
