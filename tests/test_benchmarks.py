@@ -9,7 +9,6 @@ import pytest
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
 
 
-@pytest.mark.slow  # 86 s of the default suite's 12 min on a quiet machine; every group at its --quick size
 def test_benchmark_script_smoke(tmp_path):
     name = f"smoke-{tmp_path.name}"
     proc = subprocess.run(
