@@ -47,8 +47,13 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def best_of(repeat: int, fn: Callable[[], object]) -> float:
-    """The shortest of ``repeat`` timed runs of ``fn`` (the machine is shared: the minimum is the least noisy)."""
+def best_of(repeat: int, fn: Callable[[], object], warm_up: bool = False) -> float:
+    """The shortest of ``repeat`` timed runs of ``fn`` (the machine is shared: the minimum is the least noisy).
+
+    ``warm_up``: run ``fn`` once, untimed, first (Python workers started, models loaded, files cached).
+    """
+    if warm_up:
+        fn()
     return min(timed(fn) for _ in range(max(1, repeat)))
 
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _common import best_of
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -39,17 +39,6 @@ def write_file(path: Path, X: np.ndarray) -> None:
     n, width = X.shape
     column = pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * width), pa.array(X.ravel()))
     pq.write_table(pa.table({"features": column}), path)
-
-
-def best_of(run: Callable[[], None], repeats: int) -> float:
-    """Best wall time of ``repeats`` runs after one warm-up."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,9 +78,9 @@ def main(argv: list[str] | None = None) -> None:
             return lambda: scored.write.format("noop").mode("overwrite").save()
 
         for label, (model, method) in models.items():
-            default = best_of(noop(model, method, clean_df, "raise"), repeats)
-            clean = best_of(noop(model, method, clean_df, "null"), repeats)
-            bad = best_of(noop(model, method, dirty_df, "null"), repeats)
+            default = best_of(repeats, noop(model, method, clean_df, "raise"), warm_up=True)
+            clean = best_of(repeats, noop(model, method, clean_df, "null"), warm_up=True)
+            bad = best_of(repeats, noop(model, method, dirty_df, "null"), warm_up=True)
             lines.append(
                 f"| {label} | {default:.2f} | {clean:.2f} ({clean / default:.2f}x) | {bad:.2f} ({bad / default:.2f}x) |"
             )

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _common import best_of
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
@@ -91,16 +91,6 @@ def hand_written(model, df, chunk_size: int):
     return df.mapInPandas(score, schema)
 
 
-def best_of(run, repeats: int) -> float:
-    run()  # warm-up: Python workers started, model loaded
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -126,8 +116,12 @@ def main(argv: list[str] | None = None) -> None:
         def noop(result):
             return lambda: result.write.format("noop").mode("overwrite").save()
 
-        ours = best_of(noop(sklspark.distribute(model, "predict_proba", df, chunk_size=args.chunk_size)), args.repeats)
-        theirs = best_of(noop(hand_written(model, df, args.chunk_size)), args.repeats)
+        ours = best_of(
+            args.repeats,
+            noop(sklspark.distribute(model, "predict_proba", df, chunk_size=args.chunk_size)),
+            warm_up=True,
+        )
+        theirs = best_of(args.repeats, noop(hand_written(model, df, args.chunk_size)), warm_up=True)
         check = sklspark.distribute(model, "predict_proba", df.limit(1000)).toPandas()
         features = check[list(model.feature_names_in_)]
         expected = model.predict_proba(features.where(features.notna(), np.nan))  # toPandas() gives None
