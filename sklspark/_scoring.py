@@ -157,6 +157,7 @@ def build_plan(request: ScoringRequest, data: RDD | DataFrame | None) -> Scoring
     """
     caller = request.caller
     models = _fleet(request, data)
+    keyed = isinstance(request.estimator, Mapping)
     for estimator in models.values():
         check_method(estimator, request.method, caller)
     method: str = request.method
@@ -183,7 +184,7 @@ def build_plan(request: ScoringRequest, data: RDD | DataFrame | None) -> Scoring
             for key, estimator in models.items()
         }
     )
-    if isinstance(data, DataFrame) and chunk_size is None and isinstance(request.estimator, Mapping):
+    if isinstance(data, DataFrame) and chunk_size is None and keyed:
         spec: FeatureSpec = decided["spec"]
         width = spec.width or n_features_of(next(iter(models.values()))) or len(spec.columns)
         chunk_size = min(max(FLEET_CHUNK_BYTES // (8 * width), MAX_BATCH_CHUNK), MAX_CHUNK_SIZE)
@@ -195,7 +196,6 @@ def build_plan(request: ScoringRequest, data: RDD | DataFrame | None) -> Scoring
             )
         decided["columns"] = (*decided["columns"], OutputColumn(ERROR_COLUMN, pa.string(), StringType()))
     session = data.context if isinstance(data, RDD) else data if data is not None else _active_session(caller)
-    keyed = isinstance(request.estimator, Mapping)
     kinds = sorted({type(estimator).__name__ for estimator in models.values()})
     plan = ScoringPlan(
         model=ShippedFleet(models, session) if keyed else ShippedModel(request.estimator, session),
@@ -412,7 +412,7 @@ class _Task:
     def __init__(self, plan: ScoringPlan) -> None:
         self.plan = plan
         self.keyed = isinstance(plan.model, ShippedFleet)
-        self.estimator = None if isinstance(plan.model, ShippedFleet) else plan.model.get()
+        self.estimator = None if isinstance(plan.model, ShippedFleet) else plan.model.get()  # narrows for mypy
 
     def call(self, estimator: Any, X: Any) -> Any:
         """The method on one stacked chunk (CSR made dense if the method refuses it), one output row per row."""
