@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 
 import sklspark.neighbors._clustered as clustered_module
 import sklspark.neighbors._gemm as gemm_module
+import sklspark.neighbors._select as select_module
 from sklspark.neighbors import GemmBackend, all_neighbors
 from sklspark.neighbors._gemm import Scored, top_scores
 from sklspark.neighbors._rerank import EXACT_MARGIN, exact_top_k
@@ -54,7 +55,6 @@ def search(backend: GemmBackend, X: np.ndarray, Q: np.ndarray, k: int) -> tuple[
 def test_top_scores_across_tiles_and_threads_equals_numpy(monkeypatch, n):
     """Many small tiles, the bias folded into the product, one thread and two: the n smallest float32 scores."""
     monkeypatch.setattr(gemm_module, "REFERENCE_TILE", 40)
-    monkeypatch.setattr(gemm_module, "FIRST_TILE", 16)
     monkeypatch.setattr(gemm_module, "QUERY_BLOCK", 16)
     X = RNG.normal(size=(500, 8)).astype(np.float32)
     ref = Scored(X, np.einsum("ij,ij->i", X, X))
@@ -187,3 +187,31 @@ def test_all_neighbors_with_the_clustered_search_in_both_modes_equals_brute_forc
         got = _collect(all_neighbors(df, 6, backend=GemmBackend(clustered=True), shards=shards))
         for a, b in zip(got, expected):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("n", [1, 3, 17])
+def test_keep_smallest_merges_tiles_by_score_then_position(n):
+    """The compiled selection against a sort: tied integer scores, tiles narrower than ``n``, a subset of
+    queries per tile, NaN scores never kept, empty slots ``inf`` / ``-1``."""
+    rng = np.random.default_rng(n)
+    scores = rng.integers(0, 6, size=(30, 400)).astype(np.float32)
+    scores[3, ::7] = np.nan
+    V = np.full((30, n), np.inf, dtype=np.float32)
+    P = np.full((30, n), -1, dtype=np.int64)
+    seen = np.zeros(scores.shape, dtype=bool)
+    offset = 0
+    for width in [2, 70, 1, 200, 127]:
+        rows = np.flatnonzero(rng.random(30) < 0.7).astype(np.int64)
+        tile = np.zeros((rows.size, width + 5), dtype=np.float32)  # wider than read: extra columns ignored
+        tile[:, :width] = scores[rows, offset : offset + width]
+        tile[:, width:] = -1
+        select_module.keep_smallest(tile, width, offset, rows, V, P)
+        seen[rows, offset : offset + width] = True
+        offset += width
+    for row in range(30):
+        position = np.flatnonzero(seen[row] & ~np.isnan(scores[row]))
+        order = position[np.lexsort((position, scores[row, position]))][:n]
+        expected = np.full(n, -1)
+        expected[: order.size] = order
+        np.testing.assert_array_equal(P[row], expected)
+        np.testing.assert_array_equal(V[row], np.where(expected >= 0, scores[row, np.maximum(expected, 0)], np.inf))

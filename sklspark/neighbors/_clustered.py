@@ -153,7 +153,6 @@ class Partition:
         kept = Kept(len(Q64), n)
         tiles: list[np.ndarray] = []
         pairs = sum(self._score(kept, Qs, [c], tiles, np.flatnonzero(nearest == c)) for c in own)
-        kept.tighten()
         for c in own:
             needy = np.flatnonzero((bounds[:, c] <= kept.threshold) & (nearest != c))
             pairs += self._score(kept, Qs, [c], tiles, needy)

@@ -7,22 +7,19 @@ with ``q' = -2 q`` and ``bias = |r|^2`` that is the squared euclidean distance m
 A dense reference is stored once as :class:`Scored` rows ``[r, bias[r]]`` and each query as ``[q', 1]``, so
 that one matrix product (``K = n_features + 1``) writes the scores: no separate pass adds the bias.
 Per block of :data:`QUERY_BLOCK` queries, the reference is visited in tiles of :data:`REFERENCE_TILE` rows:
+each tile's scores are written by one product and read once, while still in the core's cache, by the
+compiled :func:`sklspark.neighbors._select.keep_smallest`, which merges them into each query's ``n``
+smallest so far (a whole block of scores above a query's current ``n``-th smallest is rejected by one
+vectorised comparison).
 
-1. The first tile's ``n`` smallest scores of each query (``np.argpartition``) are kept; the largest of them
-   is the query's threshold: the true ``n``-th smallest over the whole reference can only be smaller or equal.
-2. Every further tile is compared against the thresholds in one vectorised pass; only the scores at or
-   below them (a few per thousand on typical data) are kept, as (query, position, score). When many
-   have piled up, the ``n`` smallest of each query are selected and the thresholds tightened to them.
-3. In the end the ``n`` smallest kept scores of each query are selected.
-
-Everything kept includes every score at or below the ``n``-th smallest, so the result is exactly the
-``n`` smallest scores (in float32), which is what :func:`sklspark.neighbors._rerank.exact_top_k`
-expects of an exact backend: it recomputes the distances in float64 and fixes the order and ties.
+The result is exactly the ``n`` smallest scores (in float32) by (score, position), which is what
+:func:`sklspark.neighbors._rerank.exact_top_k` expects of an exact backend: it recomputes the distances in
+float64 and fixes the order and ties.
 
 Threads: when the BLAS may use several threads (outside a Spark task, whose threads are capped to its
 CPUs), query blocks are shared out to that many Python threads, each running single-threaded BLAS
-products and numpy passes (which release the GIL). On this kind of problem (``K = 65``) one product per
-core is much faster than a multi-threaded BLAS call per tile, and the selection passes run in parallel too.
+products and the compiled selection (both release the GIL). On this kind of problem (``K = 65``) one product
+per core is much faster than a multi-threaded BLAS call per tile, and the selection runs in parallel too.
 """
 
 from __future__ import annotations
@@ -36,6 +33,8 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import ThreadpoolController
 
+from ._select import keep_smallest
+
 #: Queries scored together: one tile of scores is ``QUERY_BLOCK x REFERENCE_TILE`` float32 (1 MiB).
 QUERY_BLOCK = 256
 
@@ -44,13 +43,6 @@ QUERY_BLOCK = 256
 #: Zen 4 under load (best of 4, 1,024 x 100,000 x 64): 256 x 1024 tiles 2.70 s, 512 x 1024 2.65 s,
 #: 256 x 2048 2.89 s, 256 x 4096 3.25 s (the product alone: 1.70 s).
 REFERENCE_TILE = 1024
-
-#: Reference rows of the first tile, whose ``n`` smallest scores per query (``np.argpartition``, costly on wide
-#: tiles) set the first thresholds.
-FIRST_TILE = 1024
-
-#: The kept scores are cut down to each query's ``n`` smallest once they exceed this many per query and ``n``.
-TIGHTEN_AT = 8
 
 #: The threadpoolctl controller and the number of imported modules when it scanned the loaded libraries.
 _controller: list[Any] = [None, 0]
@@ -121,7 +113,7 @@ class Scored:
 
 
 class Kept:
-    """Scores at or below each query's threshold, gathered tile by tile (rows are query rows of one block).
+    """Each query's ``n`` smallest scores and their positions, merged tile by tile (:func:`keep_smallest`).
 
     Parameters
     ----------
@@ -133,58 +125,28 @@ class Kept:
 
     def __init__(self, n_rows: int, n: int) -> None:
         self.n_rows, self.n = n_rows, n
-        self.threshold = np.full(n_rows, np.inf, dtype=np.float32)
-        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._size = 0
-        self._mask = np.empty(0, dtype=bool)
+        self.values = np.full((n_rows, n), np.inf, dtype=np.float32)
+        self.positions = np.full((n_rows, n), -1, dtype=np.int64)
+        self._all = np.arange(n_rows, dtype=np.int64)
 
-    def add(self, S: np.ndarray, offset: int, rows: np.ndarray | None = None) -> None:
-        """Keep the scores of ``S`` at or below their row's threshold; column ``j`` is position ``offset + j``.
+    @property
+    def threshold(self) -> np.ndarray:
+        """Each query's ``n``-th smallest score so far (``inf`` while it has fewer)."""
+        return self.values[:, -1]
 
-        ``rows`` maps the rows of ``S`` to query rows (all of them, in order, when ``None``). Rows without a
-        threshold yet get the largest of their ``n`` smallest scores in ``S`` (an upper bound of their
-        ``n``-th smallest over everything); their other scores, at or above it, are not kept.
+    def add(self, S: np.ndarray, offset: int, rows: np.ndarray | None = None, width: int | None = None) -> None:
+        """Merge the scores ``S[:, :width]`` in; column ``j`` is position ``offset + j``.
+
+        ``rows`` maps the rows of ``S`` to query rows (all of them, in order, when ``None``). Positions must
+        grow from one call to the next (ties go to the smaller position).
         """
-        threshold = self.threshold if rows is None else self.threshold[rows]
-        if S.shape[1] >= self.n and np.isinf(threshold).all():  # no threshold yet: these n smallest give one
-            top = np.argpartition(S, self.n - 1, axis=1)[:, : self.n]
-            values = np.take_along_axis(S, top, axis=1)
-            rows = np.arange(self.n_rows) if rows is None else rows
-            self._append(np.repeat(rows, self.n), top.ravel() + offset, values.ravel())
-            self.threshold[rows] = values.max(axis=1)
-            return
-        if self._mask.size < S.size:
-            self._mask = np.empty(S.size, dtype=bool)
-        mask = self._mask[: S.size].reshape(S.shape)  # reused: a fresh 1 MiB array per tile costs page faults
-        flat = np.flatnonzero(np.less_equal(S, threshold[:, None], out=mask))
-        row, column = np.divmod(flat, S.shape[1])
-        self._append(row if rows is None else rows[row], column + offset, S.ravel()[flat])
-        if self._size > TIGHTEN_AT * self.n * self.n_rows:
-            self.tighten()
-
-    def _append(self, rows: np.ndarray, positions: np.ndarray, values: np.ndarray) -> None:
-        self._parts.append((rows, positions, values))
-        self._size += rows.size
-
-    def tighten(self) -> tuple[np.ndarray, np.ndarray]:
-        """Cut the kept scores down to each query's ``n`` smallest; the thresholds become their largest.
-
-        Returns the ``n`` smallest scores and their positions, ascending (``inf`` and ``-1`` where a query has
-        fewer than ``n``).
-        """
-        rows, positions, values = (np.concatenate(part) for part in zip(*self._parts))
-        V, P = select(rows, positions, values, self.n_rows, self.n)
-        full = P >= 0
-        self._parts = [(np.nonzero(full)[0], P[full], V[full])]
-        self._size = int(full.sum())
-        self.threshold = V[:, -1].copy()
-        return V, P
+        S = np.ascontiguousarray(S, dtype=np.float32)
+        rows = self._all if rows is None else rows.astype(np.int64, copy=False)
+        keep_smallest(S, S.shape[1] if width is None else width, offset, rows, self.values, self.positions)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """The ``n`` smallest kept scores of each query and their positions, by (score, position)."""
-        if not self._parts:
-            return np.full((self.n_rows, self.n), np.inf, dtype=np.float32), np.full((self.n_rows, self.n), -1)
-        return self.tighten()
+        """The ``n`` smallest scores of each query and their positions, by (score, position)."""
+        return self.values, self.positions
 
 
 def top_scores(Q: Any, ref: Scored, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -233,33 +195,12 @@ def map_blocks(fn: Callable[[slice], Any], n_queries: int, threads: bool = True)
 def _block(Qs: Any, ref: Scored, n: int) -> tuple[np.ndarray, np.ndarray]:
     kept = Kept(Qs.shape[0], n)
     n_ref = len(ref)
-    first = min(n_ref, max(min(FIRST_TILE, REFERENCE_TILE), n))
-    out = None if ref.sparse else np.empty((Qs.shape[0], max(first, REFERENCE_TILE)), dtype=np.float32)
-    for start in [0, *range(first, n_ref, REFERENCE_TILE)]:
-        stop = first if start == 0 else min(n_ref, start + REFERENCE_TILE)
-        kept.add(ref.scores(Qs, start, stop, out), start)
+    out = None if ref.sparse else np.empty((Qs.shape[0], REFERENCE_TILE), dtype=np.float32)
+    for start in range(0, n_ref, REFERENCE_TILE):
+        stop = min(n_ref, start + REFERENCE_TILE)
+        S = ref.scores(Qs, start, stop, out)
+        kept.add(S if out is None else out, start, width=stop - start)
     return kept.result()
-
-
-def select(rows: np.ndarray, positions: np.ndarray, values: np.ndarray, n_rows: int, n: int):
-    """The ``n`` smallest values of each row, from (row, position, value) triples, by (value, position).
-
-    Rows with fewer than ``n`` triples are padded with ``inf`` and position ``-1``.
-    """
-    order = np.argsort(rows, kind="stable")
-    rows, positions, values = rows[order], positions[order], values[order]
-    counts = np.bincount(rows, minlength=n_rows)
-    rank = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    width = max(int(counts.max(initial=0)), n)
-    V = np.full((n_rows, width), np.inf, dtype=np.float32)
-    P = np.full((n_rows, width), -1, dtype=np.int64)
-    V[rows, rank], P[rows, rank] = values, positions
-    if width > n:
-        top = np.argpartition(V, n - 1, axis=1)[:, :n]
-        V, P = np.take_along_axis(V, top, axis=1), np.take_along_axis(P, top, axis=1)
-    # ascending by value, then position; the -1 padding (value inf) goes last
-    order = np.lexsort((np.where(P < 0, np.iinfo(np.int64).max, P), V), axis=-1)
-    return np.take_along_axis(V, order, axis=1), np.take_along_axis(P, order, axis=1)
 
 
 def _threadpools() -> Any:
