@@ -161,21 +161,30 @@ def _rounding(backend: Backend, Q: np.ndarray, R: np.ndarray) -> float:
     return 8.0 * (terms + 2) * float(np.finfo(precision).eps)
 
 
+def _largest(R: Any, norm: Any) -> float:
+    """The largest ``norm`` (a function of float64 rows) over the rows of ``R``, a slice at a time.
+
+    ``R`` is never converted whole: a float64 copy of a million-row reference would cost more than the
+    check it serves, on every call.
+    """
+    step = _EXHAUSTIVE_PAIRS // max(1, R.shape[1])
+    return max((float(np.max(norm(_float64(R[i : i + step])))) for i in range(0, R.shape[0], step)), default=0.0)
+
+
 def _complete(
     backend: Backend, metric: str, Q: np.ndarray, R: np.ndarray, nth: np.ndarray, horizon: np.ndarray
 ) -> np.ndarray:
     """Rows whose ``n``-th exact distance ``nth`` is safely below the backend's candidate ``horizon``."""
     gamma = _rounding(backend, Q, R)
-    Q, R = _float64(Q), _float64(R)
+    Q = _float64(Q)
     if metric == EUCLIDEAN:  # compare squares: the error of |q|^2 + |r|^2 - 2 q.r scales with the norms
-        r_max = float(np.max(row_sums(_squares(R))))
-        slack = gamma * (row_sums(_squares(Q)) + r_max)
+        slack = gamma * (row_sums(_squares(Q)) + _largest(R, lambda M: row_sums(_squares(M))))
         return nth * nth < horizon * horizon - slack
     scale: Any
     if metric == INNER_PRODUCT:  # a dot product's error is bounded by |q| |r| (Cauchy-Schwarz)
-        scale = np.sqrt(row_sums(_squares(Q)) * float(np.max(row_sums(_squares(R)))))
+        scale = np.sqrt(row_sums(_squares(Q)) * _largest(R, lambda M: row_sums(_squares(M))))
     else:
-        scale = 1.0 if metric == COSINE else row_sums(abs(Q)) + float(np.max(row_sums(abs(R))))
+        scale = 1.0 if metric == COSINE else row_sums(abs(Q)) + _largest(R, lambda M: row_sums(abs(M)))
     return nth < horizon - gamma * (np.abs(horizon) + scale)
 
 
