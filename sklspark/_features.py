@@ -36,7 +36,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from ._frames import DEFAULT_READER, PRESETS, ColumnStyle, FrameStyles, frame_styles
+from ._frames import DEFAULT_READER, PRESETS, ColumnStyle, FrameStyles
 from ._validation import n_features_of
 
 #: Spark numeric element types accepted as features, and the NumPy dtype they arrive as.
@@ -267,14 +267,14 @@ def resolve_features(
     schema: StructType,
     estimator: Any,
     features: str | Sequence[str] | None,
-    pandas_reader: str | None = None,
+    frame: FrameStyles | None = None,
 ) -> FeatureSpec:
     """The :class:`FeatureSpec` for ``estimator`` over a DataFrame of ``schema``.
 
     An estimator fitted on a pandas DataFrame (it has ``feature_names_in_``) is given exactly those
     columns, by name, in the fitted order (:func:`frame_spec`); ``features``, if given, must name the
-    same set; ``pandas_reader`` names the pandas reader whose frames it imitates where the fitted
-    estimator does not record it (:func:`sklspark._frames.frame_styles`). An estimator that records
+    same set; ``frame`` holds how their values are handed over (the pandas reader the columns imitate,
+    decided once by :func:`sklspark._frames.frame_styles`; ``None``: as ``toPandas()``). An estimator that records
     no feature count (a text pipeline fitted on a list of
     documents) is given one string column as a 1-D object array of ``str`` (layout ``"text"``).
     Any other estimator gets :func:`check_features`.
@@ -294,7 +294,7 @@ def resolve_features(
                 f"features={list(given)} does not name the columns {type(estimator).__name__} was fitted on: "
                 f"{list(fitted)} (feature_names_in_); pass features=None to use those by name"
             )
-    return frame_spec(schema, fitted, frame_styles(estimator, pandas_reader))
+    return frame_spec(schema, fitted, frame)
 
 
 _VECTOR_FIELDS = tuple(field.name for field in to_arrow_type(VectorUDT()))

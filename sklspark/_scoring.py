@@ -304,7 +304,8 @@ def _rdd_fields(request: ScoringRequest, estimator: Any, rdd: RDD, heads: dict) 
 def _dataframe_fields(request: ScoringRequest, estimator: Any, df: DataFrame, heads: dict) -> dict:
     """The decisions for one model over a DataFrame."""
     method = request.method
-    spec = resolve_features(df.schema, estimator, request.features, request.pandas_reader)
+    frame = frame_styles(estimator, request.pandas_reader)
+    spec = resolve_features(df.schema, estimator, request.features, frame)
     head_rows = head_reader(df, spec, heads)
     width = feature_width(estimator, spec, head_rows)
     declared = None if spec.is_matrix else declared_columns(estimator, method, request.output_cols, df.columns)
@@ -327,7 +328,7 @@ def _dataframe_fields(request: ScoringRequest, estimator: Any, df: DataFrame, he
         "spec": spec,
         "sparse_ok": spec.layout == "vector" and declares_sparse(estimator),
         "columns": tuple(columns),
-        "frame": frame_styles(estimator, request.pandas_reader),
+        "frame": frame,
     }
 
 

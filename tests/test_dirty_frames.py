@@ -99,7 +99,8 @@ def _sorted(df, column: str) -> np.ndarray:
 @pytest.mark.parametrize("reader", READERS)
 def test_chunks_are_the_readers_frames(dirty, frames, reader):
     frame = frames[reader]
-    spec = resolve_features(dirty.schema, FunctionTransformer().fit(frame), None, reader)
+    fitted = FunctionTransformer().fit(frame)
+    spec = resolve_features(dirty.schema, fitted, None, frame_styles(fitted, reader))
     arrow = dirty.orderBy("id").toArrow()
     got = frame_from_columns([arrow.column(c).combine_chunks() for c in spec.columns], spec)
     pd.testing.assert_frame_equal(got, frame)  # values and dtypes
@@ -136,7 +137,7 @@ def test_session_time_zone(spark):
     model = FunctionTransformer().fit(names)
     df = spark.createDataFrame(pa.table({"seen": pa.array([instant, None], pa.timestamp("us", tz="UTC"))}))
     for reader, wall in (("toPandas", "2024-01-01 22:04:05"), ("read_parquet", "2024-01-02 03:04:05")):
-        spec = resolve_features(df.schema, model, None, reader)
+        spec = resolve_features(df.schema, model, None, frame_styles(model, reader))
         got = frame_from_columns([arrow], spec)["seen"]
         assert str(got.dtype) == "datetime64[ns]" and str(got[0]) == wall and got.isna()[1]
 
@@ -152,7 +153,8 @@ def test_read_csv_timestamps_as_pandas_writes_them(spark):
     values[5] = None
     frame = pd.DataFrame({"at": [None if v is None else str(pd.Timestamp(v)) for v in values]}).fillna(np.nan)
     schema = spark.createDataFrame(pa.table({"at": pa.array(values[:1], pa.timestamp("us"))})).schema
-    spec = resolve_features(schema, FunctionTransformer().fit(frame), None, "read_csv")
+    fitted = FunctionTransformer().fit(frame)
+    spec = resolve_features(schema, fitted, None, frame_styles(fitted, "read_csv"))
     pd.testing.assert_frame_equal(frame_from_columns([pa.array(values, pa.timestamp("us"))], spec), frame)
 
 
