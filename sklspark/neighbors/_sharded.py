@@ -312,7 +312,10 @@ def sharded_join(plan: JoinPlan, *, shards: int, blocks: int) -> DataFrame:
     id_col, n = search.id_col, search.n
     assert isinstance(plan.reference, DataFrame) and search.r_spec is not None
     ref = stable_order(plan.reference, id_col, search.r_spec.columns)
-    ref = ref.select(F.monotonically_increasing_id().alias(_POSITION), id_col, *search.r_spec.columns)
+    # Fresh attributes (aliases) for the reference's columns: in a self-join both sides would otherwise carry the same
+    # ones, and Spark's column pruning then dropped the reference's features from the co-group (no merge after it).
+    fresh = [F.col(c).alias(c) for c in (id_col, *search.r_spec.columns)]
+    ref = ref.select(F.monotonically_increasing_id().alias(_POSITION), *fresh)
     # Both sides' group keys must have the same types (long): rows are hashed to partitions by them, and
     # an int 1 and a long 1 hash differently, so mixed types would send a group's halves apart.
     ref = ref.withColumn(_SHARD, F.pmod(_POSITION, F.lit(shards)))
@@ -344,11 +347,20 @@ def sharded_join(plan: JoinPlan, *, shards: int, blocks: int) -> DataFrame:
             return _partial_top(search, left, right, arrow_schema)
 
         tops = qry.groupBy(_BLOCK, _SHARD).cogroup(ref.groupBy(_BLOCK, _SHARD)).applyInArrow(partial, schema)
-    merged = tops.groupBy(_QUERY).agg(
-        F.first(id_col).alias(id_col),
-        F.slice(F.array_sort(F.flatten(F.collect_list(_CANDIDATES))), 1, n).alias(_CANDIDATES),
-        F.bool_or(BAD_ROW).alias(BAD_ROW),
-    )
+    return _merged(tops, id_col, n, shards)
+
+
+def _merged(tops: DataFrame, id_col: str, n: int, shards: int) -> DataFrame:
+    """The ``shards`` partial lists of each query merged into its top ``n``: a shuffle on the query key, the
+    candidates sorted by ``(distance, position)`` in Spark SQL and cut to ``n``. One shard's lists are final
+    already (sorted the same way by :func:`~sklspark.neighbors._rerank.exact_top_k`): no shuffle then."""
+    merged = tops
+    if shards > 1:
+        merged = tops.groupBy(_QUERY).agg(
+            F.first(id_col).alias(id_col),
+            F.slice(F.array_sort(F.flatten(F.collect_list(_CANDIDATES))), 1, n).alias(_CANDIDATES),
+            F.bool_or(BAD_ROW).alias(BAD_ROW),
+        )
     return merged.select(
         id_col,
         F.transform(_CANDIDATES, lambda c: c["id"]).alias(NEIGHBOR_IDS),
