@@ -146,6 +146,11 @@ class JoinPlan:
         return self.search.id_col
 
     @property
+    def self_join(self) -> bool:
+        """Whether the queries are the reference itself (``all_neighbors``): one side's statistics then serve both."""
+        return self.queries is self.reference and self.search.q_spec == self.search.r_spec
+
+    @property
     def prebuilt_shards(self) -> bool:
         """Whether sharded mode builds each shard's index once, as files (a backend that ``ships_as_file``), rather
         than in every (query block, shard) group (:mod:`~sklspark.neighbors._shard_index`)."""

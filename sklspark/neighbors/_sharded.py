@@ -110,7 +110,8 @@ def _shape_stats(spec: FeatureSpec) -> list[Column]:
 
 
 def shard_layout(plan: JoinPlan) -> tuple[int, int] | None:
-    """Check the reference's IDs and both sides' widths with one aggregate job each, and size the join:
+    """Check the reference's IDs and both sides' widths with one aggregate job each (one in all for a self-join), and
+    size the join:
     ``(shards, query blocks)``, or ``None`` when ``k`` does not fit the reference but there are no queries.
     """
     search, reference = plan.search, plan.reference
@@ -126,9 +127,12 @@ def shard_layout(plan: JoinPlan) -> tuple[int, int] | None:
         n_distinct,
         lambda: [r[0] for r in reference.groupBy(id_col).count().where("count > 1").limit(5).collect()],
     )
-    q_first = plan.queries.agg(F.count(F.lit(1)), *_shape_stats(search.q_spec)).first()
-    assert q_first is not None
-    n_queries, q_width, q_max_width, q_row_bytes = q_first
+    if plan.self_join:  # all_neighbors: the same rows, no second job
+        n_queries, q_width, q_max_width, q_row_bytes = n_ref, width, max_width, row_bytes
+    else:
+        q_first = plan.queries.agg(F.count(F.lit(1)), *_shape_stats(search.q_spec)).first()
+        assert q_first is not None
+        n_queries, q_width, q_max_width, q_row_bytes = q_first
     if not plan.has_work(n_ref, lambda: n_queries == 0):
         return None
     if width != max_width:
