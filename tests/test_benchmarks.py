@@ -46,12 +46,17 @@ def _on_error_ok(text: str) -> bool:
     return len(rows) == 2
 
 
+def _approximate_sharded_ok(text: str) -> bool:
+    return "hnsw, broadcast mode" in text and "hnsw, sharded mode" in text and "recall@10 >= 0.95 | " in text
+
+
 @pytest.mark.parametrize(
     ("script", "args", "check"),
     [
         ("large_model.py", ["--rows", "20000", "--queries", "500"], _large_model_ok),
         ("pipeline.py", ["--quick"], _pipeline_ok),
         pytest.param("on_error.py", ["--quick"], _on_error_ok, marks=pytest.mark.slow),
+        pytest.param("approximate_sharded.py", ["--quick"], _approximate_sharded_ok, marks=pytest.mark.slow),
     ],
 )
 def test_single_benchmark_script_smoke(tmp_path, script, args, check):

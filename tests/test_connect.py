@@ -90,10 +90,11 @@ SCRIPT = textwrap.dedent(
     got = sklspark.distribute(nn, "kneighbors", df, n_neighbors=2).toArrow().sort_by("id")
     assert np.array_equal(np.stack(got.column("indices").to_numpy(zero_copy_only=False)), ind[:, :2])
 
-    # all_neighbors: broadcast (size from a count, no plan statistics here), sharded, and file-shipped indexes.
+    # all_neighbors: broadcast (size from a count, no plan statistics here), sharded, file-shipped indexes, and a
+    # shard index built once per shard (written by the tasks, read by the tasks).
     from sklspark.neighbors import all_neighbors
     expected = NearestNeighbors(n_neighbors=6, algorithm="brute").fit(X).kneighbors(X)[1][:, 1:]
-    for options in ({}, {"shards": 3}, {"backend": "faiss"}, {"backend": "annoy"}):
+    for options in ({}, {"shards": 3}, {"backend": "faiss"}, {"backend": "annoy"}, {"backend": "faiss", "shards": 2}):
         got = all_neighbors(df, 5, **options).toArrow().sort_by("id")
         found = np.stack(got.column("neighbor_ids").to_numpy(zero_copy_only=False))
         if options.get("backend") == "annoy":

@@ -24,6 +24,7 @@ import sklspark.neighbors._backends as backends_module
 import sklspark.neighbors._broadcast as broadcast_module
 import sklspark.neighbors._gemm as gemm_module
 import sklspark.neighbors._join as join_module
+import sklspark.neighbors._sharded as sharded_module
 from sklspark._partitions import TASKS_PER_CORE
 from sklspark.neighbors import AnnoyBackend, GemmBackend, HnswBackend, all_neighbors, kneighbors_join, to_edges
 from sklspark.neighbors._backends import get_backend
@@ -774,3 +775,120 @@ def test_decisions_are_logged_once_per_call(spark, caplog):
         == 1
     )
     assert sum("broadcast reference of 40 rows x 3 features (dense), searched by" in m for m in messages) == 1
+
+
+# --- sharded mode, backends whose index is a file: each shard's index built once --------------------------------
+
+
+def _counting_hnsw(builds_dir, **params):
+    """An hnsw backend (the plugin interface, like a user's) that leaves a file in ``builds_dir`` for every build."""
+
+    class CountingHnsw(HnswBackend):
+        def build(self, X, metric):
+            super().build(X, metric)
+            with open(os.path.join(builds_dir, f"build-{os.getpid()}-{time.perf_counter_ns()}"), "w") as f:
+                f.write(str(X.shape[0]))
+
+    return CountingHnsw(**params)
+
+
+def per_shard_hnsw(X, shards, n, params):
+    """What sharded hnsw computes, in-process: a graph per shard (rows ``i`` with ``i mod shards = s``, one
+    thread), each searched and re-ranked exactly, the shards' lists merged by distance then position: the positions."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        lists = []
+        for s in range(shards):
+            keys = np.arange(s, len(X), shards)
+            backend = HnswBackend(**params)
+            backend.build(X[keys], "euclidean")
+            positions, distances = exact_top_k(backend, X[keys], keys, X, n, "euclidean")
+            lists.append((keys[positions], distances))
+    finally:
+        faiss.omp_set_num_threads(threads)
+    keys, distances = np.hstack([p for p, _ in lists]), np.hstack([d for _, d in lists])
+    return np.take_along_axis(keys, np.lexsort((keys, distances), axis=-1)[:, :n], axis=1)
+
+
+def test_sharded_hnsw_builds_each_shard_once_and_every_block_searches_it(spark, tmp_path, monkeypatch, caplog):
+    """Three shards searched by many query blocks: three builds (one file each, counted on the driver) and
+    exactly the lists of a graph per shard built in-process, recall@10 >= 0.95 against brute force."""
+    centers = RNG.normal(scale=10, size=(20, 16))
+    X = (centers[RNG.integers(0, 20, size=2000)] + RNG.normal(size=(2000, 16))).astype(np.float32)
+    df = array_df(spark, X, np.arange(2000), n_partitions=1)  # one partition: position = id, shard = id mod 3
+    builds, indexes = tmp_path / "builds", tmp_path / "indexes"
+    builds.mkdir(), indexes.mkdir()
+    monkeypatch.setattr(sharded_module, "QUERY_BLOCK_MAX_BYTES", 16 << 10)  # 2,000 x 16 float32: 8 blocks
+    params = {"M": 8, "ef_construction": 40, "ef_search": 48}
+    with caplog.at_level("INFO", logger="sklspark"):
+        got = collect(all_neighbors(df, 10, backend=_counting_hnsw(str(builds), **params), shards=3, index_dir=indexes))
+    messages = [r.getMessage() for r in caplog.records if r.name == "sklspark"]
+    blocks = [int(m) for m in re.findall(r"3 shard\(s\) .* x (\d+) query block\(s\)", "\n".join(messages))]
+    assert blocks and blocks[0] >= 8
+    assert sorted(int(p.read_text()) for p in builds.iterdir()) == [666, 667, 667]  # once per shard, whole shard
+    assert len(list(indexes.glob("*.hnsw"))) == 3
+    positions = per_shard_hnsw(X.astype(np.float64), 3, 11, params)
+    expected = [[p for p in row if p != i][:10] for i, row in enumerate(positions)]
+    np.testing.assert_array_equal(got[1], np.array(expected))
+    exact, _ = truth(X, X, 11)
+    exact = [[p for p in row if p != i][:10] for i, row in enumerate(exact)]
+    print(f"sharded hnsw recall@10: {recall(got[1], exact):.4f}")
+    assert recall(got[1], exact) >= 0.95
+    assert_allclose(got[2], np.sqrt(((X[:, None].astype(np.float64) - X[got[1]]) ** 2).sum(-1)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "annoy", "hnsw-cosine"])  # hnsw euclidean: the test above
+def test_sharded_file_backends_against_broadcast_and_brute_force(clusters, backend):
+    """Prebuilt shards: faiss (exact) equals broadcast mode and brute force; hnsw and annoy reach recall@10 >= 0.95
+    in both modes, with exact distances."""
+    df, ids, R = clusters
+    backend, _, metric = backend.partition("-")
+    metric = metric or "euclidean"
+    sharded = collect(all_neighbors(df, 10, backend=backend, metric=metric, shards=3))
+    broadcast = collect(all_neighbors(df, 10, backend=backend, metric=metric))
+    if backend == "faiss":
+        assert_identical(sharded, broadcast)
+        assert_matches_truth(sharded, R[np.argsort(ids)], R, ids, 10, exclude_self=True, query_ids=sharded[0])
+        return
+    order = np.argsort(ids)  # sharded[0]: the ids in ascending order
+    exact = ids[truth(R[order], R, 11, metric, query_ids=ids[order], ref_ids=ids)[0][:, :10]]
+    recalls = recall(sharded[1], exact), recall(broadcast[1], exact)
+    print(f"{backend} ({metric}) recall@10 sharded, broadcast: {recalls}")
+    assert min(recalls) >= 0.95
+    position = {i: p for p, i in enumerate(ids.tolist())}
+    expected = paired_distances(R[[position[i] for i in sharded[0]]], R, np.vectorize(position.get)(sharded[1]), metric)
+    assert_allclose(sharded[2], expected, rtol=1e-12)
+
+
+def test_sharded_file_backend_with_a_shard_of_bad_rows_only(spark):
+    """on_error="null" with every row of one shard NaN: that shard has no index, the rest is exact (as sklearn)."""
+    X = RNG.normal(size=(40, 4))
+    X[::2, 0] = np.nan  # one partition: position = id, so shard 0 of 2 holds the even ids, all bad
+    df = array_df(spark, X, np.arange(40), n_partitions=1)
+    faiss_result = all_neighbors(df, 3, backend="faiss", shards=2, on_error="null")
+    sklearn_result = all_neighbors(df, 3, backend="sklearn", shards=2, on_error="null")
+    got = faiss_result.toArrow().sort_by("id")
+    assert got.equals(sklearn_result.toArrow().sort_by("id"))
+    odd = np.arange(1, 40, 2)
+    expected = np.sort(odd[truth(X[1::2], X[1::2], 4)[0][:, 1:]], axis=1)  # none is a tie: normal data
+    np.testing.assert_array_equal(np.sort(got.column("neighbor_ids").to_pylist()[1::2], axis=1), expected)
+    assert got.column("neighbor_ids").to_pylist()[::2] == [None] * 20
+
+
+def test_index_dir_is_checked_on_the_driver(spark, sc, tmp_path):
+    df = array_df(spark, GRID[:40], np.arange(40), n_partitions=1)
+    with no_spark_job(sc):
+        with pytest.raises(
+            ValueError, match=r"index_dir= applies to backends .*\(faiss, hnsw, annoy\); backend 'gemm'"
+        ):
+            all_neighbors(df, 3, shards=2, index_dir=tmp_path)
+        with pytest.raises(ValueError, match=r"index_dir '.*missing' is not a directory"):
+            all_neighbors(df, 3, backend="faiss", shards=2, index_dir=tmp_path / "missing")
+        with pytest.raises(TypeError, match=r"index_dir must be a directory's path \(str or os.PathLike\), got int"):
+            all_neighbors(df, 3, backend="faiss", index_dir=3)
+        nn = NearestNeighbors().fit(GRID[:40])
+        with pytest.raises(ValueError, match="index_dir= applies to a sharded DataFrame reference; a fitted"):
+            kneighbors_join(df, nn, 3, backend="faiss", index_dir=tmp_path)

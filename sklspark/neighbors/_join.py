@@ -8,6 +8,7 @@ the ``sklspark`` logger at INFO, with the figures behind them.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -169,6 +170,7 @@ def kneighbors_join(
     reference_ids: Sequence | None = None,
     max_distance: float | None = None,
     on_error: str = "raise",
+    index_dir: str | os.PathLike | None = None,
 ) -> DataFrame:
     """The ``k`` nearest reference rows of every query row, with their IDs and exact distances.
 
@@ -224,6 +226,13 @@ def kneighbors_join(
         ``neighbor_ids`` and ``distances`` and its reason in an added ``error`` column
         (``"<function>: ValueError: ..."``, null for the rows searched); such a reference row is left
         out (nobody's neighbour, logged as a warning).
+    index_dir : str or os.PathLike, optional
+        Sharded mode with a backend whose index is a file (``faiss``, ``hnsw``, ``annoy``): each shard's
+        index is built once, by one task, and written to this directory with the shard's rows, then
+        loaded once per worker process by every task that searches that shard. It must exist and be
+        readable by the driver and every executor (a shared file system on a cluster of several
+        machines); the files are left there. By default they go to a temporary directory of the
+        driver's, removed when it exits, which executors on the driver's machine read (``local[*]``).
 
     Returns
     -------
@@ -261,6 +270,7 @@ def kneighbors_join(
         reference_ids=reference_ids,
         max_distance=max_distance,
         on_error=on_error,
+        index_dir=index_dir,
     )
     return run_join(plan_join(queries, reference, k, options, "kneighbors_join"))
 
@@ -278,7 +288,7 @@ def all_neighbors(df: DataFrame, k: int, *, exclude_self: bool = True, **options
         Leave each row out of its own neighbours (rows that are exact duplicates of it stay).
     **options
         Any other keyword argument of :func:`kneighbors_join` (``id_col``, ``features_col``,
-        ``metric``, ``backend``, ``shards``, ``chunk_size``, ``max_distance``, ``on_error``).
+        ``metric``, ``backend``, ``shards``, ``chunk_size``, ``max_distance``, ``on_error``, ``index_dir``).
 
     Returns
     -------

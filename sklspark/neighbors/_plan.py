@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -26,7 +27,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._features import FeatureSpec, check_features
 from .._validation import check_chunk_size, check_scalar
-from ._backends import Backend, choose_backend
+from ._backends import BACKENDS, Backend, choose_backend
 from ._checks import ids_from_sequence
 from ._names import DISTANCES, ERROR, INNER_PRODUCT, METRIC_ALIASES, NEIGHBOR_IDS
 
@@ -59,6 +60,7 @@ class JoinOptions:
     reference_ids: Any = None
     max_distance: Any = None
     on_error: Any = "raise"
+    index_dir: Any = None
 
     @classmethod
     def names(cls) -> set[str]:
@@ -119,6 +121,9 @@ class JoinPlan:
     max_distance : float or None
     shards : int or None
         The user's ``shards=`` (a DataFrame reference only).
+    index_dir : str or None
+        The user's ``index_dir=`` (absolute): where sharded mode writes the shard indexes of a backend that
+        ships as a file; by default a directory of the driver's staging directory.
     result_id : str
         The ID column's name in the result (the user's, if it was renamed for the join).
     caller : str
@@ -134,10 +139,22 @@ class JoinPlan:
     shards: int | None
     result_id: str
     caller: str
+    index_dir: str | None = None
 
     @property
     def id_col(self) -> str:
         return self.search.id_col
+
+    @property
+    def self_join(self) -> bool:
+        """Whether the queries are the reference itself (``all_neighbors``): one side's statistics then serve both."""
+        return self.queries is self.reference and self.search.q_spec == self.search.r_spec
+
+    @property
+    def prebuilt_shards(self) -> bool:
+        """Whether sharded mode builds each shard's index once, as files (a backend that ``ships_as_file``), rather
+        than in every (query block, shard) group (:mod:`~sklspark.neighbors._shard_index`)."""
+        return self.search.engine.ships_as_file
 
     def has_work(self, n_ref: int, queries_empty: Callable[[], bool]) -> bool:
         """Whether ``k`` fits a reference of ``n_ref`` rows; ``False`` (an empty result) if not but there are no
@@ -215,6 +232,30 @@ def _fitted_reference(nn: NearestNeighbors, metric: str, reference_ids: Any) -> 
     return FittedReference(nn, X, ids_from_sequence(reference_ids, X.shape[0]))
 
 
+def _check_index_dir(index_dir: Any, engine: Backend, fitted: bool) -> str | None:
+    """``index_dir=`` as an absolute path: a directory the driver sees, for a backend building shards as files."""
+    if index_dir is None:
+        return None
+    path = os.fspath(index_dir) if isinstance(index_dir, (str, os.PathLike)) else None
+    if not isinstance(path, str):
+        raise TypeError(f"index_dir must be a directory's path (str or os.PathLike), got {type(index_dir).__name__}")
+    if fitted:
+        raise ValueError(
+            "index_dir= applies to a sharded DataFrame reference; a fitted NearestNeighbors is always broadcast"
+        )
+    if not engine.ships_as_file:
+        names = ", ".join(name for name, backend in BACKENDS.items() if backend.ships_as_file)
+        raise ValueError(
+            f"index_dir= applies to backends whose shards are built once as index files ({names}); backend "
+            f"{engine.name!r} builds each shard in the tasks that search it"
+        )
+    if not os.path.isdir(path):
+        raise ValueError(
+            f"index_dir {path!r} is not a directory; it must exist and be readable by the driver and every executor"
+        )
+    return os.path.abspath(path)
+
+
 def _check_comparable_ids(queries: DataFrame, reference: DataFrame, id_col: str) -> None:
     """``exclude_self`` compares the two sides' IDs: both strings, or both integers (compared as long)."""
     q_type, r_type = queries.schema[id_col].dataType, reference.schema[id_col].dataType
@@ -276,7 +317,8 @@ def plan_join(queries: Any, reference: Any, k: Any, options: JoinOptions, caller
     search = SearchSpec(
         k + 1 if exclude_self else k, id_col, q_spec, r_spec, choice.engine, choice.metric, chunk_size, on_error
     )
-    plan = JoinPlan(queries, reference, search, k, exclude_self, max_distance, shards, result_id, caller)
+    index_dir = _check_index_dir(options.index_dir, choice.engine, isinstance(reference, FittedReference))
+    plan = JoinPlan(queries, reference, search, k, exclude_self, max_distance, shards, result_id, caller, index_dir)
     if isinstance(reference, FittedReference):
         plan.has_work(reference.X.shape[0], lambda: False)  # refused before any job: a fitted reference's size is known
     _log.info("%s: backend %s, metric %r (%s)", caller, choice.engine.name, choice.metric, choice.reason)

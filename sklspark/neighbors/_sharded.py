@@ -41,7 +41,16 @@ import scipy.sparse as sp
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
-from pyspark.sql.types import ArrayType, BooleanType, DataType, DoubleType, LongType, StructField, StructType
+from pyspark.sql.types import (
+    ArrayType,
+    BooleanType,
+    DataType,
+    DoubleType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+)
 
 from .._features import FeatureSpec
 from .._inputs import batch_to_matrix, iter_batch_chunks
@@ -52,6 +61,7 @@ from ._checks import check_unique_ids, non_finite_message, non_finite_rows
 from ._names import BAD_ROW, DISTANCES, NEIGHBOR_IDS
 from ._plan import JoinPlan, SearchSpec, stable_order
 from ._rerank import exact_top_k
+from ._shard_index import LoadedShard, ShardFiles, load_shard
 
 _log = logging.getLogger("sklspark")
 
@@ -100,7 +110,8 @@ def _shape_stats(spec: FeatureSpec) -> list[Column]:
 
 
 def shard_layout(plan: JoinPlan) -> tuple[int, int] | None:
-    """Check the reference's IDs and both sides' widths with one aggregate job each, and size the join:
+    """Check the reference's IDs and both sides' widths with one aggregate job each (one in all for a self-join), and
+    size the join:
     ``(shards, query blocks)``, or ``None`` when ``k`` does not fit the reference but there are no queries.
     """
     search, reference = plan.search, plan.reference
@@ -116,9 +127,12 @@ def shard_layout(plan: JoinPlan) -> tuple[int, int] | None:
         n_distinct,
         lambda: [r[0] for r in reference.groupBy(id_col).count().where("count > 1").limit(5).collect()],
     )
-    q_first = plan.queries.agg(F.count(F.lit(1)), *_shape_stats(search.q_spec)).first()
-    assert q_first is not None
-    n_queries, q_width, q_max_width, q_row_bytes = q_first
+    if plan.self_join:  # all_neighbors: the same rows, no second job
+        n_queries, q_width, q_max_width, q_row_bytes = n_ref, width, max_width, row_bytes
+    else:
+        q_first = plan.queries.agg(F.count(F.lit(1)), *_shape_stats(search.q_spec)).first()
+        assert q_first is not None
+        n_queries, q_width, q_max_width, q_row_bytes = q_first
     if not plan.has_work(n_ref, lambda: n_queries == 0):
         return None
     if width != max_width:
@@ -171,15 +185,19 @@ def _checked_matrix(
 
 
 def _partial_top(search: SearchSpec, queries: pa.Table, shard: pa.Table, schema: pa.Schema) -> pa.Table:
-    """One (query block, shard) group: every query's exact top ``n`` within the shard.
-
-    The shard is indexed and the queries are searched through the core's chunk runner
-    (:func:`~sklspark._runner.apply_chunks`): threads capped, and a bad row raises a ``ChunkError``
-    naming the side (queries or reference), the block or shard, and the row's position and ID. With
-    ``on_error="null"`` a bad reference row is left out and a bad query row gets no candidates, flagged.
-    """
+    """One (query block, shard) group: every query's exact top ``n`` within the shard, indexed here."""
     if queries.num_rows == 0 or shard.num_rows == 0:
         return schema.empty_table()
+    return _search_block(search, queries, _build_shard(search, shard), schema)
+
+
+def _build_shard(search: SearchSpec, shard: pa.Table) -> LoadedShard:
+    """The shard's rows indexed by a fresh backend (not built if no row is left), with their keys and IDs.
+
+    The build runs through the core's chunk runner (:func:`~sklspark._runner.apply_chunks`): threads
+    capped, and a bad row raises a ``ChunkError`` naming the side, the shard, and the row's position and
+    ID; with ``on_error="null"`` a bad reference row is left out.
+    """
     backend = search.engine.fresh()
     reference = pa.concat_batches(shard.to_batches())
     name, where = type(backend).__name__, f"shard {shard.column(_SHARD)[0].as_py()}"
@@ -199,11 +217,22 @@ def _partial_top(search: SearchSpec, queries: pa.Table, shard: pa.Table, schema:
     ((_, kept, R, _),) = apply_chunks(build, f"{name}.build on the reference's {where}", shard_chunk())
     keys = reference.column(_POSITION).to_numpy()[kept]
     ids = reference.column(search.id_col).take(pa.array(kept, type=pa.int64()))
+    return LoadedShard(backend if R.shape[0] else None, R, keys, ids)
+
+
+def _search_block(search: SearchSpec, queries: pa.Table, shard: LoadedShard, schema: pa.Schema) -> pa.Table:
+    """Every query's exact top ``n`` within a built shard (:func:`~sklspark.neighbors._rerank.exact_top_k`).
+
+    The queries are searched through the chunk runner: a bad query row raises a ``ChunkError`` naming
+    the block and the row's position and ID, or, with ``on_error="null"``, gets no candidates, flagged.
+    """
+    backend, R, keys, ids = shard
     n = min(search.n, R.shape[0])
 
     def top(Q: Any) -> tuple[np.ndarray, np.ndarray]:
         if n == 0 or Q.shape[0] == 0:
             return np.empty((Q.shape[0], 0), dtype=np.int64), np.empty((Q.shape[0], 0))
+        assert backend is not None  # built: the shard has rows
         return exact_top_k(backend, R, keys, Q, n, search.metric)
 
     def query_chunks() -> Any:
@@ -211,12 +240,41 @@ def _partial_top(search: SearchSpec, queries: pa.Table, shard: pa.Table, schema:
             Q, bad = _checked_matrix(batch, search.q_spec, start, search)
             yield start, batch, bad, (Q[np.setdiff1d(np.arange(Q.shape[0]), bad)] if bad.size else Q)
 
-    label = f"{name}.search of the queries' block {queries.column(_BLOCK)[0].as_py()} in {where}"
+    where = f"block {queries.column(_BLOCK)[0].as_py()} in shard {queries.column(_SHARD)[0].as_py()}"
+    label = f"{type(search.engine).__name__}.search of the queries' {where}"
     out = [
         _candidates(batch, bad, found, (keys, ids), schema)
         for _, batch, bad, _, found in apply_chunks(top, label, query_chunks())
     ]
     return pa.Table.from_batches(out, schema=schema)
+
+
+def _write_shard(search: SearchSpec, files: ShardFiles, shard: pa.Table) -> pa.Table:
+    """The build task of a prebuilt shard: index its rows once and write them (:meth:`ShardFiles.write`).
+
+    Returns one row: the shard and the stem of its files (null if no row of the shard is left).
+    """
+    built = _build_shard(search, shard)
+    stem = files.write(shard.column(_SHARD)[0].as_py(), built) if built.backend is not None else None
+    return pa.table(
+        {_SHARD: pa.array([shard.column(_SHARD)[0].as_py()], pa.int64()), "stem": pa.array([stem], pa.string())}
+    )
+
+
+def _search_prebuilt(
+    search: SearchSpec, files: ShardFiles, stems: dict[int, str | None], queries: pa.Table, schema: pa.Schema
+) -> pa.Table:
+    """One (shard, query block) group of a prebuilt join: the shard loaded from its files (once per process)."""
+    shard = queries.column(_SHARD)[0].as_py() if queries.num_rows else None
+    if shard not in stems:  # no reference row in this shard
+        return schema.empty_table()
+    stem = stems[shard]
+    if stem is None:  # every row of the shard was left out (on_error="null"): the queries get no candidates here
+        id_type = schema.field(_CANDIDATES).type.value_type.field("id").type
+        loaded = LoadedShard(None, np.empty((0, 0)), np.empty(0, np.int64), pa.array([], id_type))
+    else:
+        loaded = load_shard(files, stem)
+    return _search_block(search, queries, loaded, schema)
 
 
 def _candidates(
@@ -258,12 +316,13 @@ def sharded_join(plan: JoinPlan, *, shards: int, blocks: int) -> DataFrame:
     id_col, n = search.id_col, search.n
     assert isinstance(plan.reference, DataFrame) and search.r_spec is not None
     ref = stable_order(plan.reference, id_col, search.r_spec.columns)
-    ref = ref.select(F.monotonically_increasing_id().alias(_POSITION), id_col, *search.r_spec.columns)
+    # Fresh attributes (aliases) for the reference's columns: in a self-join both sides would otherwise carry the same
+    # ones, and Spark's column pruning then dropped the reference's features from the co-group (no merge after it).
+    fresh = [F.col(c).alias(c) for c in (id_col, *search.r_spec.columns)]
+    ref = ref.select(F.monotonically_increasing_id().alias(_POSITION), *fresh)
     # Both sides' group keys must have the same types (long): rows are hashed to partitions by them, and
     # an int 1 and a long 1 hash differently, so mixed types would send a group's halves apart.
-    ref = ref.withColumn(_SHARD, F.pmod(_POSITION, F.lit(shards))).withColumn(
-        _BLOCK, F.explode(F.sequence(F.lit(0), F.lit(blocks - 1)).cast("array<bigint>"))
-    )
+    ref = ref.withColumn(_SHARD, F.pmod(_POSITION, F.lit(shards)))
     qry = stable_order(plan.queries, id_col, search.q_spec.columns)
     qry = qry.select(F.monotonically_increasing_id().alias(_QUERY), id_col, *search.q_spec.columns)
     qry = qry.withColumn(_BLOCK, F.pmod(_QUERY, F.lit(blocks))).withColumn(
@@ -283,18 +342,67 @@ def sharded_join(plan: JoinPlan, *, shards: int, blocks: int) -> DataFrame:
     )
     arrow_schema = to_arrow_schema(schema)
 
-    def partial(left: pa.Table, right: pa.Table) -> pa.Table:
-        return _partial_top(search, left, right, arrow_schema)
+    if plan.prebuilt_shards:
+        tops = _prebuilt_tops(plan, ref, qry, schema)
+    else:
+        ref = ref.withColumn(_BLOCK, F.explode(F.sequence(F.lit(0), F.lit(blocks - 1)).cast("array<bigint>")))
 
-    tops = qry.groupBy(_BLOCK, _SHARD).cogroup(ref.groupBy(_BLOCK, _SHARD)).applyInArrow(partial, schema)
-    merged = tops.groupBy(_QUERY).agg(
-        F.first(id_col).alias(id_col),
-        F.slice(F.array_sort(F.flatten(F.collect_list(_CANDIDATES))), 1, n).alias(_CANDIDATES),
-        F.bool_or(BAD_ROW).alias(BAD_ROW),
-    )
+        def partial(left: pa.Table, right: pa.Table) -> pa.Table:
+            return _partial_top(search, left, right, arrow_schema)
+
+        tops = qry.groupBy(_BLOCK, _SHARD).cogroup(ref.groupBy(_BLOCK, _SHARD)).applyInArrow(partial, schema)
+    return _merged(tops, id_col, n, shards)
+
+
+def _merged(tops: DataFrame, id_col: str, n: int, shards: int) -> DataFrame:
+    """The ``shards`` partial lists of each query merged into its top ``n``: a shuffle on the query key, the
+    candidates sorted by ``(distance, position)`` in Spark SQL and cut to ``n``. One shard's lists are final
+    already (sorted the same way by :func:`~sklspark.neighbors._rerank.exact_top_k`): no shuffle then."""
+    merged = tops
+    if shards > 1:
+        merged = tops.groupBy(_QUERY).agg(
+            F.first(id_col).alias(id_col),
+            F.slice(F.array_sort(F.flatten(F.collect_list(_CANDIDATES))), 1, n).alias(_CANDIDATES),
+            F.bool_or(BAD_ROW).alias(BAD_ROW),
+        )
     return merged.select(
         id_col,
         F.transform(_CANDIDATES, lambda c: c["id"]).alias(NEIGHBOR_IDS),
         F.transform(_CANDIDATES, lambda c: c["distance"]).alias(DISTANCES),
         BAD_ROW,
     )
+
+
+def _prebuilt_tops(plan: JoinPlan, ref: DataFrame, qry: DataFrame, schema: StructType) -> DataFrame:
+    """The partial top lists of a backend whose index is built once per shard (:mod:`._shard_index`).
+
+    A first job groups the reference by shard: one task per shard builds the backend and writes the
+    shard's files, and returns their stem to the driver (a few bytes a shard). The queries, replicated
+    once per shard, are then grouped by ``(shard, block)``, sorted so that a task meets a shard's
+    blocks one after the other, and every group searches its shard loaded from the files (once per
+    worker process). The reference is not replicated per query block: shuffle volume ``S x |queries| + |reference|``.
+    """
+    search = plan.search
+    files = ShardFiles.create(plan.index_dir, search.engine, search.metric)
+
+    def write(shard: pa.Table) -> pa.Table:
+        return _write_shard(search, files, shard)
+
+    built = ref.groupBy(_SHARD).applyInArrow(
+        write, StructType([StructField(_SHARD, LongType()), StructField("stem", StringType())])
+    )
+    stems: dict[int, str | None] = {row[0]: row[1] for row in built.collect()}
+    missing = files.missing([stem for stem in stems.values() if stem is not None])
+    if missing:
+        raise ValueError(
+            f"{plan.caller}: the {search.engine.name} indexes of the shards were written where the driver cannot read "
+            f"them (e.g. {missing[0]}): the executors do not share the driver's file system; pass index_dir= a "
+            "directory of a file system that the driver and every executor can read"
+        )
+    _log.info("%s: %d shard index(es) built once each, under %s", plan.caller, len(stems), files.directory)
+    arrow_schema = to_arrow_schema(schema)
+
+    def partial(queries: pa.Table) -> pa.Table:
+        return _search_prebuilt(search, files, stems, queries, arrow_schema)
+
+    return qry.groupBy(_SHARD, _BLOCK).applyInArrow(partial, schema)
