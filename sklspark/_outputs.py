@@ -244,6 +244,10 @@ def _scalar_array(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
         if not exact.all():
             raise ValueError(f"the integer {values[~exact][0]} is not exactly a {arrow_type}")
         return pa.array(floats)
+    if values.dtype.kind in "biuf" and (pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)):
+        target = np.dtype(arrow_type.to_pandas_dtype())
+        if np.can_cast(values.dtype, target, casting="safe"):  # widening (float32 into double): exact, in numpy
+            return pa.array(values.astype(target, copy=False))
     array = pa.array(values.astype(_element_dtype(values.dtype), copy=False))
     # A safe cast: a value the column type cannot hold (1.5 into an integer column) raises, never truncates.
     return array if array.type == arrow_type else array.cast(arrow_type, safe=True)
