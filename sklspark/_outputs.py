@@ -254,7 +254,8 @@ def _scalar_array(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
 
 
 def _list_array(offsets: np.ndarray, values: pa.Array, arrow_type: pa.DataType) -> pa.Array:
-    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), values, type=arrow_type)
+    arrow_offsets = pa.array(offsets) if offsets.dtype == np.int32 else pa.array(offsets, type=pa.int32())
+    return pa.ListArray.from_arrays(arrow_offsets, values, type=arrow_type)
 
 
 def _nested_array(part: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
@@ -265,7 +266,10 @@ def _nested_array(part: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
     array = _scalar_array(part.ravel(), types.pop())
     for axis in range(part.ndim - 1, 0, -1):
         n_lists = int(np.prod(part.shape[:axis]))
-        array = _list_array(np.arange(n_lists + 1, dtype=np.int64) * part.shape[axis], array, types.pop())
+        step = part.shape[axis]
+        # int32 offsets directly where they fit (Arrow's list offsets); else int64, refused by _list_array
+        dtype = np.int32 if n_lists * step < 2**31 else np.int64
+        array = _list_array(np.arange(n_lists + 1, dtype=dtype) * step, array, types.pop())
     return array
 
 
