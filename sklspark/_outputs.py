@@ -244,13 +244,18 @@ def _scalar_array(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
         if not exact.all():
             raise ValueError(f"the integer {values[~exact][0]} is not exactly a {arrow_type}")
         return pa.array(floats)
+    if values.dtype.kind in "biuf" and (pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)):
+        target = np.dtype(arrow_type.to_pandas_dtype())
+        if np.can_cast(values.dtype, target, casting="safe"):  # widening (float32 into double): exact, in numpy
+            return pa.array(values.astype(target, copy=False))
     array = pa.array(values.astype(_element_dtype(values.dtype), copy=False))
     # A safe cast: a value the column type cannot hold (1.5 into an integer column) raises, never truncates.
     return array if array.type == arrow_type else array.cast(arrow_type, safe=True)
 
 
 def _list_array(offsets: np.ndarray, values: pa.Array, arrow_type: pa.DataType) -> pa.Array:
-    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), values, type=arrow_type)
+    arrow_offsets = pa.array(offsets) if offsets.dtype == np.int32 else pa.array(offsets, type=pa.int32())
+    return pa.ListArray.from_arrays(arrow_offsets, values, type=arrow_type)
 
 
 def _nested_array(part: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
@@ -261,7 +266,10 @@ def _nested_array(part: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
     array = _scalar_array(part.ravel(), types.pop())
     for axis in range(part.ndim - 1, 0, -1):
         n_lists = int(np.prod(part.shape[:axis]))
-        array = _list_array(np.arange(n_lists + 1, dtype=np.int64) * part.shape[axis], array, types.pop())
+        step = part.shape[axis]
+        # int32 offsets directly where they fit (Arrow's list offsets); else int64, refused by _list_array
+        dtype = np.int32 if n_lists * step < 2**31 else np.int64
+        array = _list_array(np.arange(n_lists + 1, dtype=dtype) * step, array, types.pop())
     return array
 
 

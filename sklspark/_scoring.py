@@ -29,6 +29,7 @@ from pyspark.sql.types import DataType, StringType, StructType, _parse_datatype_
 from ._features import FeatureSpec, check_arrow_features, resolve_features
 from ._frames import READERS, FrameStyles, frame_styles
 from ._inputs import batch_to_matrix, iter_batch_chunks, iter_row_lists, null_feature_rows, stack_rows
+from ._operators import OperatorChoice, choose_operator
 from ._outputs import (
     ERROR_COLUMN,
     OutputColumn,
@@ -120,6 +121,10 @@ class ScoringPlan:
     key : str or None
         For a fleet: the key column (DataFrame), or ``"key"`` (the first argument of a ``udf()``, the
         first item of an RDD element's pair); ``None`` for one model.
+    operator : OperatorChoice or None
+        A DataFrame's: ``mapInArrow`` (every column through Python, :func:`map_batches`) or the Arrow
+        UDF (only the feature columns, :func:`scoring_udf`), from the schema
+        (:func:`sklspark._operators.choose_operator`); ``None`` for an RDD and a ``udf()``.
     """
 
     model: ShippedModel | ShippedFleet
@@ -134,6 +139,7 @@ class ScoringPlan:
     partitioning: PartitionPolicy | None = None
     on_error: str = "raise"
     key: str | None = None
+    operator: OperatorChoice | None = None
 
     @property
     def feature_names(self) -> tuple[str, ...] | None:
@@ -206,6 +212,7 @@ def build_plan(request: ScoringRequest, data: RDD | DataFrame | None) -> Scoring
         partitioning=None if data is None else partition_policy(request.partitions, method, caller),
         on_error=on_error,
         key=(request.key if isinstance(data, DataFrame) else "key") if keyed else None,
+        operator=choose_operator(data.schema, decided["spec"].columns, keyed) if isinstance(data, DataFrame) else None,
         **decided,
     )
     _log_plan(plan)
@@ -260,6 +267,8 @@ def _describe(decided: Any) -> str:
 
 def _log_plan(plan: ScoringPlan) -> None:
     model = plan.model
+    if plan.operator is not None:
+        _log.info("%s: scored by %s (%s)", plan.label, plan.operator.operator, plan.operator.reason)
     _log.info(
         "%s: model shipped by %s (%.1f MiB pickled; a file above %d MiB), features %s, %s, on_error=%r",
         plan.label,
@@ -561,6 +570,26 @@ def score_batches(plan: ScoringPlan, batches: Iterable[pa.RecordBatch]) -> Itera
     layout with a missing feature value are not scored: their results are null. Each result batch holds
     ``plan.columns``.
     """
+    names = [c.name for c in plan.columns]
+    for _, arrays in _scored_chunks(plan, batches):
+        yield pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def map_batches(plan: ScoringPlan, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The task of ``mapInArrow`` (``plan.operator``): each chunk's columns, unchanged, then its result columns.
+
+    The batches hold every column of the DataFrame; the chunks follow them as in :func:`score_batches`,
+    so the rows keep their order.
+    """
+    names = [c.name for c in plan.columns]
+    for chunk, arrays in _scored_chunks(plan, batches):
+        yield pa.RecordBatch.from_arrays([*chunk.columns, *arrays], names=[*chunk.schema.names, *names])
+
+
+def _scored_chunks(
+    plan: ScoringPlan, batches: Iterable[pa.RecordBatch]
+) -> Iterator[tuple[pa.RecordBatch, list[pa.Array]]]:
+    """Each chunk of the batches (as read, all its rows) and its result arrays, one per ``plan.columns``."""
     task = _Task(plan)
     columns = plan.columns[:-1] if plan.isolate else plan.columns
 
@@ -569,14 +598,15 @@ def score_batches(plan: ScoringPlan, batches: Iterable[pa.RecordBatch]) -> Itera
         return task.score(X, keys, functools.partial(chunk_arrays, columns=columns), first_row)
 
     with capped_threads():
-        for start, batch in iter_batch_chunks(batches, plan.chunk_size):
+        for start, chunk in iter_batch_chunks(batches, plan.chunk_size):
             if task.plan.spec is None:
-                features = batch.drop_columns([_KEY_FIELD]) if task.keyed else batch
+                features = chunk.drop_columns([_KEY_FIELD]) if task.keyed else chunk
                 some_model = task.estimator if task.estimator is not None else next(iter_models(plan))
                 task.plan = replace(plan, spec=check_arrow_features(features.schema, some_model, plan.frame))
             spec = task.plan.spec
             assert spec is not None
-            missing = null_feature_rows(batch, spec) if spec.is_matrix else None
+            missing = null_feature_rows(chunk, spec) if spec.is_matrix else None
+            batch = chunk
             positions: Sequence[int] = range(start, start + batch.num_rows)  # no array unless rows are dropped
             if missing is not None:
                 batch, positions = batch.filter(pa.array(~missing)), np.arange(start, start + batch.num_rows)[~missing]
@@ -584,7 +614,7 @@ def score_batches(plan: ScoringPlan, batches: Iterable[pa.RecordBatch]) -> Itera
             arrays = _assemble(pieces, columns, plan)
             if missing is not None:
                 arrays = _with_null_rows(arrays, missing)
-            yield pa.RecordBatch.from_arrays(arrays, names=[c.name for c in plan.columns])
+            yield chunk, arrays
 
 
 def iter_models(plan: ScoringPlan) -> Iterator[Any]:
