@@ -109,6 +109,9 @@ class ScoringPlan:
         Rows per call of the method; ``None``: one call per Arrow batch.
     sparse_ok : bool
         Sparse rows may be handed over as CSR.
+    n_features : int or None
+        The width every chunk must have (``n_features_in_``, the same for every model of a mapping);
+        ``None`` where the estimator records none.
     columns : tuple of OutputColumn
         The result columns (DataFrame, ``udf()``), ending with ``error`` when ``on_error="null"``.
     frame : FrameStyles or None
@@ -134,6 +137,7 @@ class ScoringPlan:
     spec: FeatureSpec | None = None
     chunk_size: int | None = None
     sparse_ok: bool = False
+    n_features: int | None = None
     columns: tuple[OutputColumn, ...] = ()
     frame: FrameStyles | None = None
     partitioning: PartitionPolicy | None = None
@@ -243,10 +247,10 @@ def _fleet(request: ScoringRequest, data: RDD | DataFrame | None) -> Mapping[Any
 
 
 def _agreed(decisions: dict[Any, dict]) -> dict:
-    """The decisions of a fleet's models, which must agree on the feature spec and the result columns."""
+    """The decisions of a fleet's models, which must agree on the features, their count and the result columns."""
     (first_key, first), *others = decisions.items()
     for key, decided in others:
-        for name in ("spec", "columns"):
+        for name in _AGREE:
             if decided.get(name) != first.get(name):
                 raise ValueError(
                     f"the models for keys {first_key!r} and {key!r} disagree on their {_AGREE[name]}: "
@@ -256,12 +260,14 @@ def _agreed(decisions: dict[Any, dict]) -> dict:
     return {**first, "sparse_ok": all(d["sparse_ok"] for d in decisions.values())}
 
 
-_AGREE = {"spec": "features", "columns": "result columns"}
+_AGREE = {"spec": "features", "n_features": "feature counts (n_features_in_)", "columns": "result columns"}
 
 
 def _describe(decided: Any) -> str:
     if isinstance(decided, FeatureSpec):
         return decided.describe()
+    if decided is None or isinstance(decided, int):
+        return str(decided)
     return ", ".join(f"{c.name} {c.spark_type.simpleString()}" for c in decided or ())
 
 
@@ -307,7 +313,7 @@ def _rdd_fields(request: ScoringRequest, estimator: Any, rdd: RDD, heads: dict) 
         probe(
             estimator, request.method, request.method_kwargs, None if frame else width, np.dtype(np.float32), head_rows
         )
-    return {"sparse_ok": declares_sparse(estimator), "frame": frame}
+    return {"sparse_ok": declares_sparse(estimator), "frame": frame, "n_features": width}
 
 
 def _dataframe_fields(request: ScoringRequest, estimator: Any, df: DataFrame, heads: dict) -> dict:
@@ -336,6 +342,7 @@ def _dataframe_fields(request: ScoringRequest, estimator: Any, df: DataFrame, he
     return {
         "spec": spec,
         "sparse_ok": spec.layout == "vector" and declares_sparse(estimator),
+        "n_features": n_features_of(estimator),
         "columns": tuple(columns),
         "frame": frame,
     }
@@ -350,7 +357,12 @@ def _udf_fields(request: ScoringRequest, estimator: Any) -> dict:
         columns = _return_type_columns(method, request.return_type)
         _check_return_type(request, estimator, columns)
     frame = frame_styles(estimator, request.pandas_reader)
-    return {"columns": tuple(columns), "sparse_ok": declares_sparse(estimator), "frame": frame}
+    return {
+        "columns": tuple(columns),
+        "sparse_ok": declares_sparse(estimator),
+        "frame": frame,
+        "n_features": n_features_of(estimator),
+    }
 
 
 def _estimator_columns(request: ScoringRequest, estimator: Any) -> list[OutputColumn]:
@@ -467,7 +479,7 @@ class _Task:
             X = batch_to_matrix(batch, spec, first_row, self.plan.sparse_ok and spec.layout == "vector")
         except ValueError as exc:
             raise BadInput(str(exc)) from exc
-        n_features = n_features_of(self.estimator)
+        n_features = self.plan.n_features
         if spec.is_matrix and n_features is not None and X.shape[1] != n_features:
             raise BadInput(
                 f"{spec.describe()} has {X.shape[1]} features at rows {first_row}-{first_row + X.shape[0] - 1}, "

@@ -68,6 +68,16 @@ def test_udf_and_sql_take_the_key_first(spark):
     np.testing.assert_allclose(_predictions(out), _expected(MODELS, STORES, X), rtol=1e-12)
 
 
+def test_udf_chunks_of_another_width_fail_naming_the_rows(spark):
+    """A ``udf()`` meets its columns in the task: each chunk is checked against the fleet's n_features_in_."""
+    wide = spark.createDataFrame(pa.table({"id": np.arange(N), "store": STORES, "features": list(np.c_[X, X[:, :1]])}))
+    score = sklspark.udf(MODELS, "predict")
+    with pytest.raises(
+        PythonException, match=rf"has {X.shape[1] + 1} features at rows 0-.*fitted on {X.shape[1]} features"
+    ):
+        wide.select(score("store", "features")).collect()
+
+
 def test_named_column_pipelines_per_key(spark):
     frame = pd.DataFrame(
         {
@@ -135,6 +145,9 @@ def test_models_that_disagree_are_refused_before_the_job(spark):
     mixed = {"a": MODELS["north"], "b": LogisticRegression().fit(X, X[:, 0] > 0)}
     with no_spark_job(spark.sparkContext), pytest.raises(ValueError, match=r"keys 'a' and 'b' disagree"):
         sklspark.distribute(mixed, "predict", _frame(spark), key="store")
+    narrow = {"a": MODELS["north"], "b": LogisticRegression().fit(X[:, :-1], STORES == "north")}
+    with pytest.raises(ValueError, match=r"keys 'a' and 'b' disagree on their feature counts \(n_features_in_\)"):
+        sklspark.udf(narrow, "predict")  # no data to check widths against: the models must agree
     with pytest.raises(ValueError, match=r"key column 'shop' not found"):
         sklspark.distribute(MODELS, "predict", _frame(spark), key="shop")
     with pytest.raises(TypeError, match=r"key= names the column"):
