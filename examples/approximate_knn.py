@@ -24,7 +24,8 @@ def neighbour_ids(df, k: int, backend) -> tuple[np.ndarray, float]:
     return np.stack(table.column("neighbor_ids").to_numpy(zero_copy_only=False)), time.perf_counter() - start
 
 
-def main(argv=None) -> None:
+def main(argv=None, spark=None) -> None:
+    """Run the example; ``spark``: a running session to use and leave running (the tests pass theirs)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-points", type=int, default=50_000)
     parser.add_argument("--dim", type=int, default=32)
@@ -36,7 +37,9 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     centres = rng.normal(scale=3.0, size=(max(2, args.n_points // 500), args.dim))
     X = centres[rng.integers(0, len(centres), args.n_points)] + rng.normal(size=(args.n_points, args.dim))
-    spark = sklspark.spark_session(args.master, app_name="sklspark-approximate-knn")
+    own_session = spark is None
+    if own_session:
+        spark = sklspark.spark_session(args.master, app_name="sklspark-approximate-knn")
     df = spark.createDataFrame(pa.table({"id": np.arange(args.n_points), "features": list(X.astype(np.float32))}))
 
     approx, t_approx = neighbour_ids(df, args.k, AnnoyBackend(n_trees=args.n_trees))
@@ -46,7 +49,8 @@ def main(argv=None) -> None:
         f"{args.n_points:,} points x {args.dim}: annoy ({args.n_trees} trees) {t_approx:.1f} s, exact {t_exact:.1f} s"
     )
     print(f"recall@{args.k} of annoy against exact search: {recall:.4f}")
-    spark.stop()
+    if own_session:
+        spark.stop()
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ def make_events(n_rows: int, seed: int = 0) -> pa.Table:
     return pa.table({"customer_id": [f"c{i:07d}" for i in range(n_rows)], **columns})
 
 
-def main(argv=None) -> None:
+def main(argv=None, spark=None) -> None:
+    """Run the example; ``spark``: a running session to use and leave running (the tests pass theirs)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-rows", type=int, default=500_000)
     parser.add_argument("--master", default="local[*]")
@@ -47,7 +48,9 @@ def main(argv=None) -> None:
         FunctionTransformer(lambda Z: np.log1p(Z)), HistGradientBoostingClassifier(max_iter=50, random_state=0)
     ).fit(X[:50_000], churned[:50_000])
 
-    spark = sklspark.spark_session(args.master, app_name="sklspark-batch-scoring")
+    own_session = spark is None
+    if own_session:
+        spark = sklspark.spark_session(args.master, app_name="sklspark-batch-scoring")
     with tempfile.TemporaryDirectory() as tmp:
         pq.write_table(events, Path(tmp, "events.parquet"))
         df = spark.read.parquet(str(Path(tmp, "events.parquet")))
@@ -64,7 +67,8 @@ def main(argv=None) -> None:
         churners = int(result.column("churn").to_numpy().sum())
         print(f"\nscored {result.num_rows:,} customers; {churners:,} predicted to churn")
         print(f"equals in-process scikit-learn: {same}")
-    spark.stop()
+    if own_session:
+        spark.stop()
     if not same:
         raise SystemExit(1)
 

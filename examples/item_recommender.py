@@ -32,7 +32,8 @@ def write_embeddings(path: str, n_items: int, dim: int, seed: int = 0) -> None:
     pq.write_table(table.cast(pa.schema([("item_id", pa.string()), ("embedding", pa.list_(pa.float32()))])), path)
 
 
-def main(argv=None) -> None:
+def main(argv=None, spark=None) -> None:
+    """Run the example; ``spark``: a running session to use and leave running (the tests pass theirs)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-items", type=int, default=50_000, help="items to generate (default: 50,000)")
     parser.add_argument("--dim", type=int, default=32, help="embedding size of generated items (default: 32)")
@@ -49,7 +50,9 @@ def main(argv=None) -> None:
         write_embeddings(source, args.n_items, args.dim)
     output = args.output or os.path.join(workdir, "recommendations")
 
-    spark = sklspark.spark_session(args.master, app_name="sklspark-item-recommender")
+    own_session = spark is None
+    if own_session:
+        spark = sklspark.spark_session(args.master, app_name="sklspark-item-recommender")
     items = spark.read.parquet(source)
 
     start = time.perf_counter()
@@ -67,7 +70,8 @@ def main(argv=None) -> None:
     print(f"\n{result.count():,} recommendations for {items.count():,} items in {elapsed:.1f} s, written to {output}")
     same = _check_first_items(source, result.orderBy("item_id", "rank").limit(100 * args.k).toArrow(), args.k)
     print(f"recommendations of the first 100 items equal in-process scikit-learn: {same}")
-    spark.stop()
+    if own_session:
+        spark.stop()
     if args.backend == "sklearn" and not same:
         raise SystemExit(1)
 

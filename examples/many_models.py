@@ -47,7 +47,8 @@ def fit_store_models(sales: pa.Table) -> dict[str, Ridge]:
     return models
 
 
-def main(argv=None) -> None:
+def main(argv=None, spark=None) -> None:
+    """Run the example; ``spark``: a running session to use and leave running (the tests pass theirs)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-rows", type=int, default=500_000)
     parser.add_argument("--n-stores", type=int, default=200)
@@ -57,7 +58,9 @@ def main(argv=None) -> None:
     sales = make_sales(args.n_rows, args.n_stores)
     models = fit_store_models(sales)
 
-    spark = sklspark.spark_session(args.master, app_name="sklspark-many-models")
+    own_session = spark is None
+    if own_session:
+        spark = sklspark.spark_session(args.master, app_name="sklspark-many-models")
     with tempfile.TemporaryDirectory() as tmp:
         pq.write_table(sales, Path(tmp, "sales.parquet"))
         df = spark.read.parquet(str(Path(tmp, "sales.parquet")))
@@ -73,7 +76,8 @@ def main(argv=None) -> None:
         print(result.head().to_string(index=False))
         print(f"\nscored {len(result):,} sales with {len(models)} store models")
         print(f"equals in-process scikit-learn, each row by its store's model: {same}")
-    spark.stop()
+    if own_session:
+        spark.stop()
     if not same:
         raise SystemExit(1)
 

@@ -17,7 +17,8 @@ from sklearn.decomposition import PCA
 import sklspark
 
 
-def main(argv=None) -> None:
+def main(argv=None, spark=None) -> None:
+    """Run the example; ``spark``: a running session to use and leave running (the tests pass theirs)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-rows", type=int, default=200_000)
     parser.add_argument("--n-features", type=int, default=100)
@@ -29,7 +30,9 @@ def main(argv=None) -> None:
     X = latent @ rng.normal(size=(5, args.n_features)) + 0.1 * rng.normal(size=(args.n_rows, args.n_features))
     pca = PCA(n_components=5, random_state=0).fit(X[:20_000])
 
-    spark = sklspark.spark_session(args.master, app_name="sklspark-pca")
+    own_session = spark is None
+    if own_session:
+        spark = sklspark.spark_session(args.master, app_name="sklspark-pca")
     df = spark.createDataFrame(pa.table({"id": np.arange(args.n_rows), "features": list(X.astype(np.float32))}))
 
     reduced = sklspark.distribute(pca, "transform", df, output_cols="pca")  # array<float> column
@@ -46,7 +49,8 @@ def main(argv=None) -> None:
         f"{len(counts)} clusters"
     )
     print(f"PCA.transform equals in-process scikit-learn (first 1,000 rows): {same}")
-    spark.stop()
+    if own_session:
+        spark.stop()
     if not same:
         raise SystemExit(1)
 

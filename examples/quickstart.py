@@ -17,7 +17,8 @@ from sklearn.neighbors import NearestNeighbors
 import sklspark
 
 
-def main(argv=None) -> None:
+def main(argv=None, spark=None) -> None:
+    """Run the example; ``spark``: a running session to use and leave running (the tests pass theirs)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-rows", type=int, default=200_000, help="rows to generate (default: 200,000)")
     parser.add_argument("--n-features", type=int, default=32)
@@ -33,7 +34,9 @@ def main(argv=None) -> None:
     nn = NearestNeighbors(n_neighbors=5).fit(X[:20_000])
 
     # quiet=True (the default): Spark logs errors only; pass quiet=False to see its warnings too
-    spark = sklspark.spark_session(args.master, app_name="sklspark-quickstart")
+    own_session = spark is None
+    if own_session:
+        spark = sklspark.spark_session(args.master, app_name="sklspark-quickstart")
     df = spark.createDataFrame(pa.table({"id": np.arange(len(X)), "features": list(X)}))
 
     start = time.perf_counter()
@@ -55,7 +58,8 @@ def main(argv=None) -> None:
         f"in {elapsed:.1f} s on {spark.sparkContext.master}"
     )
     print(f"predict_proba equals in-process scikit-learn: {same_proba}; kneighbors (first 1,000 rows): {same_nn}")
-    spark.stop()
+    if own_session:
+        spark.stop()
     if not (same_proba and same_nn):
         raise SystemExit(1)
 

@@ -34,7 +34,8 @@ def make_events(first_id: int, n_rows: int, seed: int) -> pa.Table:
     return pa.table({"customer_id": np.arange(first_id, first_id + n_rows), **columns})
 
 
-def main(argv=None) -> None:
+def main(argv=None, spark=None) -> None:
+    """Run the example; ``spark``: a running session to use and leave running (the tests pass theirs)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-files", type=int, default=20)
     parser.add_argument("--rows-per-file", type=int, default=50_000)
@@ -45,8 +46,10 @@ def main(argv=None) -> None:
     X = np.column_stack([history.column(c).to_numpy() for c in FEATURES])
     model = HistGradientBoostingClassifier(max_iter=50, random_state=0).fit(X, (X[:, 1] < 3) & (X[:, 3] < 2))
 
-    spark = sklspark.spark_session(args.master, app_name="sklspark-streaming-scoring")
-    spark.sparkContext.setLogLevel("ERROR")
+    own_session = spark is None
+    if own_session:
+        spark = sklspark.spark_session(args.master, app_name="sklspark-streaming-scoring")
+        spark.sparkContext.setLogLevel("ERROR")
     spark.udf.register("churn_score", sklspark.udf(model, "predict"))  # the return type comes from the model
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,7 +91,8 @@ def main(argv=None) -> None:
         churners = int(result.column("churn").to_numpy().sum())
         print(f"after the restart: {result.num_rows:,} rows scored once each; {churners:,} predicted to churn")
         print(f"equals in-process scikit-learn: {same}")
-    spark.stop()
+    if own_session:
+        spark.stop()
     if not same:
         raise SystemExit(1)
 

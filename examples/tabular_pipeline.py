@@ -70,7 +70,8 @@ def make_model() -> object:
     )
 
 
-def main(argv=None) -> None:
+def main(argv=None, spark=None) -> None:
+    """Run the example; ``spark``: a running session to use and leave running (the tests pass theirs)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-rows", type=int, default=200_000)
     parser.add_argument("--master", default="local[*]")
@@ -80,8 +81,10 @@ def main(argv=None) -> None:
     train = customers.iloc[: min(20_000, len(customers))]
     model = make_model().fit(train.drop(columns=["customer_id", "churned"]), train["churned"])
 
-    spark = sklspark.spark_session(args.master, app_name="sklspark-tabular-pipeline")
-    spark.sparkContext.setLogLevel("ERROR")
+    own_session = spark is None
+    if own_session:
+        spark = sklspark.spark_session(args.master, app_name="sklspark-tabular-pipeline")
+        spark.sparkContext.setLogLevel("ERROR")
     with tempfile.TemporaryDirectory() as tmp:
         # Written as a warehouse export would be: columns in another order, integer columns with nulls as longs.
         table = pa.Table.from_pandas(customers[customers.columns[::-1]], preserve_index=False)
@@ -103,7 +106,8 @@ def main(argv=None) -> None:
         print(result.head().to_string(index=False))
         print(f"\nscored {len(result):,} customers; {(result['churn'] == 'yes').sum():,} predicted to churn")
         print(f"equals in-process scikit-learn on the pandas frame: {same}")
-    spark.stop()
+    if own_session:
+        spark.stop()
     if not same:
         raise SystemExit(1)
 

@@ -1,17 +1,24 @@
 """A driver program for the fault tests: runs sklspark on a standalone cluster and saves the result.
 
     python _fault_job.py MASTER_URL KIND OUT_FILE MARKER_DIR {none,crash-once,raise-once}
+    python _fault_job.py MASTER_URL serve    # one job per stdin line: a JSON list [KIND, OUT_FILE, MARKER_DIR, FAULT]
 
 KIND is ``rdd`` or ``df`` (``distribute()`` of a projection), or ``knn-broadcast`` or ``knn-sharded``
 (``all_neighbors`` with k=5 in that mode). The model (or the neighbours backend) sleeps a little per
 chunk and leaves a marker file per chunk in MARKER_DIR, so the test can inject a fault while the job
 runs. With ``crash-once`` the first chunk to run kills its Python worker (``os._exit``); with
 ``raise-once`` it raises. Either way only once across the whole cluster.
+
+``serve`` keeps one driver (its JVM, its application and executors on the cluster) for many jobs, so the
+fault tests pay for a driver start-up once: after each job it writes ``OUT_FILE.done`` holding ``ok`` or
+the job's traceback, and it stops when stdin closes.
 """
 
+import json
 import os
 import sys
 import time
+import traceback
 import uuid
 
 import numpy as np
@@ -70,7 +77,7 @@ class SlowSklearnBackend(SklearnBackend):
         return super().search(Q, n)
 
 
-def main(master, kind, out_file, marker_dir, fault):
+def _session(master):
     os.environ["PYSPARK_PYTHON"] = sys.executable
     spark = (
         SparkSession.builder.master(master)
@@ -81,6 +88,33 @@ def main(master, kind, out_file, marker_dir, fault):
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def main(master, kind, out_file, marker_dir, fault):
+    spark = _session(master)
+    run_job(spark, kind, out_file, marker_dir, fault)
+    spark.stop()
+
+
+def serve(master):
+    """Run the job of each stdin line on one session; ``OUT_FILE.done`` says how it ended."""
+    spark = _session(master)
+    for line in sys.stdin:
+        kind, out_file, marker_dir, fault = json.loads(line)
+        try:
+            run_job(spark, kind, out_file, marker_dir, fault)
+            status = "ok"
+        except Exception:  # noqa: BLE001 - any failure is reported to the test, which then fails
+            status = traceback.format_exc()
+        with open(out_file + ".done.tmp", "w") as f:
+            f.write(status)
+        os.rename(out_file + ".done.tmp", out_file + ".done")  # never seen half-written
+    spark.stop()
+
+
+def run_job(spark, kind, out_file, marker_dir, fault):
+    """One job of ``kind`` on ``spark`` (see the module docstring); its result saved in ``out_file``."""
     X = np.random.default_rng(1).normal(size=(N_ROWS, N_FEATURES))
     model = SlowProjection(marker_dir, fault).fit(X)
     if kind.startswith("knn-"):
@@ -94,7 +128,6 @@ def main(master, kind, out_file, marker_dir, fault):
             expected=expected,
             got=np.stack(table.column("neighbor_ids").to_numpy(zero_copy_only=False)),
         )
-        spark.stop()
         return
     if kind == "rdd":
         rdd = spark.sparkContext.parallelize(list(X), N_PARTITIONS)
@@ -106,8 +139,10 @@ def main(master, kind, out_file, marker_dir, fault):
         ids = table.column("id").to_numpy()
         got = np.stack(table.column("transform").to_numpy(zero_copy_only=False))
     np.savez(out_file, ids=ids, got=got, expected=X @ model.weights_)
-    spark.stop()
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[2:] == ["serve"]:
+        serve(sys.argv[1])
+    else:
+        main(*sys.argv[1:])
