@@ -9,6 +9,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
 
 
+@pytest.mark.slow  # every group at tiny sizes: about 100 s of the default suite's 10 minutes; run with -m slow
 def test_benchmark_script_smoke(tmp_path):
     name = f"smoke-{tmp_path.name}"
     proc = subprocess.run(

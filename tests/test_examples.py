@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from threadpoolctl import threadpool_limits
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SAME = r"equals? in-process scikit-learn[^:\n]*: True"
@@ -41,7 +42,10 @@ def _load(name):
 @pytest.mark.parametrize("name", sorted(set(TINY) - {STANDALONE}))
 def test_example_runs_on_the_test_session(spark, capsys, name):
     args, expected = TINY[name]
-    _load(name).main(args, spark=spark)  # a wrong result raises SystemExit(1)
+    # The example's own fits and checks run in this test process, beside the other test process and the
+    # Spark workers on 2 cores: OpenMP threads spinning there made the pipeline example 65 s instead of 7 s.
+    with threadpool_limits(1):
+        _load(name).main(args, spark=spark)  # a wrong result raises SystemExit(1)
     out, err = capsys.readouterr()
     assert re.search(expected, out), out
     assert "Traceback" not in err, err[-4000:]
