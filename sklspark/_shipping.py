@@ -32,6 +32,7 @@ from typing import IO, Any
 import cloudpickle
 from pyspark import SparkFiles
 
+from ._lru import BytesLRU
 from ._session import spark_context_of
 from ._versions import VersionRecord, check_worker, combine, dump_recording
 
@@ -48,8 +49,7 @@ BROADCAST_MAX_BYTES = 256 << 20
 FLEET_CACHE_BYTES = 256 << 20
 
 _cache: OrderedDict[str, Any] = OrderedDict()
-_fleet_cache: OrderedDict[tuple[str, Any], tuple[Any, int]] = OrderedDict()
-_fleet_bytes = 0
+_fleet_cache = BytesLRU()
 _cache_lock = threading.Lock()
 _staging_dir: str | None = None
 
@@ -208,20 +208,8 @@ class ShippedFleet(_Shipment):
 
     def get(self, key: Any) -> Any:
         """The estimator of ``key`` (which must be in :attr:`offsets`), deserialised at most once while cached."""
-        global _fleet_bytes
-        cache_key = (self.token, key)
-        with _cache_lock:
-            if cache_key in _fleet_cache:
-                _fleet_cache.move_to_end(cache_key)
-                return _fleet_cache[cache_key][0]
-            offset, length = self.offsets[key]
-            estimator = self._load(offset, length)
-            _fleet_cache[cache_key] = (estimator, length)
-            _fleet_bytes += length
-            while _fleet_bytes > FLEET_CACHE_BYTES and len(_fleet_cache) > 1:
-                _, (_, dropped) = _fleet_cache.popitem(last=False)
-                _fleet_bytes -= dropped
-            return estimator
+        offset, length = self.offsets[key]
+        return _fleet_cache.get((self.token, key), lambda: (self._load(offset, length), length), FLEET_CACHE_BYTES)
 
 
 def _read_and_remove(path: str) -> bytes:

@@ -159,7 +159,6 @@ def test_worker_cache_keeps_the_recently_used_models_within_its_bound(spark, mon
     size = fleet.offsets[0][1]
     monkeypatch.setattr(_shipping, "FLEET_CACHE_BYTES", 2 * size)
     monkeypatch.setattr(_shipping, "_fleet_cache", type(_shipping._fleet_cache)())
-    monkeypatch.setattr(_shipping, "_fleet_bytes", 0)
     for key in range(5):
         fleet.get(key)
     assert [k for _, k in _shipping._fleet_cache] == [3, 4]

@@ -23,9 +23,7 @@ machines ``index_dir=`` names a directory of a shared file system.
 from __future__ import annotations
 
 import os
-import threading
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -33,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc
 
+from .._lru import BytesLRU
 from .._shipping import staging_path
 from ._backends import Backend
 
@@ -42,9 +41,7 @@ SHARD_CACHE_BYTES = 1 << 30
 _ROWS = ".rows.npy"
 _KEYS = ".keys.arrow"
 
-_cache: OrderedDict[str, tuple[LoadedShard, int]] = OrderedDict()
-_cache_bytes = 0
-_cache_lock = threading.Lock()
+_cache = BytesLRU()
 
 
 class LoadedShard(NamedTuple):
@@ -111,21 +108,14 @@ class ShardFiles:
 
 def load_shard(files: ShardFiles, stem: str) -> LoadedShard:
     """The shard written under ``stem``, loaded once per process while cached (least recently used out first)."""
-    global _cache_bytes
-    with _cache_lock:
-        if stem in _cache:
-            _cache.move_to_end(stem)
-            return _cache[stem][0]
+
+    def load() -> tuple[LoadedShard, int]:
         backend = files.template.fresh()
         R = np.load(stem + _ROWS, mmap_mode="r")
         backend.load(files.index_path(stem), files.metric, R.shape[1])
         with pa.memory_map(stem + _KEYS) as source:
             table = pa.ipc.open_file(source).read_all()
         loaded = LoadedShard(backend, R, table.column("key").to_numpy(), table.column("id").combine_chunks())
-        nbytes = sum(os.path.getsize(path) for path in files.paths(stem))
-        _cache[stem] = (loaded, nbytes)
-        _cache_bytes += nbytes
-        while _cache_bytes > SHARD_CACHE_BYTES and len(_cache) > 1:
-            _, (_, dropped) = _cache.popitem(last=False)
-            _cache_bytes -= dropped
-        return loaded
+        return loaded, sum(os.path.getsize(path) for path in files.paths(stem))
+
+    return _cache.get(stem, load, SHARD_CACHE_BYTES)
