@@ -89,6 +89,11 @@ class ScoringRequest:
     key: Any = None
     pandas_reader: Any = None
 
+    @property
+    def keyed(self) -> bool:
+        """Whether the call has a mapping of models (a fleet) rather than one estimator."""
+        return isinstance(self.estimator, Mapping)
+
 
 @dataclass(frozen=True, eq=False)
 class ScoringPlan:
@@ -167,7 +172,7 @@ def build_plan(request: ScoringRequest, data: RDD | DataFrame | None) -> Scoring
     """
     caller = request.caller
     models = _fleet(request, data)
-    keyed = isinstance(request.estimator, Mapping)
+    keyed = request.keyed
     for estimator in models.values():
         check_method(estimator, request.method, caller)
     method: str = request.method
@@ -196,7 +201,7 @@ def build_plan(request: ScoringRequest, data: RDD | DataFrame | None) -> Scoring
     )
     if isinstance(data, DataFrame) and chunk_size is None and keyed:
         spec: FeatureSpec = decided["spec"]
-        width = spec.width or n_features_of(next(iter(models.values()))) or len(spec.columns)
+        width = spec.width or decided["n_features"] or len(spec.columns)
         chunk_size = min(max(FLEET_CHUNK_BYTES // (8 * width), MAX_BATCH_CHUNK), MAX_CHUNK_SIZE)
     if on_error == "null" and decided.get("columns") is not None:
         existing = data.columns if isinstance(data, DataFrame) else ()
@@ -226,7 +231,7 @@ def build_plan(request: ScoringRequest, data: RDD | DataFrame | None) -> Scoring
 def _fleet(request: ScoringRequest, data: RDD | DataFrame | None) -> Mapping[Any, Any]:
     """The models of a call by key: the user's mapping (checked with its ``key=``), or ``{None: estimator}``."""
     estimator, key, caller = request.estimator, request.key, request.caller
-    if not isinstance(estimator, Mapping):
+    if not request.keyed:
         if key is not None:
             raise TypeError(
                 f"key= names the column that picks a model from a mapping of models; {caller}() got one model"
@@ -268,7 +273,7 @@ def _describe(decided: Any) -> str:
         return decided.describe()
     if decided is None or isinstance(decided, int):
         return str(decided)
-    return ", ".join(f"{c.name} {c.spark_type.simpleString()}" for c in decided or ())
+    return ", ".join(f"{c.name} {c.spark_type.simpleString()}" for c in decided)
 
 
 def _log_plan(plan: ScoringPlan) -> None:
@@ -305,7 +310,7 @@ def _rdd_fields(request: ScoringRequest, estimator: Any, rdd: RDD, heads: dict) 
     def head_rows() -> Any:
         if "rdd" not in heads:
             heads["rdd"] = rdd.take(2)
-        head = [pair[1] for pair in heads["rdd"]] if isinstance(request.estimator, Mapping) else heads["rdd"]
+        head = [pair[1] for pair in heads["rdd"]] if request.keyed else heads["rdd"]
         return stack_rows(head, 0, accept_sparse=False, frame=frame) if head else None
 
     if frame is not None or width is not None:

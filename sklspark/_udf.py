@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pyspark.sql import Column
@@ -11,7 +10,6 @@ from pyspark.sql.types import DataType
 
 from ._features import quote_column
 from ._scoring import ScoringRequest, build_plan, scoring_udf
-from ._validation import n_features_of
 
 
 class ScoringUDF:
@@ -159,5 +157,4 @@ def udf(
         pandas_reader=pandas_reader,
     )
     plan = build_plan(request, None)
-    models = list(estimator.values()) if isinstance(estimator, Mapping) else [estimator]
-    return ScoringUDF(scoring_udf(plan), plan.feature_names, n_features_of(models[0]), plan.key is not None)
+    return ScoringUDF(scoring_udf(plan), plan.feature_names, plan.n_features, plan.key is not None)

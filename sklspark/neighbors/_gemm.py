@@ -124,10 +124,14 @@ class Kept:
     """
 
     def __init__(self, n_rows: int, n: int) -> None:
-        self.n_rows, self.n = n_rows, n
         self.values = np.full((n_rows, n), np.inf, dtype=np.float32)
         self.positions = np.full((n_rows, n), -1, dtype=np.int64)
         self._all = np.arange(n_rows, dtype=np.int64)
+
+    @property
+    def n(self) -> int:
+        """Scores kept per query."""
+        return int(self.values.shape[1])
 
     @property
     def threshold(self) -> np.ndarray:
