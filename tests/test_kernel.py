@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 
 import sklspark.neighbors._clustered as clustered_module
 import sklspark.neighbors._gemm as gemm_module
+import sklspark.neighbors._rerank as rerank_module
 import sklspark.neighbors._select as select_module
 from sklspark.neighbors import GemmBackend, all_neighbors
 from sklspark.neighbors._gemm import Scored, top_scores
@@ -215,3 +216,24 @@ def test_keep_smallest_merges_tiles_by_score_then_position(n):
         expected[: order.size] = order
         np.testing.assert_array_equal(P[row], expected)
         np.testing.assert_array_equal(V[row], np.where(expected >= 0, scores[row, np.maximum(expected, 0)], np.inf))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_ranking_equals_numpy_bit_for_bit(dtype):
+    """The compiled euclidean re-rank against numpy's pair-by-pair distances (ordered sums) and ``lexsort``: the
+    same bits and the same order, ties by distance (duplicated rows, small integers) broken by the larger-first
+    keys given here, repeated candidates kept in place (a stable sort)."""
+    rng = np.random.default_rng(3)
+    R = rng.integers(0, 3, size=(300, 9)).astype(dtype)
+    R[100:120] = R[0]
+    R[200] = rng.random(9) * 1e-3  # not small integers: rounding matters
+    Q = np.concatenate([np.repeat(R[:1], 40, axis=0), rng.random((40, 9)).astype(dtype)])
+    keys = np.arange(300, dtype=np.int64)[::-1].copy()
+    candidates = rng.integers(0, 300, size=(80, 24))
+    candidates[:, :3] = [0, 100, 101]
+    got = rerank_module._ranked(Q, R, keys, candidates, "euclidean", 10)
+    exact = rerank_module.paired_distances(Q, R, candidates, "euclidean")
+    order = np.lexsort((keys[candidates], exact), axis=-1)[:, :10]
+    np.testing.assert_array_equal(got[0], np.take_along_axis(candidates, order, axis=1))
+    np.testing.assert_array_equal(got[1], np.take_along_axis(exact, order, axis=1))
+    assert (got[1][:40, :3] == 0).all() and (got[0][:40, 0] > 100).all()  # ties at 0: a later row, larger key, first

@@ -17,6 +17,7 @@ against every reference row.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ import scipy.sparse as sp
 
 from ._backends import Backend
 from ._names import CHEBYSHEV, COSINE, EUCLIDEAN, INNER_PRODUCT, MANHATTAN
+from ._ranking import rank_euclidean
 
 #: Candidates asked of an exact backend beyond the ``n`` wanted: enough to see past a boundary tie of a
 #: few rows (larger ties are caught by the completeness check and searched again, wider). Each extra
@@ -38,6 +40,10 @@ _EXHAUSTIVE_PAIRS = 1 << 22
 
 #: Most (query, candidate) pairs of CSR rows stacked at once by the exact distance.
 _SPARSE_PAIRS = 1 << 16
+
+#: Most candidates per query ranked by the compiled :func:`sklspark.neighbors._ranking.rank_euclidean` (an
+#: insertion sort); more, as when every reference row is a candidate, are ranked by numpy.
+_COMPILED_CANDIDATES = 256
 
 
 def ordered_sums(M: np.ndarray | sp.spmatrix) -> np.ndarray:
@@ -161,14 +167,25 @@ def _rounding(backend: Backend, Q: np.ndarray, R: np.ndarray) -> float:
     return 8.0 * (terms + 2) * float(np.finfo(precision).eps)
 
 
-def _largest(R: Any, norm: Any) -> float:
-    """The largest ``norm`` (a function of float64 rows) over the rows of ``R``, a slice at a time.
+#: The largest row norms of the references searched in this process, by (id, norm), while the reference lives.
+_LARGEST: dict[tuple[int, str], tuple[weakref.ref, float]] = {}
 
-    ``R`` is never converted whole: a float64 copy of a million-row reference would cost more than the
-    check it serves, on every call.
+
+def _largest(R: Any, norm: str) -> float:
+    """The largest ``"squares"`` (squared euclidean) or ``"abs"`` (manhattan) norm of the rows of ``R``, in float64.
+
+    Computed once per reference in a process (every chunk searched against a reference asks for it), a slice at
+    a time: a float64 copy of a million-row reference would cost more than the check it serves.
     """
+    key = (id(R), norm)
+    known = _LARGEST.get(key)
+    if known is not None and known[0]() is R:
+        return known[1]
+    row_norm = (lambda M: row_sums(_squares(M))) if norm == "squares" else (lambda M: row_sums(abs(M)))
     step = _EXHAUSTIVE_PAIRS // max(1, R.shape[1])
-    return max((float(np.max(norm(_float64(R[i : i + step])))) for i in range(0, R.shape[0], step)), default=0.0)
+    largest = max((float(np.max(row_norm(_float64(R[i : i + step])))) for i in range(0, R.shape[0], step)), default=0.0)
+    _LARGEST[key] = (weakref.ref(R, lambda _: _LARGEST.pop(key, None)), largest)
+    return largest
 
 
 def _complete(
@@ -178,18 +195,24 @@ def _complete(
     gamma = _rounding(backend, Q, R)
     Q = _float64(Q)
     if metric == EUCLIDEAN:  # compare squares: the error of |q|^2 + |r|^2 - 2 q.r scales with the norms
-        slack = gamma * (row_sums(_squares(Q)) + _largest(R, lambda M: row_sums(_squares(M))))
+        slack = gamma * (row_sums(_squares(Q)) + _largest(R, "squares"))
         return nth * nth < horizon * horizon - slack
     scale: Any
     if metric == INNER_PRODUCT:  # a dot product's error is bounded by |q| |r| (Cauchy-Schwarz)
-        scale = np.sqrt(row_sums(_squares(Q)) * _largest(R, lambda M: row_sums(_squares(M))))
+        scale = np.sqrt(row_sums(_squares(Q)) * _largest(R, "squares"))
     else:
-        scale = 1.0 if metric == COSINE else row_sums(abs(Q)) + _largest(R, lambda M: row_sums(abs(M)))
+        scale = 1.0 if metric == COSINE else row_sums(abs(Q)) + _largest(R, "abs")
     return nth < horizon - gamma * (np.abs(horizon) + scale)
 
 
 def _ranked(Q, R, keys, candidates, metric, n):
-    """Re-rank candidates by (exact distance, key); the first ``n`` as (candidate columns, distances)."""
+    """Re-rank candidates by (exact distance, key); the first ``n`` as (positions, distances)."""
+    if metric == EUCLIDEAN and not sp.issparse(R) and candidates.shape[1] <= _COMPILED_CANDIDATES:
+        positions = np.empty((candidates.shape[0], n), dtype=np.int64)
+        distances = np.empty((candidates.shape[0], n), dtype=np.float64)
+        keys, candidates = np.asarray(keys, dtype=np.int64), np.asarray(candidates, dtype=np.int64)
+        rank_euclidean(Q, R, keys, candidates, positions, distances)
+        return positions, distances
     exact = paired_distances(Q, R, candidates, metric)
     order = np.lexsort((keys[candidates], exact), axis=-1)[:, :n]
     return np.take_along_axis(candidates, order, axis=1), np.take_along_axis(exact, order, axis=1)
