@@ -38,7 +38,8 @@ MIN_ROWS = 50_000
 #: used: a clustered search pays smaller products, gathers and a Python loop per cluster visited.
 MAX_FRACTION = 0.35
 
-#: Query blocks of the trial search (consecutive stored rows from random places) and the neighbours it asks for.
+#: Query blocks of the trial search (consecutive stored rows from random places) and the neighbours it asks for
+#: among all rows (fewer among the sample it searches).
 TRIAL_BLOCKS = 2
 TRIAL_NEIGHBOURS = 16
 
@@ -196,8 +197,11 @@ def partition(R: np.ndarray, seed: int = 0, force: bool = False) -> Partition | 
     With ``force``, the partition without the trial, whatever the number of rows (from 2).
 
     ``sqrt(n_ref)`` clusters (16 to 2,048): k-means++ seeds and :data:`LLOYD_ITERATIONS` Lloyd iterations on a
-    sample; the
-    trial searches :data:`TRIAL_BLOCKS` blocks of rows of ``R`` and counts the pairs scored.
+    sample of :data:`SAMPLE_PER_CLUSTER` rows per cluster. The trial runs on the sample before any other row is
+    assigned (on uniform data, where it fails, the rest is never paid for): the sample, partitioned by the same
+    centroids, is searched by :data:`TRIAL_BLOCKS` blocks of its own rows for as many neighbours as
+    :data:`TRIAL_NEIGHBOURS` are among all rows (scaled by the sample's share, the row itself included), and the
+    pairs scored are counted against the sample's.
     """
     n_ref = len(R)
     if n_ref < (2 if force else MIN_ROWS):
@@ -209,16 +213,23 @@ def partition(R: np.ndarray, seed: int = 0, force: bool = False) -> Partition | 
     for _ in range(LLOYD_ITERATIONS):
         labels = _nearest(sample, centroids)
         centroids = _means(sample, labels, n_clusters, centroids)
-    result = Partition(R, _nearest(R, centroids), centroids)
-    if force:
-        return result
-    # the trial's queries: blocks of consecutive stored rows, as a search of the reference itself blocks them
-    starts = rng.choice(max(1, n_ref - _gemm.QUERY_BLOCK), TRIAL_BLOCKS)
-    rows = np.unique(np.minimum(np.concatenate([np.arange(s, s + _gemm.QUERY_BLOCK) for s in starts]), n_ref - 1))
-    trial = result.reference.features()[rows]
-    budget = MAX_FRACTION * len(trial) * n_ref
-    _, _, pairs = result.search(trial, min(n_ref, TRIAL_NEIGHBOURS), limit=budget)
-    return result if pairs <= budget else None
+    if not force and not _pays(Partition(sample, _nearest(sample, centroids), centroids), n_ref, rng):
+        return None
+    return Partition(R, _nearest(R, centroids), centroids)
+
+
+def _pays(trial: Partition, n_ref: int, rng: np.random.Generator) -> bool:
+    """Whether a search of the partitioned sample ``trial`` of ``n_ref`` rows scores few enough pairs.
+
+    The queries are blocks of consecutive stored rows, as a search of the reference itself blocks them.
+    """
+    n_sample = len(trial.order)
+    starts = rng.choice(max(1, n_sample - _gemm.QUERY_BLOCK), TRIAL_BLOCKS)
+    rows = np.unique(np.minimum(np.concatenate([np.arange(s, s + _gemm.QUERY_BLOCK) for s in starts]), n_sample - 1))
+    neighbours = 1 + max(1, round((TRIAL_NEIGHBOURS - 1) * n_sample / n_ref))
+    budget = MAX_FRACTION * len(rows) * n_sample
+    _, _, pairs = trial.search(trial.reference.features()[rows], min(n_sample, neighbours), limit=budget)
+    return pairs <= budget
 
 
 def _seeds(sample: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
