@@ -217,6 +217,22 @@ def test_string_ids_and_join_without_exclude(spark, modes):
     assert_matches_truth(broadcast, Q, R_order, ref_ids, 4)
 
 
+@pytest.mark.parametrize("ids", [np.arange(100, 220, dtype=np.int32), np.array([f"p{i:03d}" for i in range(120)])])
+def test_self_join_scores_positions_not_a_second_read(spark, ids):
+    """all_neighbors in broadcast mode scores the reference's own rows by position: no shuffle of the queries,
+    the ID column's own type (int here stays int), the same result as the same rows given as queries."""
+    df = array_df(spark, GRID[:120], ids, n_partitions=2)
+    result = all_neighbors(df, 5)
+    assert result.schema["id"].dataType == df.schema["id"].dataType
+    plan = result._jdf.queryExecution().executedPlan().toString()
+    assert "Range" in plan and "Exchange" not in plan  # positions from a range; the input not read twice
+    got = collect(result)
+    queries = df.select("*")  # the same rows, not the same DataFrame: queries read and spread as usual
+    assert_identical(got, collect(kneighbors_join(queries, df, 5, exclude_self=True)))
+    ref_ids, R = reference_order(df)
+    assert_matches_truth(got, R[np.argsort(ref_ids, kind="stable")], R, ref_ids, 5, exclude_self=True, query_ids=got[0])
+
+
 @pytest.mark.parametrize("k", [1, 29])
 def test_k_extremes(spark, k):
     X = GRID[:30]

@@ -20,10 +20,12 @@ import pyarrow as pa
 import scipy.sparse as sp
 from pyspark import SparkFiles
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 from sklearn.base import BaseEstimator
 
 from .._distribute import distribute
 from .._inputs import batch_to_matrix
+from .._partitions import spread_tasks
 from .._session import default_parallelism
 from .._shipping import ship_file, staging_path
 from ._backends import Backend, SklearnBackend
@@ -33,6 +35,9 @@ from ._plan import FittedReference, JoinPlan, stable_order
 from ._rerank import exact_top_k
 
 _log = logging.getLogger("sklspark")
+
+#: The column of reference positions a self-join's queries are scored from (:class:`OwnRows`).
+_POSITION = "__sklspark_position"
 
 
 class IndexFile:
@@ -89,8 +94,9 @@ class ReferenceIndex(BaseEstimator):
         self.n_neighbors = n_neighbors
         self.metric = metric
 
-    def fit(self, X: Any, y: None = None, built: Backend | None = None) -> ReferenceIndex:
-        """Index the reference rows ``X`` (in position order), or adopt ``built``, a backend already built on them.
+    def fit(self, X: Any, y: None = None, built: Backend | None = None, left_out: int = 0) -> ReferenceIndex:
+        """Index the reference rows ``X`` (in position order), or adopt ``built``, a backend already built on them;
+        ``left_out``: the rows of the reference the caller left out of ``X`` (non-finite features).
 
         A CSR ``X`` (``SparseVector`` features) stays CSR for backends that take it (``gemm``, ``sklearn``);
         other backends get it dense.
@@ -103,6 +109,7 @@ class ReferenceIndex(BaseEstimator):
         self.index_: Backend | IndexFile = built
         self.X_ = X
         self.n_features_in_ = X.shape[1]
+        self.left_out_ = left_out
         return self
 
     def ship(self, spark: Any) -> None:
@@ -132,6 +139,36 @@ class ReferenceIndex(BaseEstimator):
             Q = X[good] if bad.any() else X
             positions[good], distances[good] = exact_top_k(backend, self.X_, keys, Q, self.n_neighbors, self.metric)
         return self.ids[positions], distances, bad
+
+
+class OwnRows(BaseEstimator):
+    """The queries of a self-join named by their reference positions: every worker already holds their rows.
+
+    Scored over ``spark.range(n_ref)``, it sends nothing but positions through Spark: the queries are not read
+    from their source again, shuffled to spread them, nor converted from Arrow (at 50,000 x 64, reading one
+    Parquet file, spreading it and handing it to Python took 1.1 s more than handing over a range, under load).
+
+    Parameters
+    ----------
+    index : ReferenceIndex
+        Fitted on every row of the reference (none left out).
+    """
+
+    def __init__(self, index: ReferenceIndex) -> None:
+        self.index = index
+
+    def __sklearn_tags__(self) -> Any:
+        return self.index.__sklearn_tags__()
+
+    def fit(self, X: Any = None, y: None = None) -> OwnRows:
+        """Nothing to learn: the index is fitted already; the input is one column of positions."""
+        self.n_features_in_ = 1
+        return self
+
+    def search(self, P: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The query's ID, then :meth:`ReferenceIndex.search` of the reference rows at positions ``P[:, 0]``."""
+        positions = np.asarray(P, dtype=np.int64)[:, 0]
+        return (self.index.ids[positions], *self.index.search(self.index.X_[positions]))
 
 
 def reference_index(plan: JoinPlan) -> ReferenceIndex | None:
@@ -172,7 +209,7 @@ def reference_index(plan: JoinPlan) -> ReferenceIndex | None:
         "CSR" if sp.issparse(X) else "dense",
         default_parallelism(plan.queries),
     )
-    return ReferenceIndex(search.engine, id_values, min(search.n, X.shape[0]), search.metric).fit(X)
+    return ReferenceIndex(search.engine, id_values, min(search.n, X.shape[0]), search.metric).fit(X, left_out=bad.size)
 
 
 def broadcast_join(plan: JoinPlan, index: ReferenceIndex) -> DataFrame:
@@ -182,7 +219,8 @@ def broadcast_join(plan: JoinPlan, index: ReferenceIndex) -> DataFrame:
     over as many partitions as they have, at least a few per core (``search`` is an expensive method),
     a shuffle of the queries alone, small next to the search, after which every core searches whatever
     the input's partitioning (one Parquet file is one partition, or several of which all but one may be
-    empty).
+    empty). A self-join (``all_neighbors``) whose reference kept every row needs neither: its queries are the
+    rows the index holds, scored by position (:class:`OwnRows`).
 
     Returns
     -------
@@ -192,6 +230,8 @@ def broadcast_join(plan: JoinPlan, index: ReferenceIndex) -> DataFrame:
     """
     search = plan.search
     index.ship(plan.queries)
+    if plan.self_join and not index.left_out_:
+        return _own_rows_join(plan, index)
     queries = plan.queries.select(search.id_col, *search.q_spec.columns)
     features = search.q_spec.columns[0] if search.q_spec.layout != "columns" else list(search.q_spec.columns)
     scored: DataFrame = distribute(  # type: ignore[assignment]  # a DataFrame in, a DataFrame out
@@ -204,3 +244,23 @@ def broadcast_join(plan: JoinPlan, index: ReferenceIndex) -> DataFrame:
         partitions="auto",
     )
     return scored.select(search.id_col, NEIGHBOR_IDS, DISTANCES, BAD_ROW)
+
+
+def _own_rows_join(plan: JoinPlan, index: ReferenceIndex) -> DataFrame:
+    """:func:`broadcast_join` of a self-join: :class:`OwnRows` over the reference's positions, a few ranges per core.
+
+    The query ID comes from the index (the reference's own IDs), cast back to the ID column's type.
+    """
+    search = plan.search
+    session = plan.queries.sparkSession
+    positions = session.range(0, len(index.ids), numPartitions=spread_tasks(session)).withColumnRenamed("id", _POSITION)
+    scored: DataFrame = distribute(  # type: ignore[assignment]  # a DataFrame in, a DataFrame out
+        OwnRows(index).fit(),
+        "search",
+        positions,
+        chunk_size=search.chunk_size,
+        features=[_POSITION],
+        output_cols=[search.id_col, NEIGHBOR_IDS, DISTANCES, BAD_ROW],
+    )
+    id_type = plan.queries.schema[search.id_col].dataType
+    return scored.select(F.col(search.id_col).cast(id_type).alias(search.id_col), NEIGHBOR_IDS, DISTANCES, BAD_ROW)
