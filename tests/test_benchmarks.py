@@ -51,6 +51,10 @@ def _approximate_sharded_ok(text: str) -> bool:
     return "hnsw, broadcast mode" in text and "hnsw, sharded mode" in text and "recall@10 >= 0.95 | " in text
 
 
+def _end_to_end_ok(text: str) -> bool:
+    return "All neighbours end to end (3,000" in text and "| sklspark all_neighbors from ONE Parquet file" in text
+
+
 @pytest.mark.parametrize(
     ("script", "args", "check"),
     [
@@ -58,6 +62,7 @@ def _approximate_sharded_ok(text: str) -> bool:
         ("pipeline.py", ["--quick"], _pipeline_ok),
         pytest.param("on_error.py", ["--quick"], _on_error_ok, marks=pytest.mark.slow),
         pytest.param("approximate_sharded.py", ["--quick"], _approximate_sharded_ok, marks=pytest.mark.slow),
+        pytest.param("end_to_end.py", ["--quick"], _end_to_end_ok, marks=pytest.mark.slow),
     ],
 )
 def test_single_benchmark_script_smoke(tmp_path, script, args, check):
