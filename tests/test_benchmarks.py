@@ -79,3 +79,4 @@ def test_single_benchmark_script_smoke(tmp_path, script, args, check):
         assert check(result.read_text())
     finally:
         result.unlink(missing_ok=True)
+        result.with_suffix(".png").unlink(missing_ok=True)
