@@ -62,6 +62,7 @@ from ._names import BAD_ROW, DISTANCES, NEIGHBOR_IDS
 from ._plan import JoinPlan, SearchSpec, stable_order
 from ._rerank import exact_top_k
 from ._shard_index import LoadedShard, ShardFiles, load_shard
+from ._shard_trial import shard_engine
 
 _log = logging.getLogger("sklspark")
 
@@ -188,19 +189,22 @@ def _partial_top(search: SearchSpec, queries: pa.Table, shard: pa.Table, schema:
     """One (query block, shard) group: every query's exact top ``n`` within the shard, indexed here."""
     if queries.num_rows == 0 or shard.num_rows == 0:
         return schema.empty_table()
-    return _search_block(search, queries, _build_shard(search, shard), schema)
+    return _search_block(search, queries, _build_shard(search, shard, queries.num_rows), schema)
 
 
-def _build_shard(search: SearchSpec, shard: pa.Table) -> LoadedShard:
+def _build_shard(search: SearchSpec, shard: pa.Table, n_queries: int = 0) -> LoadedShard:
     """The shard's rows indexed by a fresh backend (not built if no row is left), with their keys and IDs.
+
+    The backend is the plan's, or for ``gemm`` searched by ``n_queries`` queries a k-means partition tried on
+    the first of them (:func:`~sklspark.neighbors._shard_trial.shard_engine`).
 
     The build runs through the core's chunk runner (:func:`~sklspark._runner.apply_chunks`): threads
     capped, and a bad row raises a ``ChunkError`` naming the side, the shard, and the row's position and
     ID; with ``on_error="null"`` a bad reference row is left out.
     """
-    backend = search.engine.fresh()
     reference = pa.concat_batches(shard.to_batches())
-    name, where = type(backend).__name__, f"shard {shard.column(_SHARD)[0].as_py()}"
+    backend = shard_engine(search.engine, search.metric, reference.num_rows, n_queries)
+    name, where = type(search.engine).__name__, f"shard {shard.column(_SHARD)[0].as_py()}"
     r_spec = search.r_spec
     assert r_spec is not None  # sharded: a DataFrame reference
 
