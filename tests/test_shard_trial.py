@@ -10,24 +10,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from pyspark.sql.pandas.types import to_arrow_schema
-from pyspark.sql.types import (
-    ArrayType,
-    BooleanType,
-    DoubleType,
-    FloatType,
-    LongType,
-    StructField,
-    StructType,
-)
+from pyspark.sql.types import ArrayType, FloatType, LongType, StructField, StructType
 from test_kernel import brute_force, mixture
 
 import sklspark.neighbors._shard_trial as trial_module
 import sklspark.neighbors._sharded as sharded_module
 from sklspark._features import check_features
 from sklspark.neighbors import GemmBackend, SklearnBackend
-from sklspark.neighbors._names import BAD_ROW
 from sklspark.neighbors._plan import SearchSpec
 from sklspark.neighbors._rerank import exact_top_k
+from sklspark.neighbors._shard_merge import POSITIONS, partial_schema
 from sklspark.neighbors._shard_trial import TrialPartition, shard_engine
 
 RNG = np.random.default_rng(7)
@@ -94,7 +86,7 @@ def test_uniform_shard_falls_back_to_brute_force(small_trial):
 
 def test_a_group_of_sharded_mode_tries_its_shard(small_trial):
     """One (query block, shard) group as a sharded task runs it on Arrow tables: the shard partitioned, the
-    candidates (distance, position, id) those of brute force over the shard, positions being the global ones."""
+    candidates (IDs, distances, positions) those of brute force over the shard, positions being the global ones."""
     X = mixture(4000, 8, 20)
     shard = np.arange(1, 4000, 2)  # shard 1 of 2: the odd positions
     schema = StructType([StructField("id", LongType()), StructField("features", ArrayType(FloatType()))])
@@ -107,24 +99,13 @@ def test_a_group_of_sharded_mode_tries_its_shard(small_trial):
         columns = {key: pa.array(rows, pa.int64()), "id": pa.array(rows + 100, pa.int64()), "features": features}
         return pa.table({**columns, sharded_module._BLOCK: [0] * len(rows), sharded_module._SHARD: [1] * len(rows)})
 
-    candidate = StructType(
-        [StructField("distance", DoubleType()), StructField("position", LongType()), StructField("id", LongType())]
-    )
-    out = StructType(
-        [
-            StructField(sharded_module._QUERY, LongType()),
-            StructField("id", LongType()),
-            StructField(sharded_module._CANDIDATES, ArrayType(candidate)),
-            StructField(BAD_ROW, BooleanType()),
-        ]
-    )
+    out = partial_schema("id", LongType(), LongType())
     queries = np.arange(4000)
     built = sharded_module._build_shard(search, table(shard, sharded_module._POSITION), len(queries))
     assert isinstance(built.backend, TrialPartition)
     got = sharded_module._search_block(search, table(queries, sharded_module._QUERY), built, to_arrow_schema(out))
     assert built.backend.choice == "partition"
-    lists = got.column(sharded_module._CANDIDATES).to_pylist()
     expected_positions, expected_distances = brute_force(X[queries], X[shard], 5)
-    assert [[c["position"] for c in row] for row in lists] == shard[expected_positions].tolist()
-    assert [[c["id"] for c in row] for row in lists] == (shard[expected_positions] + 100).tolist()
-    np.testing.assert_array_equal([[c["distance"] for c in row] for row in lists], expected_distances)
+    assert got.column(POSITIONS).to_pylist() == shard[expected_positions].tolist()
+    assert got.column("neighbor_ids").to_pylist() == (shard[expected_positions] + 100).tolist()
+    np.testing.assert_array_equal(got.column("distances").to_pylist(), expected_distances)

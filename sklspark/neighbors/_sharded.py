@@ -15,8 +15,9 @@ Plan
    computes the exact top ``n`` of every query of its block within the shard
    (:func:`~sklspark.neighbors._rerank.exact_top_k`), as candidates ``(distance, position, id)``.
 4. The ``S`` partial lists of a query are merged by a second shuffle on the query key (``S x n``
-   candidates per query): sorted by ``(distance, position)`` in Spark SQL and cut to ``n``, which is
-   exactly the top ``n`` over the whole reference under the tie rule.
+   candidates per query): sorted by ``(distance, position)`` and cut to ``n``, which is exactly the top
+   ``n`` over the whole reference under the tie rule (:mod:`~sklspark.neighbors._shard_merge`: many queries
+   per Python call, one sort of all their candidates).
 
 Memory bound
 ------------
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -42,10 +43,6 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import (
-    ArrayType,
-    BooleanType,
-    DataType,
-    DoubleType,
     LongType,
     StringType,
     StructField,
@@ -58,10 +55,11 @@ from .._partitions import spread_tasks
 from .._runner import apply_chunks
 from .._session import default_parallelism
 from ._checks import check_unique_ids, non_finite_message, non_finite_rows
-from ._names import BAD_ROW, DISTANCES, NEIGHBOR_IDS
+from ._names import NEIGHBOR_IDS
 from ._plan import JoinPlan, SearchSpec, stable_order
 from ._rerank import exact_top_k
 from ._shard_index import LoadedShard, ShardFiles, load_shard
+from ._shard_merge import QUERY, merge_groups, merged, partial_schema
 from ._shard_trial import shard_engine
 
 _log = logging.getLogger("sklspark")
@@ -73,10 +71,9 @@ SHARD_MAX_BYTES = 128 << 20
 QUERY_BLOCK_MAX_BYTES = 64 << 20
 
 _POSITION = "__sklspark_position"
-_QUERY = "__sklspark_query"
+_QUERY = QUERY
 _BLOCK = "__sklspark_block"
 _SHARD = "__sklspark_shard"
-_CANDIDATES = "__sklspark_candidates"
 
 
 def count_blocks(n_rows: int, row_bytes: int, max_bytes: int) -> int:
@@ -110,10 +107,18 @@ def _shape_stats(spec: FeatureSpec) -> list[Column]:
     return [F.min(width), F.max(width), F.coalesce(F.avg(stored), F.lit(0.0))]
 
 
-def shard_layout(plan: JoinPlan) -> tuple[int, int] | None:
+class ShardLayout(NamedTuple):
+    """How a sharded join is split: reference shards, query blocks, and the queries' count (to size the merge)."""
+
+    shards: int
+    blocks: int
+    n_queries: int
+
+
+def shard_layout(plan: JoinPlan) -> ShardLayout | None:
     """Check the reference's IDs and both sides' widths with one aggregate job each (one in all for a self-join), and
     size the join:
-    ``(shards, query blocks)``, or ``None`` when ``k`` does not fit the reference but there are no queries.
+    a :class:`ShardLayout`, or ``None`` when ``k`` does not fit the reference but there are no queries.
     """
     search, reference = plan.search, plan.reference
     assert isinstance(reference, DataFrame) and search.r_spec is not None  # sharded: a DataFrame reference
@@ -165,7 +170,7 @@ def shard_layout(plan: JoinPlan) -> tuple[int, int] | None:
         tasks,
         default_parallelism(plan.queries),
     )
-    return shards, spread
+    return ShardLayout(shards, spread, n_queries)
 
 
 def _checked_matrix(
@@ -274,7 +279,7 @@ def _search_prebuilt(
         return schema.empty_table()
     stem = stems[shard]
     if stem is None:  # every row of the shard was left out (on_error="null"): the queries get no candidates here
-        id_type = schema.field(_CANDIDATES).type.value_type.field("id").type
+        id_type = schema.field(NEIGHBOR_IDS).type.value_type
         loaded = LoadedShard(None, np.empty((0, 0)), np.empty(0, np.int64), pa.array([], id_type))
     else:
         loaded = load_shard(files, stem)
@@ -284,31 +289,31 @@ def _search_prebuilt(
 def _candidates(
     batch: pa.RecordBatch, bad: np.ndarray, found: tuple[np.ndarray, np.ndarray], shard: tuple, schema: pa.Schema
 ) -> pa.RecordBatch:
-    """One chunk's output rows: each query's candidates ``(distance, position, id)`` within the shard (none for
-    a bad row) and its flag. ``found`` holds the good rows' positions and distances, ``shard`` the keys and IDs."""
+    """One chunk's output rows (:func:`~sklspark.neighbors._shard_merge.partial_schema`): each query's candidates
+    within the shard as lists of IDs, distances and positions (empty for a bad row), and its flag. ``found`` holds
+    the good rows' positions and distances, ``shard`` the keys and IDs."""
     (positions, distances), (keys, ids) = found, shard
     flags = np.zeros(batch.num_rows, dtype=bool)
     flags[bad] = True
     counts = np.where(flags, 0, positions.shape[1])
     flat = positions.ravel()
-    candidates = pa.StructArray.from_arrays(
-        [pa.array(distances.ravel()), pa.array(keys[flat]), ids.take(pa.array(flat, type=pa.int64()))],
-        fields=list(schema.field(_CANDIDATES).type.value_type),
-    )
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
     return pa.RecordBatch.from_arrays(
         [
             batch.column(_QUERY),
             batch.column(schema.names[1]),
-            pa.ListArray.from_arrays(offsets, candidates),
+            pa.ListArray.from_arrays(offsets, ids.take(pa.array(flat, type=pa.int64()))),
+            pa.ListArray.from_arrays(offsets, pa.array(distances.ravel())),
+            pa.ListArray.from_arrays(offsets, pa.array(keys[flat])),
             pa.array(flags),
         ],
         schema=schema,
     )
 
 
-def sharded_join(plan: JoinPlan, *, shards: int, blocks: int) -> DataFrame:
-    """Exact top ``n`` of every query over a reference split into ``shards`` shards, the queries in ``blocks`` blocks.
+def sharded_join(plan: JoinPlan, *, shards: int, blocks: int, n_queries: int) -> DataFrame:
+    """Exact top ``n`` of every query over a reference split into ``shards`` shards, the ``n_queries`` queries in
+    ``blocks`` blocks.
 
     Returns
     -------
@@ -332,18 +337,7 @@ def sharded_join(plan: JoinPlan, *, shards: int, blocks: int) -> DataFrame:
     qry = qry.withColumn(_BLOCK, F.pmod(_QUERY, F.lit(blocks))).withColumn(
         _SHARD, F.explode(F.sequence(F.lit(0), F.lit(shards - 1)).cast("array<bigint>"))
     )
-    ref_id_type: DataType = plan.reference.schema[id_col].dataType
-    candidate = StructType(
-        [StructField("distance", DoubleType()), StructField("position", LongType()), StructField("id", ref_id_type)]
-    )
-    schema = StructType(
-        [
-            StructField(_QUERY, LongType()),
-            StructField(id_col, plan.queries.schema[id_col].dataType),
-            StructField(_CANDIDATES, ArrayType(candidate)),
-            StructField(BAD_ROW, BooleanType()),
-        ]
-    )
+    schema = partial_schema(id_col, plan.queries.schema[id_col].dataType, plan.reference.schema[id_col].dataType)
     arrow_schema = to_arrow_schema(schema)
 
     if plan.prebuilt_shards:
@@ -355,26 +349,10 @@ def sharded_join(plan: JoinPlan, *, shards: int, blocks: int) -> DataFrame:
             return _partial_top(search, left, right, arrow_schema)
 
         tops = qry.groupBy(_BLOCK, _SHARD).cogroup(ref.groupBy(_BLOCK, _SHARD)).applyInArrow(partial, schema)
-    return _merged(tops, id_col, n, shards)
-
-
-def _merged(tops: DataFrame, id_col: str, n: int, shards: int) -> DataFrame:
-    """The ``shards`` partial lists of each query merged into its top ``n``: a shuffle on the query key, the
-    candidates sorted by ``(distance, position)`` in Spark SQL and cut to ``n``. One shard's lists are final
-    already (sorted the same way by :func:`~sklspark.neighbors._rerank.exact_top_k`): no shuffle then."""
-    merged = tops
-    if shards > 1:
-        merged = tops.groupBy(_QUERY).agg(
-            F.first(id_col).alias(id_col),
-            F.slice(F.array_sort(F.flatten(F.collect_list(_CANDIDATES))), 1, n).alias(_CANDIDATES),
-            F.bool_or(BAD_ROW).alias(BAD_ROW),
-        )
-    return merged.select(
-        id_col,
-        F.transform(_CANDIDATES, lambda c: c["id"]).alias(NEIGHBOR_IDS),
-        F.transform(_CANDIDATES, lambda c: c["distance"]).alias(DISTANCES),
-        BAD_ROW,
-    )
+    # one shard's lists are final already (sorted the same way by exact_top_k): no merge shuffle then
+    groups = merge_groups(n_queries, shards, n, plan.queries) if shards > 1 else 0
+    _log.info("%s: the partial lists of %d shard(s) merged in %d group(s)", plan.caller, shards, groups)
+    return merged(tops, id_col, n, groups)
 
 
 def _prebuilt_tops(plan: JoinPlan, ref: DataFrame, qry: DataFrame, schema: StructType) -> DataFrame:

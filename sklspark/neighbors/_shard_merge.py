@@ -1,0 +1,112 @@
+"""Sharded mode's partial lists and their merge: each query's top ``n`` within every shard, made one top ``n``.
+
+A (query block, shard) group returns one row per query (:func:`partial_schema`): the query's key and ID, its
+candidates within the shard as three parallel lists (reference IDs, exact distances, global reference
+positions), nearest first, and its flag. The lists are primitive arrays rather than an array of structs:
+Arrow moves them between Python and the JVM a column at a time.
+
+With several shards, :func:`merged` shuffles the rows on the query key into :func:`merge_groups` groups
+(``key mod groups``), each merged in one Python call (:func:`merge_lists`): every candidate of a group is
+sorted by (query, distance, position) at once, and each query keeps its first ``n``. That is exactly the
+top ``n`` over the whole reference under the tie rule (positions are unique), as the sort of each query's
+candidates in Spark SQL before it (``array_sort`` of structs, an interpreted comparison per pair, took
+about a third of the JVM's time of a 4-shard join at 100,000 x 64).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.types import ArrayType, BooleanType, DataType, DoubleType, LongType, StructField, StructType
+
+from .._partitions import spread_tasks
+from ._names import BAD_ROW, DISTANCES, NEIGHBOR_IDS
+
+#: The query key column of the partial lists.
+QUERY = "__sklspark_query"
+
+#: Each candidate's global reference position (the tie-break) in the partial lists.
+POSITIONS = "__sklspark_positions"
+
+#: Most bytes of candidates merged in one Python call (the merge sorts them together).
+MERGE_GROUP_MAX_BYTES = 64 << 20
+
+#: Bytes of one candidate in the merge: its distance, position, an integer ID and the sort's indexes.
+_CANDIDATE_BYTES = 40
+
+_MERGE_GROUP = "__sklspark_merge_group"
+
+
+def partial_schema(id_col: str, query_id_type: DataType, reference_id_type: DataType) -> StructType:
+    """The rows of a group's partial lists (and, without :data:`QUERY` and :data:`POSITIONS`, of the result)."""
+    return StructType(
+        [
+            StructField(QUERY, LongType()),
+            StructField(id_col, query_id_type),
+            StructField(NEIGHBOR_IDS, ArrayType(reference_id_type)),
+            StructField(DISTANCES, ArrayType(DoubleType())),
+            StructField(POSITIONS, ArrayType(LongType())),
+            StructField(BAD_ROW, BooleanType()),
+        ]
+    )
+
+
+def merge_groups(n_queries: int, shards: int, n: int, spark: DataFrame) -> int:
+    """Groups of the merge: at most :data:`MERGE_GROUP_MAX_BYTES` of candidates each, and a few per core."""
+    by_size = math.ceil(n_queries * shards * n * _CANDIDATE_BYTES / MERGE_GROUP_MAX_BYTES)
+    return max(1, min(max(n_queries, 1), max(by_size, spread_tasks(spark))))
+
+
+def merge_lists(table: pa.Table, id_col: str, n: int, schema: pa.Schema) -> pa.Table:
+    """Each query's partial lists (one row per shard) merged into its ``n`` nearest by (distance, position).
+
+    Returns one row per query: ``id_col``, ``neighbor_ids``, ``distances`` and the flag (set if any shard
+    flagged the row), in ``schema``.
+    """
+    if table.num_rows == 0:
+        return schema.empty_table()
+    queries = table.column(QUERY).to_numpy()
+    lists = {name: table.column(name).combine_chunks() for name in (NEIGHBOR_IDS, DISTANCES, POSITIONS)}
+    counts = lists[DISTANCES].value_lengths().to_numpy(zero_copy_only=False)
+    distances = lists[DISTANCES].flatten().to_numpy()
+    positions = lists[POSITIONS].flatten().to_numpy()
+    unique, first_row, owner_row = np.unique(queries, return_index=True, return_inverse=True)
+    owner = np.repeat(owner_row, counts)  # each candidate's query, numbered 0..len(unique)-1
+    order = np.lexsort((positions, distances, owner))
+    sorted_owner = owner[order]
+    starts = np.searchsorted(sorted_owner, np.arange(len(unique)))
+    kept = order[np.arange(len(order)) - starts[sorted_owner] < n]  # still sorted by query, then rank
+    per_query = np.bincount(owner[kept], minlength=len(unique))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(per_query)]).astype(np.int32))
+    bad = np.bincount(owner_row, weights=table.column(BAD_ROW).to_numpy(zero_copy_only=False), minlength=len(unique))
+    ids = lists[NEIGHBOR_IDS].flatten().take(pa.array(kept, type=pa.int64()))
+    return pa.table(
+        [
+            table.column(id_col).take(pa.array(first_row, type=pa.int64())),
+            pa.ListArray.from_arrays(offsets, ids),
+            pa.ListArray.from_arrays(offsets, pa.array(distances[kept])),
+            pa.array(bad > 0),
+        ],
+        schema=schema,
+    )
+
+
+def merged(tops: DataFrame, id_col: str, n: int, groups: int) -> DataFrame:
+    """The partial lists of every query merged into its top ``n`` (``groups`` Python calls; ``groups=0``: one
+    shard, whose lists are final already: no shuffle)."""
+    result = [id_col, NEIGHBOR_IDS, DISTANCES, BAD_ROW]
+    if groups == 0:
+        return tops.select(*result)
+    schema = StructType([tops.schema[name] for name in result])
+    arrow_schema = to_arrow_schema(schema)
+
+    def merge(table: pa.Table) -> pa.Table:
+        return merge_lists(table, id_col, n, arrow_schema)
+
+    keyed = tops.withColumn(_MERGE_GROUP, F.pmod(QUERY, F.lit(groups)))
+    return keyed.groupBy(_MERGE_GROUP).applyInArrow(merge, schema)
