@@ -37,8 +37,8 @@ POSITIONS = "__sklspark_positions"
 #: Most bytes of candidates merged in one Python call (the merge sorts them together).
 MERGE_GROUP_MAX_BYTES = 64 << 20
 
-#: Bytes of one candidate in the merge: its distance, position, an integer ID and the sort's indexes.
-_CANDIDATE_BYTES = 40
+#: Bytes of one candidate in the merge: its lists' entries (ID, distance, position), matrix cells and sort index.
+_CANDIDATE_BYTES = 64
 
 _MERGE_GROUP = "__sklspark_merge_group"
 
