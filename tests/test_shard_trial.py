@@ -103,7 +103,7 @@ def test_a_group_of_sharded_mode_tries_its_shard(small_trial):
     queries = np.arange(4000)
     built = sharded_module._build_shard(search, table(shard, sharded_module._POSITION), len(queries))
     assert isinstance(built.backend, TrialPartition)
-    got = sharded_module._search_block(search, table(queries, sharded_module._QUERY), built, to_arrow_schema(out))
+    got = sharded_module._search_block(search, table(queries, sharded_module.QUERY), built, to_arrow_schema(out))
     assert built.backend.choice == "partition"
     expected_positions, expected_distances = brute_force(X[queries], X[shard], 5)
     assert got.column(POSITIONS).to_pylist() == shard[expected_positions].tolist()

@@ -71,7 +71,6 @@ SHARD_MAX_BYTES = 128 << 20
 QUERY_BLOCK_MAX_BYTES = 64 << 20
 
 _POSITION = "__sklspark_position"
-_QUERY = QUERY
 _BLOCK = "__sklspark_block"
 _SHARD = "__sklspark_shard"
 
@@ -300,7 +299,7 @@ def _candidates(
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
     return pa.RecordBatch.from_arrays(
         [
-            batch.column(_QUERY),
+            batch.column(QUERY),
             batch.column(schema.names[1]),
             pa.ListArray.from_arrays(offsets, ids.take(pa.array(flat, type=pa.int64()))),
             pa.ListArray.from_arrays(offsets, pa.array(distances.ravel())),
@@ -333,8 +332,8 @@ def sharded_join(plan: JoinPlan, *, shards: int, blocks: int, n_queries: int) ->
     # an int 1 and a long 1 hash differently, so mixed types would send a group's halves apart.
     ref = ref.withColumn(_SHARD, F.pmod(_POSITION, F.lit(shards)))
     qry = stable_order(plan.queries, id_col, search.q_spec.columns)
-    qry = qry.select(F.monotonically_increasing_id().alias(_QUERY), id_col, *search.q_spec.columns)
-    qry = qry.withColumn(_BLOCK, F.pmod(_QUERY, F.lit(blocks))).withColumn(
+    qry = qry.select(F.monotonically_increasing_id().alias(QUERY), id_col, *search.q_spec.columns)
+    qry = qry.withColumn(_BLOCK, F.pmod(QUERY, F.lit(blocks))).withColumn(
         _SHARD, F.explode(F.sequence(F.lit(0), F.lit(shards - 1)).cast("array<bigint>"))
     )
     schema = partial_schema(id_col, plan.queries.schema[id_col].dataType, plan.reference.schema[id_col].dataType)
