@@ -58,8 +58,10 @@ def _end_to_end_ok(text: str) -> bool:
 @pytest.mark.parametrize(
     ("script", "args", "check"),
     [
-        ("large_model.py", ["--rows", "20000", "--queries", "500"], _large_model_ok),
-        ("pipeline.py", ["--quick"], _pipeline_ok),
+        pytest.param(
+            "large_model.py", ["--rows", "20000", "--queries", "500"], _large_model_ok, marks=pytest.mark.slow
+        ),
+        pytest.param("pipeline.py", ["--quick"], _pipeline_ok, marks=pytest.mark.slow),
         pytest.param("on_error.py", ["--quick"], _on_error_ok, marks=pytest.mark.slow),
         pytest.param("approximate_sharded.py", ["--quick"], _approximate_sharded_ok, marks=pytest.mark.slow),
         pytest.param("end_to_end.py", ["--quick"], _end_to_end_ok, marks=pytest.mark.slow),

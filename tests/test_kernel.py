@@ -89,6 +89,45 @@ def test_gemm_backend_brute_force_with_ties_equals_numpy(monkeypatch):
         np.testing.assert_array_equal(distances, expected_distances)
 
 
+@pytest.mark.parametrize("rows", [slice(0, 700), slice(150, 530), slice(690, 700)])
+def test_self_search_scores_each_pair_once_and_equals_brute_force(monkeypatch, rows):
+    """Own rows as queries (whole, middle, a last sliver), small tiles, one thread and two, ties everywhere."""
+    monkeypatch.setattr(gemm_module, "REFERENCE_TILE", 40)
+    monkeypatch.setattr(gemm_module, "QUERY_BLOCK", 16)
+    X = RNG.integers(-2, 3, size=(700, 5)).astype(np.float32)  # small integers: float32 scores are exact
+    ref = Scored(X, np.einsum("ij,ij->i", X, X))
+    exact = (-2 * X[rows].astype(np.float64)) @ X.T.astype(np.float64) + ref.bias
+    for n in (1, 9, 60):
+        for threads in (1, 2):
+            with threadpool_limits(threads, user_api="blas"):
+                scores, positions = gemm_module.own_scores(ref, rows, n, -2.0)
+            np.testing.assert_array_equal(scores, np.sort(exact, axis=1)[:, :n])
+            np.testing.assert_array_equal(np.take_along_axis(exact, positions, axis=1), scores)  # each its own score
+            assert all(len(set(found)) == n for found in positions)  # no row twice
+    backend = GemmBackend(clustered=False)
+    backend.build(X, "euclidean")
+    for k in (1, 5, 30):
+        positions, distances = exact_top_k(backend, X, np.arange(len(X)), rows, k, "euclidean")
+        expected_positions, expected_distances = brute_force(X[rows], X, k)
+        np.testing.assert_array_equal(positions, expected_positions)
+        np.testing.assert_array_equal(distances, expected_distances)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "inner_product"])
+def test_self_search_of_other_metrics_equals_searching_the_rows(monkeypatch, metric):
+    """Cosine and inner product score own rows as queries alike (scale -1, no bias)."""
+    monkeypatch.setattr(gemm_module, "REFERENCE_TILE", 40)
+    monkeypatch.setattr(gemm_module, "QUERY_BLOCK", 16)
+    X = RNG.normal(size=(400, 6)).astype(np.float32)
+    backend = GemmBackend(clustered=False)
+    backend.build(X, metric)
+    keys = np.arange(len(X))
+    own = exact_top_k(backend, X, keys, slice(100, 300), 7, metric)
+    searched = exact_top_k(backend, X, keys, X[100:300], 7, metric)
+    np.testing.assert_array_equal(own[0], searched[0])
+    np.testing.assert_array_equal(own[1], searched[1])
+
+
 @pytest.mark.parametrize("k", [1, 10])
 def test_clustered_search_skips_work_and_equals_brute_force(monkeypatch, k):
     """A mixture of 30 clusters: chosen automatically, scores far fewer pairs than brute force, same answer (ties)."""

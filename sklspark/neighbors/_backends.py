@@ -53,7 +53,7 @@ from sklearn.preprocessing import normalize
 
 from .._validation import check_scalar
 from ._clustered import Partition, partition
-from ._gemm import Scored, top_scores
+from ._gemm import Scored, own_scores, top_scores
 from ._names import INNER_PRODUCT, METRIC_ALIASES
 
 
@@ -109,6 +109,13 @@ class Backend(ABC):
         positions : ndarray of int of shape (n_queries, n)
             ``-1`` where fewer than ``n`` rows were found (approximate backends).
         """
+
+    def search_own(self, R: Any, rows: slice, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` of the indexed rows ``R[rows]`` themselves (a self-join); ``R`` holds the rows built on.
+
+        A backend that can score each pair of its own rows once overrides it.
+        """
+        return self.search(R[rows], n)
 
     def save(self, path: str) -> None:
         """Write the built index to ``path`` (only when ``ships_as_file``)."""
@@ -212,15 +219,29 @@ class GemmBackend(Backend):
         sparse = self._ref is not None and self._ref.sparse
         Q = float32_rows(sp.csr_matrix(Q) if sparse else Q.toarray() if sp.issparse(Q) else Q, self._metric)
         if self._metric != "euclidean":
-            scores, positions = self._top_scores(-Q, n)  # -q . r
-            if self._metric == INNER_PRODUCT:
-                return scores.astype(np.float64), positions
-            return np.clip(1.0 + scores.astype(np.float64), 0.0, 2.0), positions
+            return self._distances(Q, *self._top_scores(-Q, n))  # -q . r
         if self._partition is not None:
             scores, positions, pairs = self._partition.search(Q, n)
             self.pairs_scored += int(pairs)
         else:
             scores, positions = self._top_scores(Q * np.float32(-2), n)
+        return self._distances(Q, scores, positions)
+
+    def search_own(self, R: Any, rows: slice, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Brute force over dense rows scores each pair of the own rows ``rows`` once (:func:`own_scores`)."""
+        if self._ref is None or self._ref.sparse:
+            return super().search_own(R, rows, n)
+        scores, positions = own_scores(self._ref, rows, n, -2.0 if self._metric == "euclidean" else -1.0)
+        own = self._ref.features()[rows]
+        self.pairs_scored += own.shape[0] * len(self._ref)
+        return self._distances(own, scores, positions)
+
+    def _distances(self, Q: np.ndarray, scores: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The metric's distances from the scores of the float32 (normalised for cosine) queries ``Q``."""
+        if self._metric == INNER_PRODUCT:
+            return scores.astype(np.float64), positions
+        if self._metric == "cosine":
+            return np.clip(1.0 + scores.astype(np.float64), 0.0, 2.0), positions
         squared = scores.astype(np.float64) + _squared_norms(Q).astype(np.float64)[:, None]
         return np.sqrt(np.maximum(squared, 0)), positions
 

@@ -140,6 +140,13 @@ class ReferenceIndex(BaseEstimator):
             positions[good], distances[good] = exact_top_k(backend, self.X_, keys, Q, self.n_neighbors, self.metric)
         return self.ids[positions], distances, bad
 
+    def search_own(self, rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`search` of the reference rows ``rows`` themselves (every reference row is finite: none left out)."""
+        backend = self.index_.get() if isinstance(self.index_, IndexFile) else self.index_
+        keys = np.arange(self.X_.shape[0], dtype=np.int64)
+        positions, distances = exact_top_k(backend, self.X_, keys, rows, self.n_neighbors, self.metric)
+        return self.ids[positions], distances, np.zeros(positions.shape[0], dtype=bool)
+
 
 class OwnRows(BaseEstimator):
     """The queries of a self-join named by their reference positions: every worker already holds their rows.
@@ -166,9 +173,16 @@ class OwnRows(BaseEstimator):
         return self
 
     def search(self, P: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The query's ID, then :meth:`ReferenceIndex.search` of the reference rows at positions ``P[:, 0]``."""
+        """The query's ID, then :meth:`ReferenceIndex.search` of the reference rows at positions ``P[:, 0]``.
+
+        Consecutive positions (a range's chunk) are searched as the reference's own rows
+        (:meth:`ReferenceIndex.search_own`): the backend may score each pair of them once.
+        """
         positions = np.asarray(P, dtype=np.int64)[:, 0]
-        return (self.index.ids[positions], *self.index.search(self.index.X_[positions]))
+        ids = self.index.ids[positions]
+        if positions.size and np.array_equal(positions, np.arange(positions[0], positions[0] + positions.size)):
+            return (ids, *self.index.search_own(slice(int(positions[0]), int(positions[0]) + positions.size)))
+        return (ids, *self.index.search(self.index.X_[positions]))
 
 
 def reference_index(plan: JoinPlan) -> ReferenceIndex | None:

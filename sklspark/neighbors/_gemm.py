@@ -33,7 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import ThreadpoolController
 
-from ._select import keep_smallest
+from ._select import keep_pairs, keep_smallest
 
 #: Queries scored together: one tile of scores is ``QUERY_BLOCK x REFERENCE_TILE`` float32 (1 MiB).
 QUERY_BLOCK = 256
@@ -43,6 +43,9 @@ QUERY_BLOCK = 256
 #: Zen 4 under load (best of 4, 1,024 x 100,000 x 64): 256 x 1024 tiles 2.70 s, 512 x 1024 2.65 s,
 #: 256 x 2048 2.89 s, 256 x 4096 3.25 s (the product alone: 1.70 s).
 REFERENCE_TILE = 1024
+
+#: Most bytes of the lists (float32 score, int64 position) that :func:`own_scores` keeps, one set per thread.
+_KEPT_BYTES = 1 << 28
 
 #: The threadpoolctl controller and the number of imported modules when it scanned the loaded libraries.
 _controller: list[Any] = [None, 0]
@@ -185,15 +188,80 @@ def map_blocks(fn: Callable[[slice], Any], n_queries: int, threads: bool = True)
     threads as it could use before (:func:`blas_threads`).
     """
     starts = [slice(start, start + QUERY_BLOCK) for start in range(0, n_queries, QUERY_BLOCK)]
+    return _shared(fn, starts, threads)
+
+
+def _shared(fn: Callable[[Any], Any], items: list[Any], threads: bool = True) -> list[Any]:
+    """``[fn(item) for item in items]``, with single-threaded BLAS products, on up to :func:`blas_threads` threads."""
     threads_now = blas_threads()
     if threads_now <= 1:
-        return [fn(start) for start in starts]
-    workers = min(len(starts), threads_now) if threads else 1
+        return [fn(item) for item in items]
+    workers = min(len(items), threads_now) if threads else 1
     with _threadpools().limit(limits=1, user_api="blas"):  # tiles are too small for a multi-threaded product
         if workers <= 1:
-            return [fn(start) for start in starts]
+            return [fn(item) for item in items]
         with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(fn, starts))
+            return list(pool.map(fn, items))
+
+
+def own_scores(ref: Scored, rows: slice, n: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_scores` of the reference's own dense rows ``rows`` as the queries (a self-search), each pair once.
+
+    A product of two own rows scores both of them (:func:`keep_pairs`), so the own rows' pairs cost half
+    the products; the other reference rows are scored as by :func:`top_scores`. Each thread keeps lists
+    for every own row, merged at the end by (score, position).
+
+    Parameters
+    ----------
+    ref : Scored
+        Dense rows.
+    rows : slice
+        The own rows ``start:stop`` (step 1) searched as queries.
+    n : int
+        ``1 <= n <= len(ref)``.
+    scale : float
+        The queries' scale (``-2`` for euclidean scores, ``-1`` for the others).
+
+    Returns
+    -------
+    scores : ndarray of float32 of shape (stop - start, n)
+    positions : ndarray of int64 of shape (stop - start, n)
+        Ascending by score; equal scores in no particular order.
+    """
+    start, stop, _ = rows.indices(len(ref))
+    X = ref.rows
+    Qs = ref.queries(np.float32(scale) * ref.features()[start:stop])
+    bias = ref.bias[start:stop]
+    n_own, n_ref = stop - start, len(ref)
+    blocks = [(i, min(n_own, i + QUERY_BLOCK)) for i in range(0, n_own, QUERY_BLOCK)]
+    others = [  # the reference rows that are not own rows, in tiles
+        (t, min(end, t + REFERENCE_TILE))
+        for begin, end in ((0, start), (stop, n_ref))
+        for t in range(begin, end, REFERENCE_TILE)
+    ]
+    workers = max(1, min(len(blocks), blas_threads(), _KEPT_BYTES // (n_own * n * 12)))  # each keeps every own row
+
+    def work(worker: int) -> tuple[np.ndarray, np.ndarray]:
+        kept = Kept(n_own, n)
+        out = np.empty((QUERY_BLOCK, REFERENCE_TILE), dtype=np.float32)
+        for first, last in blocks[worker::workers]:  # every other block: the later blocks pair with fewer rows
+            own = np.arange(first, last, dtype=np.int64)
+            for begin, end in [*others, (start + first, start + last)]:  # with the bias folded in; own block whole
+                np.matmul(Qs[first:last], X[begin:end].T, out=out[: last - first, : end - begin])
+                keep_smallest(out[: last - first], end - begin, begin, own, kept.values, kept.positions)
+            for begin in range(last, n_own, REFERENCE_TILE):  # later own rows: each product scores both sides
+                end = min(n_own, begin + REFERENCE_TILE)
+                products = out[: last - first, : end - begin]
+                np.matmul(Qs[first:last, :-1], X[start + begin : start + end, :-1].T, out=products)
+                keep_pairs(out[: last - first], end - begin, (first, begin, start), bias, kept.values, kept.positions)
+        return kept.result()
+
+    parts = _shared(work, list(range(workers)))
+    if len(parts) == 1:
+        return parts[0]
+    values, positions = np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1)
+    order = np.lexsort((positions, values), axis=-1)[:, :n]
+    return np.take_along_axis(values, order, axis=1), np.take_along_axis(positions, order, axis=1)
 
 
 def _block(Qs: Any, ref: Scored, n: int) -> tuple[np.ndarray, np.ndarray]:

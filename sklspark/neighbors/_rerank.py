@@ -230,7 +230,7 @@ def _exhaustive(Q, R, keys, metric, n):
 
 
 def exact_top_k(
-    backend: Backend, R: np.ndarray, keys: np.ndarray, Q: np.ndarray, n: int, metric: str
+    backend: Backend, R: np.ndarray, keys: np.ndarray, Q: np.ndarray | slice, n: int, metric: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``n`` nearest rows of ``R`` to each row of ``Q``, by exact distance then smaller key.
 
@@ -242,7 +242,9 @@ def exact_top_k(
         The indexed rows, in the backend's position order.
     keys : ndarray of int of shape (n_ref,)
         Tie-break key of each row of ``R``: its global reference position.
-    Q : ndarray of shape (n_queries, n_features)
+    Q : ndarray of shape (n_queries, n_features), or slice
+        The queries; a slice names rows of ``R`` (a self-join), which the backend may search as its own
+        (:meth:`Backend.search_own`: each pair of them scored once).
     n : int
         Neighbours wanted, ``1 <= n <= n_ref``.
     metric : str
@@ -254,19 +256,22 @@ def exact_top_k(
     distances : ndarray of float64 of shape (n_queries, n)
         Exact distances, ascending.
     """
-    if sp.issparse(Q) != sp.issparse(R):  # a chunk follows the reference: CSR for a CSR reference, else dense
-        Q = sp.csr_matrix(Q) if sp.issparse(R) else sp.csr_matrix(Q).toarray()
+    own = Q if isinstance(Q, slice) else None
+    rows: Any = R[Q] if isinstance(Q, slice) else Q
+    if sp.issparse(rows) != sp.issparse(R):  # a chunk follows the reference: CSR for a CSR reference, else dense
+        rows = sp.csr_matrix(rows) if sp.issparse(R) else sp.csr_matrix(rows).toarray()
     n_ref = R.shape[0]
-    positions = np.empty((Q.shape[0], n), dtype=np.int64)
-    distances = np.empty((Q.shape[0], n), dtype=np.float64)
-    pending = np.arange(Q.shape[0])
+    positions = np.empty((rows.shape[0], n), dtype=np.int64)
+    distances = np.empty((rows.shape[0], n), dtype=np.float64)
+    pending = np.arange(rows.shape[0])
     n_cand = min(n_ref, n + EXACT_MARGIN if backend.exact else 2 * n + APPROXIMATE_MARGIN)
     while pending.size:
-        q = Q[pending]
+        q = rows[pending]
         if n_cand >= n_ref:
             positions[pending], distances[pending] = _exhaustive(q, R, keys, metric, n)
             break
-        approx, candidates = backend.search(q, n_cand)
+        approx, candidates = backend.search(q, n_cand) if own is None else backend.search_own(R, own, n_cand)
+        own = None  # rows searched again are searched as queries
         found = candidates >= 0
         candidates = np.where(found, candidates, 0)
         top, top_distances = _ranked(q, R, keys, candidates, metric, n)

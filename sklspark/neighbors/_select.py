@@ -90,3 +90,73 @@ def keep_smallest(
             if scores[t] < threshold:
                 _insert(values, positions, scores[t], offset + t)
                 threshold = values[n - 1]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def keep_pairs(
+    G: np.ndarray, width: int, at: tuple[int, int, int], bias: np.ndarray, V: np.ndarray, P: np.ndarray
+) -> None:  # pragma: no cover  (compiled: covered through the kernel's tests)
+    """Merge a tile of a self-search into the lists of *both* its rows' and its columns' queries, in place.
+
+    In a self-search the queries are reference rows themselves, and the products of two of them score
+    both: ``G[i, j] = c x_a . x_b`` (``c`` the queries' scale) gives query ``a`` the score ``G[i, j] + bias[b]``
+    of row ``b``, and query ``b`` the score ``G[i, j] + bias[a]`` of row ``a``. Each pair of own rows is
+    multiplied once.
+
+    Parameters
+    ----------
+    G : ndarray of float32 of shape (m, >= width), C-contiguous
+        Products of own rows ``a = at[0] + i`` and ``b = at[1] + j`` (indices into ``bias``, ``V``, ``P``).
+    width : int
+        Columns of ``G`` to read.
+    at : (int, int, int)
+        Own row of ``G``'s first row, own row of its first column, reference position of own row 0.
+    bias : ndarray of float32 of shape (n_own,)
+        Each own row's bias (its squared norm for euclidean, else 0).
+    V : ndarray of float32 of shape (n_own, n)
+        Each own row's ``n`` smallest scores so far, ascending (``inf`` in empty slots).
+    P : ndarray of int64 of shape (n_own, n)
+        Their reference positions (``-1`` in empty slots).
+
+    Scores arrive out of position order, so equal scores are kept in the order they arrive: the ``n``
+    smallest scores, ties in any order (the exact re-rank orders them).
+    """
+    rows, cols, offset = at
+    n = V.shape[1]
+    column_bias = bias[cols : cols + width]
+    thresholds = np.empty(width, dtype=np.float32)  # the columns' n-th smallest, contiguous for the comparisons
+    for j in range(width):
+        thresholds[j] = V[cols + j, n - 1]
+    for i in range(G.shape[0]):
+        a = rows + i
+        products = G[i]
+        values, positions = V[a], P[a]
+        threshold, row_bias = values[n - 1], bias[a]
+        below = False
+        for j in range(width):  # row a: most rows of a late tile hold no score below its threshold
+            below |= products[j] + column_bias[j] < threshold
+        if below:
+            for j in range(0, width, BLOCK):
+                below = False
+                for t in range(j, min(width, j + BLOCK)):
+                    below |= products[t] + column_bias[t] < threshold
+                if below:
+                    for t in range(j, min(width, j + BLOCK)):
+                        score = products[t] + column_bias[t]
+                        if score < threshold:
+                            _insert(values, positions, score, offset + cols + t)
+                            threshold = values[n - 1]
+        below = False
+        for j in range(width):  # the columns: row a is a candidate of few of them
+            below |= products[j] + row_bias < thresholds[j]
+        if below:
+            for j in range(0, width, BLOCK):
+                below = False
+                for t in range(j, min(width, j + BLOCK)):
+                    below |= products[t] + row_bias < thresholds[t]
+                if below:
+                    for t in range(j, min(width, j + BLOCK)):
+                        score = products[t] + row_bias
+                        if score < thresholds[t]:
+                            _insert(V[cols + t], P[cols + t], score, offset + a)
+                            thresholds[t] = V[cols + t, n - 1]
