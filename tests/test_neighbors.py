@@ -229,6 +229,7 @@ def test_self_join_scores_positions_not_a_second_read(spark, ids):
     got = collect(result)
     queries = df.select("*")  # the same rows, not the same DataFrame: queries read and spread as usual
     assert_identical(got, collect(kneighbors_join(queries, df, 5, exclude_self=True)))
+    assert_identical(got, collect(all_neighbors(df, 5, chunk_size=7)))  # each range searched 7 own rows at a time
     ref_ids, R = reference_order(df)
     assert_matches_truth(got, R[np.argsort(ref_ids, kind="stable")], R, ref_ids, 5, exclude_self=True, query_ids=got[0])
 

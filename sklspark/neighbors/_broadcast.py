@@ -267,12 +267,13 @@ def _own_rows_join(plan: JoinPlan, index: ReferenceIndex) -> DataFrame:
     """
     search = plan.search
     session = plan.queries.sparkSession
-    positions = session.range(0, len(index.ids), numPartitions=spread_tasks(session)).withColumnRenamed("id", _POSITION)
+    ranges = spread_tasks(session)
+    positions = session.range(0, len(index.ids), numPartitions=ranges).withColumnRenamed("id", _POSITION)
     scored: DataFrame = distribute(  # type: ignore[assignment]  # a DataFrame in, a DataFrame out
         OwnRows(index).fit(),
         "search",
         positions,
-        chunk_size=search.chunk_size,
+        chunk_size=min(search.own_chunk_size, -(-len(index.ids) // ranges)),  # a range at once
         features=[_POSITION],
         output_cols=[search.id_col, NEIGHBOR_IDS, DISTANCES, BAD_ROW],
     )

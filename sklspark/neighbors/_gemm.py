@@ -244,11 +244,17 @@ def own_scores(ref: Scored, rows: slice, n: int, scale: float) -> tuple[np.ndarr
     def work(worker: int) -> tuple[np.ndarray, np.ndarray]:
         kept = Kept(n_own, n)
         out = np.empty((QUERY_BLOCK, REFERENCE_TILE), dtype=np.float32)
-        for first, last in blocks[worker::workers]:  # every other block: the later blocks pair with fewer rows
+
+        def score(first: int, last: int, tiles: list[tuple[int, int]]) -> None:  # the bias folded into the product
             own = np.arange(first, last, dtype=np.int64)
-            for begin, end in [*others, (start + first, start + last)]:  # with the bias folded in; own block whole
+            for begin, end in tiles:
                 np.matmul(Qs[first:last], X[begin:end].T, out=out[: last - first, : end - begin])
                 keep_smallest(out[: last - first], end - begin, begin, own, kept.values, kept.positions)
+
+        for first, last in blocks:  # every own row's own block first: the columns' thresholds start tight
+            score(first, last, [(start + first, start + last)])
+        for first, last in blocks[worker::workers]:  # every other block: the later blocks pair with fewer rows
+            score(first, last, others)
             for begin in range(last, n_own, REFERENCE_TILE):  # later own rows: each product scores both sides
                 end = min(n_own, begin + REFERENCE_TILE)
                 products = out[: last - first, : end - begin]
@@ -259,8 +265,14 @@ def own_scores(ref: Scored, rows: slice, n: int, scale: float) -> tuple[np.ndarr
     parts = _shared(work, list(range(workers)))
     if len(parts) == 1:
         return parts[0]
+    # every thread scored the own blocks: a pair found twice is kept once
     values, positions = np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1)
-    order = np.lexsort((positions, values), axis=-1)[:, :n]
+    order = np.lexsort((positions, values), axis=-1)
+    values, positions = np.take_along_axis(values, order, axis=1), np.take_along_axis(positions, order, axis=1)
+    again = np.zeros(positions.shape, dtype=bool)
+    again[:, 1:] = (positions[:, 1:] == positions[:, :-1]) & (positions[:, 1:] >= 0)
+    values[again], positions[again] = np.inf, -1
+    order = np.argsort(values, axis=-1, kind="stable")[:, :n]
     return np.take_along_axis(values, order, axis=1), np.take_along_axis(positions, order, axis=1)
 
 

@@ -166,7 +166,7 @@ def kneighbors_join(
     metric: str = "euclidean",
     backend: str | Backend = "auto",
     shards: int | None = None,
-    chunk_size: int = 4096,
+    chunk_size: int | None = None,
     reference_ids: Sequence | None = None,
     max_distance: float | None = None,
     on_error: str = "raise",
@@ -211,8 +211,10 @@ def kneighbors_join(
         is broadcast if its size is at most ``REFERENCE_BROADCAST_MAX_BYTES`` and sharded otherwise (the size is
         Spark's plan estimate; where there is none, under Spark Connect or for a DataFrame made from an RDD
         or Python rows, a count x the first row's feature bytes).
-    chunk_size : int, default=4096
-        Most query rows searched at once in a task.
+    chunk_size : int, optional
+        Most query rows searched at once in a task. By default 4,096, and in broadcast mode's self-join
+        (``all_neighbors``) a task's whole range of the reference's own rows, up to 65,536: a product of two
+        own rows scores both, so the larger the range searched at once, the fewer products.
     reference_ids : sequence, optional
         With a fitted ``NearestNeighbors`` only: the ID of each of its rows (default ``0..n-1``).
     max_distance : float, optional

@@ -26,7 +26,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.validation import check_is_fitted
 
 from .._features import FeatureSpec, check_features
-from .._validation import check_chunk_size, check_scalar
+from .._validation import MAX_BATCH_CHUNK, check_optional_chunk_size, check_scalar
 from ._backends import BACKENDS, Backend, choose_backend
 from ._checks import ids_from_sequence
 from ._names import DISTANCES, ERROR, INNER_PRODUCT, METRIC_ALIASES, NEIGHBOR_IDS
@@ -42,6 +42,13 @@ _ID_TYPES = (*_INTEGER_IDS, StringType)
 #: Column names Spark resolves as written; others (dots, spaces, backticks) are renamed for the join.
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+#: Query rows searched at once by default.
+QUERY_CHUNK = 4096
+
+#: The reference's own rows searched at once by default as the queries of a self-join: a task's whole range up
+#: to this many (each product of two own rows scores both; the lists of 65,536 rows take about 12 MB).
+OWN_CHUNK = MAX_BATCH_CHUNK
+
 #: Values of ``on_error``: fail the job on a bad row, or give it null neighbours and its reason in ``error``.
 ON_ERROR = ("raise", "null")
 
@@ -56,7 +63,7 @@ class JoinOptions:
     metric: Any = "euclidean"
     backend: Any = "auto"
     shards: Any = None
-    chunk_size: Any = 4096
+    chunk_size: Any = None
     reference_ids: Any = None
     max_distance: Any = None
     on_error: Any = "raise"
@@ -86,6 +93,8 @@ class SearchSpec:
     chunk_size : int
         Most query rows searched at once.
     on_error : {"raise", "null"}
+    own_chunk_size : int
+        Most of the reference's own rows searched at once as queries (a self-join in broadcast mode).
     """
 
     n: int
@@ -96,6 +105,7 @@ class SearchSpec:
     metric: str
     chunk_size: int
     on_error: str
+    own_chunk_size: int
 
 
 @dataclass(frozen=True)
@@ -283,7 +293,7 @@ def plan_join(queries: Any, reference: Any, k: Any, options: JoinOptions, caller
     k = check_scalar(k, "k", caller, low=1)
     exclude_self = check_scalar(options.exclude_self, "exclude_self", caller, kind=bool)
     shards = check_scalar(options.shards, "shards", _OPTIONS_OF, low=1, none_ok=True)
-    chunk_size = check_chunk_size(options.chunk_size, _OPTIONS_OF)
+    chunk_size = check_optional_chunk_size(options.chunk_size, _OPTIONS_OF)
     on_error = check_scalar(options.on_error, "on_error", _OPTIONS_OF, kind=str, options=ON_ERROR)
     result_id = check_scalar(options.id_col, "id_col", _OPTIONS_OF, kind=str)
     reserved = (NEIGHBOR_IDS, DISTANCES, ERROR) if on_error == "null" else (NEIGHBOR_IDS, DISTANCES)
@@ -315,7 +325,15 @@ def plan_join(queries: Any, reference: Any, k: Any, options: JoinOptions, caller
         if exclude_self:
             _check_comparable_ids(queries, reference, id_col)
     search = SearchSpec(
-        k + 1 if exclude_self else k, id_col, q_spec, r_spec, choice.engine, choice.metric, chunk_size, on_error
+        k + 1 if exclude_self else k,
+        id_col,
+        q_spec,
+        r_spec,
+        choice.engine,
+        choice.metric,
+        chunk_size or QUERY_CHUNK,
+        on_error,
+        chunk_size or OWN_CHUNK,
     )
     index_dir = _check_index_dir(options.index_dir, choice.engine, isinstance(reference, FittedReference))
     plan = JoinPlan(queries, reference, search, k, exclude_self, max_distance, shards, result_id, caller, index_dir)
