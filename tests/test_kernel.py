@@ -91,9 +91,12 @@ def test_gemm_backend_brute_force_with_ties_equals_numpy(monkeypatch):
 
 @pytest.mark.parametrize("rows", [slice(0, 700), slice(150, 530), slice(690, 700)])
 def test_self_search_scores_each_pair_once_and_equals_brute_force(monkeypatch, rows):
-    """Own rows as queries (whole, middle, a last sliver), small tiles, one thread and two, ties everywhere."""
+    """Own rows as queries (whole, middle, a last sliver), small tiles and groups (rounds of pairs of groups), one
+    thread and two, ties everywhere."""
     monkeypatch.setattr(gemm_module, "REFERENCE_TILE", 40)
     monkeypatch.setattr(gemm_module, "QUERY_BLOCK", 16)
+    monkeypatch.setattr(gemm_module, "PAIR_TILE", 24)
+    monkeypatch.setattr(gemm_module, "OWN_GROUP", 56)
     X = RNG.integers(-2, 3, size=(700, 5)).astype(np.float32)  # small integers: float32 scores are exact
     ref = Scored(X, np.einsum("ij,ij->i", X, X))
     exact = (-2 * X[rows].astype(np.float64)) @ X.T.astype(np.float64) + ref.bias
@@ -118,6 +121,8 @@ def test_self_search_of_other_metrics_equals_searching_the_rows(monkeypatch, met
     """Cosine and inner product score own rows as queries alike (scale -1, no bias)."""
     monkeypatch.setattr(gemm_module, "REFERENCE_TILE", 40)
     monkeypatch.setattr(gemm_module, "QUERY_BLOCK", 16)
+    monkeypatch.setattr(gemm_module, "PAIR_TILE", 24)
+    monkeypatch.setattr(gemm_module, "OWN_GROUP", 40)
     X = RNG.normal(size=(400, 6)).astype(np.float32)
     backend = GemmBackend(clustered=False)
     backend.build(X, metric)
@@ -227,6 +232,14 @@ def test_all_neighbors_with_the_clustered_search_in_both_modes_equals_brute_forc
         got = _collect(all_neighbors(df, 6, backend=GemmBackend(clustered=True), shards=shards))
         for a, b in zip(got, expected):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("teams", [1, 2, 5, 8])
+def test_round_robin_plays_every_pair_once_and_nobody_twice_a_round(teams):
+    rounds = gemm_module._rounds(teams)
+    played = [match for matches in rounds for match in matches]
+    assert sorted(played) == [(i, j) for i in range(teams) for j in range(i + 1, teams)]
+    assert all(len({t for match in matches for t in match}) == 2 * len(matches) for matches in rounds)
 
 
 @pytest.mark.parametrize("n", [1, 3, 17])

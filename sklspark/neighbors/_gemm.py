@@ -10,7 +10,10 @@ Per block of :data:`QUERY_BLOCK` queries, the reference is visited in tiles of :
 each tile's scores are written by one product and read once, while still in the core's cache, by the
 compiled :func:`sklspark.neighbors._select.keep_smallest`, which merges them into each query's ``n``
 smallest so far (a whole block of scores above a query's current ``n``-th smallest is rejected by one
-vectorised comparison).
+vectorised comparison). The loop over the tiles is compiled as well (:mod:`sklspark.neighbors._pairs`:
+the BLAS product through numba's ``np.dot``), so no Python runs between tiles.
+
+When the queries are the reference's own rows (:func:`own_scores`), each product of two of them scores both.
 
 The result is exactly the ``n`` smallest scores (in float32) by (score, position), which is what
 :func:`sklspark.neighbors._rerank.exact_top_k` expects of an exact backend: it recomputes the distances in
@@ -25,15 +28,17 @@ per core is much faster than a multi-threaded BLAS call per tile, and the select
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import ThreadpoolController
 
-from ._select import keep_pairs, keep_smallest
+from ._pairs import score_pairs, score_rows
+from ._select import keep_smallest
 
 #: Queries scored together: one tile of scores is ``QUERY_BLOCK x REFERENCE_TILE`` float32 (1 MiB).
 QUERY_BLOCK = 256
@@ -44,8 +49,13 @@ QUERY_BLOCK = 256
 #: 256 x 2048 2.89 s, 256 x 4096 3.25 s (the product alone: 1.70 s).
 REFERENCE_TILE = 1024
 
-#: Most bytes of the lists (float32 score, int64 position) that :func:`own_scores` keeps, one set per thread.
-_KEPT_BYTES = 1 << 28
+#: Own rows per tile of a self-search's pairs (:func:`own_scores`): the tile's columns are queries too, whose lists
+#: the selection updates, so 256 x 256 products, 256 lists and their thresholds stay in the L2 cache together.
+#: Measured single-threaded, 40,000 x 64 all pairs: tiles of 1,024 columns 2.72 s, 512 1.87 s, 256 1.70 s.
+PAIR_TILE = 256
+
+#: Own rows per group of a self-search (:func:`own_scores`): the unit of work its threads share.
+OWN_GROUP = 16 * QUERY_BLOCK
 
 #: The threadpoolctl controller and the number of imported modules when it scanned the loaded libraries.
 _controller: list[Any] = [None, 0]
@@ -102,17 +112,15 @@ class Scored:
         out[:, -1] = 1
         return out
 
-    def scores(self, Qs: Any, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
-        """The tile of scores of queries ``Qs`` (from :meth:`queries`) against rows ``start:stop``."""
-        if self.sparse:
-            S = Qs @ self.rows[start:stop].T
-            S = S.toarray() if sp.issparse(S) else np.asarray(S)
-            S += self.bias[start:stop]
-            return S
-        if out is None:
-            return Qs @ self.rows[start:stop].T
-        out = out[: Qs.shape[0], : stop - start]
-        return np.matmul(Qs, self.rows[start:stop].T, out=out)
+    def scores(self, Qs: Any, start: int, stop: int) -> np.ndarray:
+        """The tile of scores of CSR queries ``Qs`` (from :meth:`queries`) against CSR rows ``start:stop``, dense.
+
+        (Dense tiles are scored by the compiled :func:`sklspark.neighbors._pairs.score_rows`.)
+        """
+        S = Qs @ self.rows[start:stop].T
+        S = S.toarray() if sp.issparse(S) else np.asarray(S)
+        S += self.bias[start:stop]
+        return S
 
 
 class Kept:
@@ -188,28 +196,38 @@ def map_blocks(fn: Callable[[slice], Any], n_queries: int, threads: bool = True)
     threads as it could use before (:func:`blas_threads`).
     """
     starts = [slice(start, start + QUERY_BLOCK) for start in range(0, n_queries, QUERY_BLOCK)]
-    return _shared(fn, starts, threads)
+    with _workers(threads) as run:
+        return run(fn, starts)
 
 
-def _shared(fn: Callable[[Any], Any], items: list[Any], threads: bool = True) -> list[Any]:
-    """``[fn(item) for item in items]``, with single-threaded BLAS products, on up to :func:`blas_threads` threads."""
+@contextmanager
+def _workers(threads: bool = True) -> Iterator[Callable[[Callable[[Any], Any], list[Any]], list[Any]]]:
+    """A ``run(fn, items)`` that maps ``fn`` over ``items``, with single-threaded BLAS products, on up to
+    :func:`blas_threads` Python threads (one with ``threads=False``)."""
     threads_now = blas_threads()
-    if threads_now <= 1:
+
+    def serial(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         return [fn(item) for item in items]
-    workers = min(len(items), threads_now) if threads else 1
+
+    if threads_now <= 1:
+        yield serial
+        return
     with _threadpools().limit(limits=1, user_api="blas"):  # tiles are too small for a multi-threaded product
-        if workers <= 1:
-            return [fn(item) for item in items]
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(fn, items))
+        if not threads:
+            yield serial
+            return
+        with ThreadPoolExecutor(threads_now) as pool:
+            yield lambda fn, items: serial(fn, items) if len(items) <= 1 else list(pool.map(fn, items))
 
 
 def own_scores(ref: Scored, rows: slice, n: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """:func:`top_scores` of the reference's own dense rows ``rows`` as the queries (a self-search), each pair once.
 
-    A product of two own rows scores both of them (:func:`keep_pairs`), so the own rows' pairs cost half
-    the products; the other reference rows are scored as by :func:`top_scores`. Each thread keeps lists
-    for every own row, merged at the end by (score, position).
+    A product of two own rows scores both of them (:mod:`sklspark.neighbors._pairs`), so the own rows' pairs cost half
+    the products; the other reference rows are scored as by :func:`top_scores`. The own rows are cut into
+    groups of :data:`OWN_GROUP`: first every group's work that touches its own lists alone (the other
+    rows, its own pairs), then the pairs of groups, in the rounds of a round-robin tournament, so that the
+    threads of a round never update the same lists.
 
     Parameters
     ----------
@@ -229,61 +247,56 @@ def own_scores(ref: Scored, rows: slice, n: int, scale: float) -> tuple[np.ndarr
         Ascending by score; equal scores in no particular order.
     """
     start, stop, _ = rows.indices(len(ref))
-    X = ref.rows
-    Qs = ref.queries(np.float32(scale) * ref.features()[start:stop])
-    bias = ref.bias[start:stop]
-    n_own, n_ref = stop - start, len(ref)
-    blocks = [(i, min(n_own, i + QUERY_BLOCK)) for i in range(0, n_own, QUERY_BLOCK)]
-    others = [  # the reference rows that are not own rows, in tiles
-        (t, min(end, t + REFERENCE_TILE))
-        for begin, end in ((0, start), (stop, n_ref))
-        for t in range(begin, end, REFERENCE_TILE)
-    ]
-    workers = max(1, min(len(blocks), blas_threads(), _KEPT_BYTES // (n_own * n * 12)))  # each keeps every own row
+    own = ref.features()[start:stop]
+    Q = np.float32(scale) * own
+    Qs, X, bias = ref.queries(Q), ref.rows, ref.bias[start:stop]
+    kept = Kept(len(own), n)
+    V, P = kept.values, kept.positions
 
-    def work(worker: int) -> tuple[np.ndarray, np.ndarray]:
-        kept = Kept(n_own, n)
-        out = np.empty((QUERY_BLOCK, REFERENCE_TILE), dtype=np.float32)
+    def alone(group: tuple[int, int]) -> None:  # the group's own blocks first: tight thresholds for its pairs
+        first, last = group
+        for block in range(first, last, QUERY_BLOCK):
+            end = min(last, block + QUERY_BLOCK)
+            score_rows(Qs, X, V, P, (block, end, start + block, start + end, QUERY_BLOCK, QUERY_BLOCK))
+        for begin, end in ((0, start), (stop, len(ref))):  # the other reference rows
+            score_rows(Qs, X, V, P, (first, last, begin, end, QUERY_BLOCK, REFERENCE_TILE))
+        score_pairs(Q, own, bias, V, P, (first, last, first, last, start, QUERY_BLOCK, PAIR_TILE))
 
-        def score(first: int, last: int, tiles: list[tuple[int, int]]) -> None:  # the bias folded into the product
-            own = np.arange(first, last, dtype=np.int64)
-            for begin, end in tiles:
-                np.matmul(Qs[first:last], X[begin:end].T, out=out[: last - first, : end - begin])
-                keep_smallest(out[: last - first], end - begin, begin, own, kept.values, kept.positions)
+    def between(groups: tuple[tuple[int, int], tuple[int, int]]) -> None:
+        (first, last), (begin, end) = groups
+        score_pairs(Q, own, bias, V, P, (first, last, begin, end, start, QUERY_BLOCK, PAIR_TILE))
 
-        for first, last in blocks:  # every own row's own block first: the columns' thresholds start tight
-            score(first, last, [(start + first, start + last)])
-        for first, last in blocks[worker::workers]:  # every other block: the later blocks pair with fewer rows
-            score(first, last, others)
-            for begin in range(last, n_own, REFERENCE_TILE):  # later own rows: each product scores both sides
-                end = min(n_own, begin + REFERENCE_TILE)
-                products = out[: last - first, : end - begin]
-                np.matmul(Qs[first:last, :-1], X[start + begin : start + end, :-1].T, out=products)
-                keep_pairs(out[: last - first], end - begin, (first, begin, start), bias, kept.values, kept.positions)
-        return kept.result()
+    groups = [(i, min(len(own), i + OWN_GROUP)) for i in range(0, len(own), OWN_GROUP)]
+    with _workers() as run:
+        run(alone, groups)
+        for matches in _rounds(len(groups)):
+            run(between, [(groups[i], groups[j]) for i, j in matches])
+    return kept.result()
 
-    parts = _shared(work, list(range(workers)))
-    if len(parts) == 1:
-        return parts[0]
-    # every thread scored the own blocks: a pair found twice is kept once
-    values, positions = np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1)
-    order = np.lexsort((positions, values), axis=-1)
-    values, positions = np.take_along_axis(values, order, axis=1), np.take_along_axis(positions, order, axis=1)
-    again = np.zeros(positions.shape, dtype=bool)
-    again[:, 1:] = (positions[:, 1:] == positions[:, :-1]) & (positions[:, 1:] >= 0)
-    values[again], positions[again] = np.inf, -1
-    order = np.argsort(values, axis=-1, kind="stable")[:, :n]
-    return np.take_along_axis(values, order, axis=1), np.take_along_axis(positions, order, axis=1)
+
+def _rounds(n_teams: int) -> list[list[tuple[int, int]]]:
+    """A round-robin tournament of ``n_teams`` (the circle method): every pair ``(i, j)``, ``i < j``, once, in rounds
+    where no team plays twice."""
+    teams: list[int | None] = [*range(n_teams), *([None] if n_teams % 2 else [])]
+    rounds = []
+    for _ in range(len(teams) - 1):
+        half = len(teams) // 2
+        matches = [(teams[i], teams[-1 - i]) for i in range(half)]
+        rounds.append([(min(a, b), max(a, b)) for a, b in matches if a is not None and b is not None])
+        teams = [teams[0], teams[-1], *teams[1:-1]]
+    return rounds
 
 
 def _block(Qs: Any, ref: Scored, n: int) -> tuple[np.ndarray, np.ndarray]:
     kept = Kept(Qs.shape[0], n)
     n_ref = len(ref)
-    out = None if ref.sparse else np.empty((Qs.shape[0], REFERENCE_TILE), dtype=np.float32)
+    if not ref.sparse:  # the tiles' loop compiled (:func:`score_rows`)
+        work = (0, Qs.shape[0], 0, n_ref, QUERY_BLOCK, REFERENCE_TILE)
+        score_rows(np.ascontiguousarray(Qs), ref.rows, kept.values, kept.positions, work)
+        return kept.result()
     for start in range(0, n_ref, REFERENCE_TILE):
         stop = min(n_ref, start + REFERENCE_TILE)
-        S = ref.scores(Qs, start, stop, out)
-        kept.add(S if out is None else out, start, width=stop - start)
+        kept.add(ref.scores(Qs, start, stop), start)
     return kept.result()
 
 
