@@ -91,7 +91,7 @@ def test_a_group_of_sharded_mode_tries_its_shard(small_trial):
     shard = np.arange(1, 4000, 2)  # shard 1 of 2: the odd positions
     schema = StructType([StructField("id", LongType()), StructField("features", ArrayType(FloatType()))])
     spec = check_features(schema, "features")
-    search = SearchSpec(5, "id", spec, spec, GemmBackend(), "euclidean", 500, "raise")
+    search = SearchSpec(5, "id", spec, spec, GemmBackend(), "euclidean", 500, "raise", 500)
 
     def table(rows: np.ndarray, key: str) -> pa.Table:
         offsets = pa.array(np.arange(len(rows) + 1) * 8, pa.int32())
