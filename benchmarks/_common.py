@@ -169,11 +169,22 @@ def blas_pools() -> str:
     )
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the machines benchmarks run on are not all the same)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            line = next((line for line in cpuinfo if line.startswith("model name")), "")
+    except OSError:
+        line = ""
+    return line.split(":", 1)[1].strip() if ":" in line else platform.processor() or "unknown CPU"
+
+
 def report(rows: list[Row], groups: Sequence[ModuleType], args, elapsed: float) -> str:
     lines = [
         f"# sklspark benchmarks ({'quick smoke run' if args.quick else 'default sizes'})",
         "",
-        f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{datetime.date.today()}, {platform.machine()} ({cpu_name()}), {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, "
         f"Spark local[2] unless noted; whole run {elapsed / 60:.1f} min; load average at the end "
         f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} (a shared machine: times are noisy). "
         "Ratio = time / the group's baseline (lower is faster); speed-up = baseline time / time.",

@@ -43,6 +43,7 @@ if __name__ == "__main__" and any(v in os.environ for v in _OPENBLAS_VARIABLES):
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 import numpy as np  # noqa: E402  (after the re-exec: OpenBLAS reads its variables when numpy loads it)
+from _common import cpu_name  # noqa: E402
 from sklearn.neighbors import NearestNeighbors  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
@@ -162,8 +163,8 @@ def main(argv: list[str] | None = None) -> Path:
     lines += [
         f"# Exact kNN kernel: {n:,} x {d} float32, all pairs, k={k}",
         "",
-        f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}. "
+        f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} "
+        f"({cpu_name()}), {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}. "
         f"Load average before: {load_before[0]:.2f}; the machine is shared, so times are noisy.",
         "",
         f"OpenBLAS variables unset for this run: {os.environ.get('SKLSPARK_KERNEL_UNSET', 'none were set')}.",
