@@ -10,7 +10,7 @@ Per block of :data:`QUERY_BLOCK` queries, the reference is visited in tiles of :
 each tile's scores are written by one product and read once, while still in the core's cache, by the
 compiled :func:`sklspark.neighbors._select.keep_smallest`, which merges them into each query's ``n``
 smallest so far (a whole block of scores above a query's current ``n``-th smallest is rejected by one
-vectorised comparison). The loop over the tiles is compiled as well (:mod:`sklspark.neighbors._pairs`:
+vectorised comparison). The loop over the tiles is compiled as well (:mod:`sklspark.neighbors._select`:
 the BLAS product through numba's ``np.dot``), so no Python runs between tiles.
 
 When the queries are the reference's own rows (:func:`own_scores`), each product of two of them scores both.
@@ -37,8 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import ThreadpoolController
 
-from ._pairs import score_pairs, score_rows
-from ._select import keep_smallest
+from ._select import keep_smallest, score_pairs, score_rows
 
 #: Queries scored together: one tile of scores is ``QUERY_BLOCK x REFERENCE_TILE`` float32 (1 MiB).
 QUERY_BLOCK = 256
@@ -115,7 +114,7 @@ class Scored:
     def scores(self, Qs: Any, start: int, stop: int) -> np.ndarray:
         """The tile of scores of CSR queries ``Qs`` (from :meth:`queries`) against CSR rows ``start:stop``, dense.
 
-        (Dense tiles are scored by the compiled :func:`sklspark.neighbors._pairs.score_rows`.)
+        (Dense tiles are scored by the compiled :func:`sklspark.neighbors._select.score_rows`.)
         """
         S = Qs @ self.rows[start:stop].T
         S = S.toarray() if sp.issparse(S) else np.asarray(S)
@@ -223,7 +222,7 @@ def _workers(threads: bool = True) -> Iterator[Callable[[Callable[[Any], Any], l
 def own_scores(ref: Scored, rows: slice, n: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """:func:`top_scores` of the reference's own dense rows ``rows`` as the queries (a self-search), each pair once.
 
-    A product of two own rows scores both of them (:mod:`sklspark.neighbors._pairs`), so the own rows' pairs cost half
+    A product of two own rows scores both of them (:mod:`sklspark.neighbors._select`), so the own rows' pairs cost half
     the products; the other reference rows are scored as by :func:`top_scores`. The own rows are cut into
     groups of :data:`OWN_GROUP`: first every group's work that touches its own lists alone (the other
     rows, its own pairs), then the pairs of groups, in the rounds of a round-robin tournament, so that the
