@@ -213,7 +213,7 @@ def kneighbors_join(
         or Python rows, a count x the first row's feature bytes).
     chunk_size : int, optional
         Most query rows searched at once in a task. By default 4,096, and in broadcast mode's self-join
-        (``all_neighbors``) a task's whole range of the reference's own rows, up to 65,536: a product of two
+        (``all_neighbors``) a task's whole range of the reference's own rows, up to 262,144: a product of two
         own rows scores both, so the larger the range searched at once, the fewer products.
     reference_ids : sequence, optional
         With a fitted ``NearestNeighbors`` only: the ID of each of its rows (default ``0..n-1``).
