@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _common import cpu_name
 from threadpoolctl import threadpool_limits
 
 from sklspark.neighbors import GemmBackend
@@ -105,7 +106,7 @@ def main() -> None:
     lines = [
         f"# Exact all_neighbors of {n:,} x {d} float32 ({label}), k={k}",
         "",
-        f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores; "
+        f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}, {os.cpu_count()} cores; "
         f"load average before: {os.getloadavg()[0]:.2f} (a shared machine: times are noisy).",
         "",
         "| variant | build s | search s | rows searched | extrapolated to every row | pairs scored / all |",
