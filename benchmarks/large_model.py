@@ -1,7 +1,7 @@
 """A model of several hundred MB through distribute(): serialisation time and peak memory, per shipping way.
 
     python benchmarks/large_model.py                 # NearestNeighbors over 2,000,000 x 64 float32 (~490 MiB)
-    python benchmarks/large_model.py --rows 100000   # smaller (CI smoke test)
+    python benchmarks/large_model.py --rows 100000   # smaller (its smoke test, marked slow, uses 20,000)
 
 Each shipping way runs in a fresh driver process on ``local[2]`` (peak RSS is a high-water mark, so
 the ways must not share a process): ``broadcast`` (forced, whatever the size) and ``file`` (what
