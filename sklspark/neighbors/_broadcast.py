@@ -128,24 +128,25 @@ class ReferenceIndex(BaseEstimator):
 
         The task cannot name a bad row's ID (it sees the features only): the join does, from the flag.
         """
-        backend = self.index_.get() if isinstance(self.index_, IndexFile) else self.index_
         bad = np.zeros(X.shape[0], dtype=bool)
         bad[non_finite_rows(X)] = True
         positions = np.zeros((X.shape[0], self.n_neighbors), dtype=np.int64)
         distances = np.full((X.shape[0], self.n_neighbors), np.nan)
         good = np.flatnonzero(~bad)
         if good.size:
-            keys = np.arange(self.X_.shape[0], dtype=np.int64)
-            Q = X[good] if bad.any() else X
-            positions[good], distances[good] = exact_top_k(backend, self.X_, keys, Q, self.n_neighbors, self.metric)
+            positions[good], distances[good] = self._nearest(X[good] if bad.any() else X)
         return self.ids[positions], distances, bad
 
     def search_own(self, rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`search` of the reference rows ``rows`` themselves (every reference row is finite: none left out)."""
+        positions, distances = self._nearest(rows)
+        return self.ids[positions], distances, np.zeros(positions.shape[0], dtype=bool)
+
+    def _nearest(self, Q: Any) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`exact_top_k` of the queries ``Q`` (rows, or a slice of the reference's own rows)."""
         backend = self.index_.get() if isinstance(self.index_, IndexFile) else self.index_
         keys = np.arange(self.X_.shape[0], dtype=np.int64)
-        positions, distances = exact_top_k(backend, self.X_, keys, rows, self.n_neighbors, self.metric)
-        return self.ids[positions], distances, np.zeros(positions.shape[0], dtype=bool)
+        return exact_top_k(backend, self.X_, keys, Q, self.n_neighbors, self.metric)
 
 
 class OwnRows(BaseEstimator):

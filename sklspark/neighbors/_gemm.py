@@ -103,7 +103,7 @@ class Scored:
         return self._R
 
     def queries(self, Q: Any) -> Any:
-        """Scaled queries ``q'`` in the layout :meth:`scores` multiplies: ``[q', 1]`` for a dense reference."""
+        """Scaled queries ``q'`` in the layout :attr:`rows` is multiplied by: ``[q', 1]`` for a dense reference."""
         if self.sparse:
             return sp.csr_matrix(Q, dtype=np.float32)
         out = np.empty((Q.shape[0], self.n_features + 1), dtype=np.float32)
@@ -148,15 +148,15 @@ class Kept:
         """Each query's ``n``-th smallest score so far (``inf`` while it has fewer)."""
         return self.values[:, -1]
 
-    def add(self, S: np.ndarray, offset: int, rows: np.ndarray | None = None, width: int | None = None) -> None:
-        """Merge the scores ``S[:, :width]`` in; column ``j`` is position ``offset + j``.
+    def add(self, S: np.ndarray, offset: int, rows: np.ndarray | None = None) -> None:
+        """Merge the scores ``S`` in; column ``j`` is position ``offset + j``.
 
         ``rows`` maps the rows of ``S`` to query rows (all of them, in order, when ``None``). Positions must
         grow from one call to the next (ties go to the smaller position).
         """
         S = np.ascontiguousarray(S, dtype=np.float32)
         rows = self._all if rows is None else rows.astype(np.int64, copy=False)
-        keep_smallest(S, S.shape[1] if width is None else width, offset, rows, self.values, self.positions)
+        keep_smallest(S, S.shape[1], offset, rows, self.values, self.positions)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` smallest scores of each query and their positions, by (score, position)."""
