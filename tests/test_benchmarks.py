@@ -51,6 +51,11 @@ def _approximate_sharded_ok(text: str) -> bool:
     return "hnsw, broadcast mode" in text and "hnsw, sharded mode" in text and "recall@10 >= 0.95 | " in text
 
 
+def _shard_routing_ok(text: str) -> bool:
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line.endswith("(100 rows) |")]
+    return len(rows) == 3 and all("| yes (" in line for line in rows)
+
+
 def _end_to_end_ok(text: str) -> bool:
     return "All neighbours end to end (3,000" in text and "| sklspark all_neighbors from ONE Parquet file" in text
 
@@ -65,6 +70,7 @@ def _end_to_end_ok(text: str) -> bool:
         pytest.param("on_error.py", ["--quick"], _on_error_ok, marks=pytest.mark.slow),
         pytest.param("approximate_sharded.py", ["--quick"], _approximate_sharded_ok, marks=pytest.mark.slow),
         pytest.param("end_to_end.py", ["--quick"], _end_to_end_ok, marks=pytest.mark.slow),
+        pytest.param("shard_routing.py", ["--quick"], _shard_routing_ok, marks=pytest.mark.slow),
     ],
 )
 def test_single_benchmark_script_smoke(tmp_path, script, args, check):
