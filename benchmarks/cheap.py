@@ -54,10 +54,12 @@ def interleaved(repeat: int, variants: dict[str, Callable[[], object]]) -> dict[
     for r in range(max(1, repeat)):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(timed(variants[name]))
-    return {
-        name: (statistics.median(t), f"median of {len(t)} interleaved rounds (best {min(t):.2f} s)")
-        for name, t in times.items()
-    }
+    return {name: median(t, "interleaved rounds") for name, t in times.items()}
+
+
+def median(times: list[float], what: str) -> tuple[float, str]:
+    """The median of ``times`` and a note saying so (``what`` they are), with the best beside it."""
+    return statistics.median(times), f"median of {len(times)} {what} (best {min(times):.2f} s)"
 
 
 def quick(args) -> None:
@@ -143,9 +145,8 @@ def bench(args, tmp: Path, rows: list[Row]) -> None:
             batch_udf = predict_batch_udf(
                 make_predict_fn, return_type=spark_type, batch_size=4096, input_tensor_shapes=[[width]]
             )
-            ((t, note),) = interleaved(
-                args.cheap_repeat, {"": lambda: noop(df.withColumn("out", batch_udf("features")))}
-            ).values()
+            runs = [timed(lambda: noop(df.withColumn("out", batch_udf("features")))) for _ in range(args.cheap_repeat)]
+            t, note = median(runs, "runs")
             rows.append(Row(group, "pyspark predict_batch_udf", t, note))
         wide_df = spark.read.parquet(str(wide))
         wide_schema = StructType([*wide_df.schema.fields, StructField("out", spark_type)])

@@ -49,7 +49,9 @@ def shards_of_cells(sample: np.ndarray, kmeans: KMeans, shards: int) -> np.ndarr
     return shard
 
 
-def shard_bounds(X: np.ndarray, home: np.ndarray, centres: np.ndarray, cell_shard: np.ndarray) -> np.ndarray:
+def shard_bounds(
+    X: np.ndarray, home: np.ndarray, centres: np.ndarray, cell_shard: np.ndarray, shards: int
+) -> np.ndarray:
     """``(rows, shards)``: a lower bound on the distance from each row to any row of each shard (0 for its own).
 
     ``home``: each row's cell. The bound holds for rows assigned to their nearest centre, whatever ``home`` is.
@@ -60,7 +62,7 @@ def shard_bounds(X: np.ndarray, home: np.ndarray, centres: np.ndarray, cell_shar
         bound = (to_centre - to_centre[np.arange(len(X)), home][:, None]) / (2 * apart)
     bound[np.arange(len(X)), home] = 0.0  # the home cell (a twin centre, apart == 0, is no bound either)
     bound[~np.isfinite(bound)] = 0.0
-    return np.stack([bound[:, cell_shard == s].min(axis=1) for s in range(cell_shard.max() + 1)], axis=1)
+    return np.stack([bound[:, cell_shard == s].min(axis=1, initial=np.inf) for s in range(shards)], axis=1)
 
 
 def study(X: np.ndarray, shards: int, cells: int, n: int, checked: int) -> dict[str, object]:
@@ -76,7 +78,7 @@ def study(X: np.ndarray, shards: int, cells: int, n: int, checked: int) -> dict[
         rows = np.flatnonzero(shard == s)
         if len(rows) >= n:
             home_distance[rows] = NearestNeighbors(n_neighbors=n).fit(X[rows]).kneighbors(X[rows])[0][:, -1]
-    bounds = shard_bounds(X, cell, kmeans.cluster_centers_, cell_shard)
+    bounds = shard_bounds(X, cell, kmeans.cluster_centers_, cell_shard, shards)
     searched = bounds <= home_distance[:, None] * (1 + 1e-9)
     sample_rows = rng.choice(len(X), min(len(X), checked), replace=False)
     nearest = NearestNeighbors(n_neighbors=n).fit(X).kneighbors(X[sample_rows], return_distance=False)
