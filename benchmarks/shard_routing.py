@@ -17,8 +17,16 @@ to shard ``i mod S``, so every shard holds every region and every query searches
    the query by that bound (with a relative margin of 1e-9 for rounding) cannot hold one of its ``n`` nearest,
    and is not searched.
 
-It reports the shards searched per query (``S`` today), the share of queries needing more than their home
-shard, and checks on a sample that the exact ``n`` nearest rows all lie in the shards searched.
+That needs two passes in Spark (the home shard's search, then the other shards for the few queries that need
+them), whose first pass feeds both the second and the merge. A single pass bounds ``d`` before any search
+instead:
+
+4. The sample's rows are rows of the reference, so the ``n``-th distance from the query to the sample's rows
+   bounds its ``n``-th distance to the reference from above too: the query is sent at once to the shards
+   within that radius, and the search and the merge stay as they are.
+
+It reports the shards searched per query either way (``S`` today), the share of queries needing more than
+their home shard, and checks on a sample that the exact ``n`` nearest rows all lie in the shards searched.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
+from typing import NamedTuple
 
 import numpy as np
 from _common import RESULTS, clustered, cpu_name
@@ -35,6 +44,14 @@ from sklearn.neighbors import NearestNeighbors
 
 #: Rows the cells are fitted on.
 SAMPLE = 20_000
+
+
+class Routing(NamedTuple):
+    """One way of routing: shards searched per query, the share searching more than one, and whether it is exact."""
+
+    per_query: float
+    more: float
+    exact: bool
 
 
 def shards_of_cells(sample: np.ndarray, kmeans: KMeans, shards: int) -> np.ndarray:
@@ -65,8 +82,8 @@ def shard_bounds(
     return np.stack([bound[:, cell_shard == s].min(axis=1, initial=np.inf) for s in range(shards)], axis=1)
 
 
-def study(X: np.ndarray, shards: int, cells: int, n: int, checked: int) -> dict[str, object]:
-    """The routing of ``X``'s rows as queries of ``X`` itself (all neighbours): the module's numbers."""
+def study(X: np.ndarray, shards: int, cells: int, n: int, checked: int) -> tuple[np.ndarray, dict[str, Routing]]:
+    """The shard sizes, and each routing of ``X``'s rows as queries of ``X`` itself (all neighbours)."""
     rng = np.random.default_rng(1)
     sample = X[rng.choice(len(X), min(len(X), SAMPLE), replace=False)]
     kmeans = KMeans(cells, n_init=1, random_state=0).fit(sample)
@@ -78,16 +95,19 @@ def study(X: np.ndarray, shards: int, cells: int, n: int, checked: int) -> dict[
         rows = np.flatnonzero(shard == s)
         if len(rows) >= n:
             home_distance[rows] = NearestNeighbors(n_neighbors=n).fit(X[rows]).kneighbors(X[rows])[0][:, -1]
+    sample_distance = NearestNeighbors(n_neighbors=min(n, len(sample))).fit(sample).kneighbors(X)[0][:, -1]
     bounds = shard_bounds(X, cell, kmeans.cluster_centers_, cell_shard, shards)
-    searched = bounds <= home_distance[:, None] * (1 + 1e-9)
-    sample_rows = rng.choice(len(X), min(len(X), checked), replace=False)
-    nearest = NearestNeighbors(n_neighbors=n).fit(X).kneighbors(X[sample_rows], return_distance=False)
-    return {
-        "sizes": np.bincount(shard, minlength=shards),
-        "per_query": float(searched.sum(axis=1).mean()),
-        "more": float(np.mean(searched.sum(axis=1) > 1)),
-        "exact": all(searched[i, shard[row]].all() for i, row in zip(sample_rows, nearest)),
-    }
+    checked_rows = rng.choice(len(X), min(len(X), checked), replace=False)
+    nearest = NearestNeighbors(n_neighbors=n).fit(X).kneighbors(X[checked_rows], return_distance=False)
+    routings = {}
+    for name, radius in (("two passes", home_distance), ("one pass", sample_distance)):
+        searched = bounds <= radius[:, None] * (1 + 1e-9)
+        routings[name] = Routing(
+            float(searched.sum(axis=1).mean()),
+            float(np.mean(searched.sum(axis=1) > 1)),
+            all(searched[i, shard[row]].all() for i, row in zip(checked_rows, nearest)),
+        )
+    return np.bincount(shard, minlength=shards), routings
 
 
 def main(argv: list[str]) -> None:
@@ -114,20 +134,22 @@ def main(argv: list[str]) -> None:
         "",
         f"{datetime.date.today()}, {cpu_name()}; `python benchmarks/shard_routing.py` (see its docstring). Today every "
         f"query searches all {args.shards} shards. Shards here: {args.cells} k-means cells cut into {args.shards} "
-        "runs along the first principal axis; a query searches its home shard, then each shard whose bisector "
-        f"bound is within its {args.k + 1}-th distance there (all neighbours: itself and {args.k} others).",
+        "runs along the first principal axis. Two passes: a query searches its home shard, then each shard whose "
+        f"bisector bound is within its {args.k + 1}-th distance there (all neighbours: itself and {args.k} others). "
+        f"One pass: the shards within its {args.k + 1}-th distance to the {SAMPLE:,}-row sample, known before "
+        "any search.",
         "",
-        "| data | shard sizes | shards searched per query | queries needing more than the home shard "
-        "| exact neighbours all in searched shards |",
-        "| --- | --- | ---: | ---: | :---: |",
+        "| data | shard sizes | two passes: shards a query | needing more than the home shard "
+        "| one pass: shards a query | needing more | exact neighbours all in searched shards |",
+        "| --- | --- | ---: | ---: | ---: | ---: | :---: |",
     ]
     for label, make in data.items():
-        found = study(make().astype(np.float64), args.shards, args.cells, args.k + 1, args.checked)
-        sizes = ", ".join(f"{s:,}" for s in found["sizes"])  # type: ignore[attr-defined]
-        checked = min(n, args.checked)
+        sizes, routings = study(make().astype(np.float64), args.shards, args.cells, args.k + 1, args.checked)
+        two, one = routings["two passes"], routings["one pass"]
         lines.append(
-            f"| {label} | {sizes} | {found['per_query']:.3f} | {found['more']:.1%} | "
-            f"{'yes' if found['exact'] else '**no**'} ({checked:,} rows) |"
+            f"| {label} | {', '.join(f'{s:,}' for s in sizes)} | {two.per_query:.3f} | {two.more:.1%} | "
+            f"{one.per_query:.3f} | {one.more:.1%} | {'yes' if two.exact and one.exact else '**no**'} "
+            f"({min(n, args.checked):,} rows) |"
         )
         print(lines[-1], flush=True)
     path = RESULTS / f"{args.name}.md"
