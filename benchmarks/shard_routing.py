@@ -77,8 +77,8 @@ def shard_bounds(
     apart = np.linalg.norm(centres[None] - centres[home][:, None], axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         bound = (to_centre - to_centre[np.arange(len(X)), home][:, None]) / (2 * apart)
-    bound[np.arange(len(X)), home] = 0.0  # the home cell (a twin centre, apart == 0, is no bound either)
-    bound[~np.isfinite(bound)] = 0.0
+    bound[np.arange(len(X)), home] = 0.0  # the home cell itself
+    bound[~np.isfinite(bound)] = 0.0  # a twin of the home centre (apart == 0) bounds nothing
     return np.stack([bound[:, cell_shard == s].min(axis=1, initial=np.inf) for s in range(shards)], axis=1)
 
 
