@@ -109,7 +109,7 @@ def run_join(plan: JoinPlan) -> DataFrame:
         result = _empty_result(plan) if index is None else broadcast_join(plan, index)
     else:
         layout = shard_layout(plan)
-        result = _empty_result(plan) if layout is None else sharded_join(plan, **layout._asdict())
+        result = _empty_result(plan) if layout is None else sharded_join(plan, layout)
     return _finish(plan, result)
 
 

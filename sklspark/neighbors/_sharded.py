@@ -32,6 +32,7 @@ stay CSR for backends that take it (``gemm``, ``sklearn``), so the bound holds f
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any, NamedTuple
@@ -60,6 +61,7 @@ from ._plan import JoinPlan, SearchSpec, stable_order
 from ._rerank import exact_top_k
 from ._shard_index import LoadedShard, ShardFiles, load_shard
 from ._shard_merge import QUERY, merge_groups, merged, partial_schema
+from ._shard_route import plan_routing, routed_schema, with_home, with_targets
 from ._shard_trial import shard_engine
 
 _log = logging.getLogger("sklspark")
@@ -107,11 +109,13 @@ def _shape_stats(spec: FeatureSpec) -> list[Column]:
 
 
 class ShardLayout(NamedTuple):
-    """How a sharded join is split: reference shards, query blocks, and the queries' count (to size the merge)."""
+    """How a sharded join is split: reference shards, query blocks, and both sides' row counts (to size the sample
+    and the merge)."""
 
     shards: int
     blocks: int
     n_queries: int
+    n_reference: int
 
 
 def shard_layout(plan: JoinPlan) -> ShardLayout | None:
@@ -169,7 +173,7 @@ def shard_layout(plan: JoinPlan) -> ShardLayout | None:
         tasks,
         default_parallelism(plan.queries),
     )
-    return ShardLayout(shards, spread, n_queries)
+    return ShardLayout(shards, spread, n_queries, n_ref)
 
 
 def _checked_matrix(
@@ -310,9 +314,9 @@ def _candidates(
     )
 
 
-def sharded_join(plan: JoinPlan, *, shards: int, blocks: int, n_queries: int) -> DataFrame:
-    """Exact top ``n`` of every query over a reference split into ``shards`` shards, the ``n_queries`` queries in
-    ``blocks`` blocks.
+def sharded_join(plan: JoinPlan, layout: ShardLayout) -> DataFrame:
+    """Exact top ``n`` of every query over a reference split as ``layout`` says, in shards of nearby rows when
+    :func:`~sklspark.neighbors._shard_route.plan_routing` finds it pays, else by position.
 
     Returns
     -------
@@ -322,20 +326,29 @@ def sharded_join(plan: JoinPlan, *, shards: int, blocks: int, n_queries: int) ->
     """
     search = plan.search
     id_col, n = search.id_col, search.n
+    shards, blocks = layout.shards, layout.blocks
     assert isinstance(plan.reference, DataFrame) and search.r_spec is not None
     ref = stable_order(plan.reference, id_col, search.r_spec.columns)
     # Fresh attributes (aliases) for the reference's columns: in a self-join both sides would otherwise carry the same
     # ones, and Spark's column pruning then dropped the reference's features from the co-group (no merge after it).
     fresh = [F.col(c).alias(c) for c in (id_col, *search.r_spec.columns)]
     ref = ref.select(F.monotonically_increasing_id().alias(_POSITION), *fresh)
-    # Both sides' group keys must have the same types (long): rows are hashed to partitions by them, and
-    # an int 1 and a long 1 hash differently, so mixed types would send a group's halves apart.
-    ref = ref.withColumn(_SHARD, F.pmod(_POSITION, F.lit(shards)))
     qry = stable_order(plan.queries, id_col, search.q_spec.columns)
     qry = qry.select(F.monotonically_increasing_id().alias(QUERY), id_col, *search.q_spec.columns)
-    qry = qry.withColumn(_BLOCK, F.pmod(QUERY, F.lit(blocks))).withColumn(
-        _SHARD, F.explode(F.sequence(F.lit(0), F.lit(shards - 1)).cast("array<bigint>"))
-    )
+    qry = qry.withColumn(_BLOCK, F.pmod(QUERY, F.lit(blocks)))
+    # Both sides' group keys must have the same types (long): rows are hashed to partitions by them, and
+    # an int 1 and a long 1 hash differently, so mixed types would send a group's halves apart.
+    router = plan_routing(plan, shards, layout.n_reference)
+    if router is None:
+        ref = ref.withColumn(_SHARD, F.pmod(_POSITION, F.lit(shards)))
+        qry = qry.withColumn(_SHARD, F.explode(F.sequence(F.lit(0), F.lit(shards - 1)).cast("array<bigint>")))
+    else:
+        ref = ref.mapInArrow(
+            functools.partial(with_home, router, search.r_spec, _SHARD), routed_schema(ref.schema, _SHARD)
+        )
+        qry = qry.mapInArrow(
+            functools.partial(with_targets, router, search.q_spec, _SHARD), routed_schema(qry.schema, _SHARD)
+        )
     schema = partial_schema(id_col, plan.queries.schema[id_col].dataType, plan.reference.schema[id_col].dataType)
     arrow_schema = to_arrow_schema(schema)
 
@@ -349,7 +362,7 @@ def sharded_join(plan: JoinPlan, *, shards: int, blocks: int, n_queries: int) ->
 
         tops = qry.groupBy(_BLOCK, _SHARD).cogroup(ref.groupBy(_BLOCK, _SHARD)).applyInArrow(partial, schema)
     # one shard's lists are final already (sorted the same way by exact_top_k): no merge shuffle then
-    groups = merge_groups(n_queries, shards, n, plan.queries) if shards > 1 else 0
+    groups = merge_groups(layout.n_queries, shards, n, plan.queries) if shards > 1 else 0
     _log.info("%s: the partial lists of %d shard(s) merged in %d group(s)", plan.caller, shards, groups)
     return merged(tops, id_col, n, groups)
 
