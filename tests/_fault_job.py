@@ -118,6 +118,8 @@ def run_job(spark, kind, out_file, marker_dir, fault):
     X = np.random.default_rng(1).normal(size=(N_ROWS, N_FEATURES))
     model = SlowProjection(marker_dir, fault).fit(X)
     if kind.startswith("knn-"):
+        # clustered rows: sharded mode routes queries to shards of nearby rows (30 clusters, 4 shards)
+        X = X + 8 * np.random.default_rng(2).normal(size=(30, N_FEATURES))[np.arange(N_ROWS) % 30]
         df = spark.createDataFrame(pa.table({"id": np.arange(N_ROWS), "features": list(X)})).repartition(N_PARTITIONS)
         shards = 4 if kind == "knn-sharded" else None
         table = all_neighbors(df, 5, backend=SlowSklearnBackend(marker_dir), shards=shards, chunk_size=200).toArrow()

@@ -24,6 +24,7 @@ import sklspark.neighbors._backends as backends_module
 import sklspark.neighbors._broadcast as broadcast_module
 import sklspark.neighbors._gemm as gemm_module
 import sklspark.neighbors._join as join_module
+import sklspark.neighbors._shard_route as route_module
 import sklspark.neighbors._sharded as sharded_module
 from sklspark._partitions import TASKS_PER_CORE
 from sklspark.neighbors import AnnoyBackend, GemmBackend, HnswBackend, all_neighbors, kneighbors_join, to_edges
@@ -117,6 +118,34 @@ def modes(monkeypatch):
     return seen
 
 
+def _layouts(layout, monkeypatch, caplog):
+    """Run a test in one of sharded mode's two layouts: shards by position (routing off), or shards of nearby rows
+    wherever the data allow it (routing on, even where it would not pay); then check that its sharded joins were
+    routed (at least one) or not (none)."""
+    monkeypatch.setattr(route_module, "MAX_SHARE", 1.0 if layout == "nearby rows" else -1.0)
+    with caplog.at_level("INFO", logger="sklspark"):
+        yield
+    messages = [r.getMessage() for r in caplog.records if r.name == "sklspark"]
+    routed = sum("shards of nearby rows" in m for m in messages)
+    if layout == "by position":
+        assert routed == 0
+    elif layout == "nearby rows":  # every join that could be routed was (sparse rows and other metrics cannot)
+        assert routed == sum("shards by position" in m or "shards of nearby rows" in m for m in messages)
+
+
+@pytest.fixture(params=["by position", "nearby rows"])
+def shard_layout(request, monkeypatch, caplog):
+    """The layout of the test's sharded joins (:func:`_layouts`)."""
+    yield from _layouts(request.param, monkeypatch, caplog)
+
+
+@pytest.fixture(params=["broadcast", "by position", "nearby rows"])
+def shards(request, monkeypatch, caplog):
+    """``shards=``: ``None`` (broadcast mode), or 2 in either layout (:func:`_layouts`)."""
+    for _ in _layouts(request.param, monkeypatch, caplog):
+        yield None if request.param == "broadcast" else 2
+
+
 @pytest.fixture(scope="module")
 def grid(spark):
     df = array_df(spark, GRID, np.arange(len(GRID)) * 7 + 3).cache()
@@ -185,7 +214,7 @@ def test_faiss_runs_an_avx2_blas_kernel_where_the_cpu_has_avx2():
     assert not set(architectures) & PRE_AVX2
 
 
-def test_all_modes_and_faiss_identical_and_exact(grid, monkeypatch, modes):
+def test_all_modes_and_faiss_identical_and_exact(grid, monkeypatch, modes, shard_layout):
     df, ids, X = grid
     broadcast = collect(all_neighbors(df, 6))
     sharded = collect(all_neighbors(df, 6, shards=3))
@@ -204,7 +233,7 @@ def test_all_modes_and_faiss_identical_and_exact(grid, monkeypatch, modes):
     assert (broadcast[2][:, 0] == 0).sum() > 100
 
 
-def test_string_ids_and_join_without_exclude(spark, modes):
+def test_string_ids_and_join_without_exclude(spark, modes, shard_layout):
     R, Q = GRID[:150], GRID[150:200] + 0.5
     ref = array_df(spark, R, [f"r{i:03d}" for i in range(len(R))], n_partitions=2)
     queries = array_df(spark, Q, [f"q{i:03d}" for i in range(len(Q))], n_partitions=2)
@@ -515,7 +544,9 @@ def test_one_parquet_file_spreads_over_every_core(spark, tmp_path, monkeypatch, 
     blocks = []
     original = join_module.sharded_join
     monkeypatch.setattr(
-        join_module, "sharded_join", lambda *a, **kw: blocks.append(kw["blocks"] * kw["shards"]) or original(*a, **kw)
+        join_module,
+        "sharded_join",
+        lambda plan, layout: blocks.append(layout.blocks * layout.shards) or original(plan, layout),
     )
     broadcast = all_neighbors(df, 5)
     assert broadcast.rdd.getNumPartitions() >= cores
@@ -555,7 +586,6 @@ def test_rows_without_size_statistics_are_counted_and_broadcast(spark, modes):
     assert_matches_truth(got, R[np.argsort(ids)], R, ids, 3, exclude_self=True, query_ids=got[0])
 
 
-@pytest.mark.parametrize("shards", [None, 2])
 def test_max_distance_keeps_only_near_neighbours(spark, shards):
     X = GRID[:120] + RNG.normal(scale=0.3, size=(120, 3))
     df = array_df(spark, X, np.arange(120), n_partitions=2)
@@ -651,7 +681,7 @@ def test_sparse_vectors_stay_csr_in_sharded_mode(spark, monkeypatch, metric):
     monkeypatch.setattr(
         join_module,
         "sharded_join",
-        lambda *a, **kw: sizes.append((kw["shards"], kw["blocks"])) or original(*a, **kw),
+        lambda plan, layout: sizes.append((layout.shards, layout.blocks)) or original(plan, layout),
     )
     monkeypatch.setattr(join_module, "REFERENCE_BROADCAST_MAX_BYTES", 0)
     got = collect(all_neighbors(df, 5, metric=metric, backend=CsrOnly()))
@@ -679,7 +709,6 @@ def test_nan_query_is_refused_naming_the_side_and_id_in_every_mode(spark, shards
     assert "queries" in message and re.search(r"row \d*\s*\(id 107\) has NaN or infinite features", message)
 
 
-@pytest.mark.parametrize("shards", [None, 2])
 def test_nan_reference_row_is_refused_naming_the_side_and_id(spark, shards):
     R = GRID[:40].copy()
     R[5, 0] = np.inf
@@ -688,7 +717,6 @@ def test_nan_reference_row_is_refused_naming_the_side_and_id(spark, shards):
         kneighbors_join(array_df(spark, GRID[40:50], np.arange(10)), ref, 3, shards=shards).collect()
 
 
-@pytest.mark.parametrize("shards", [None, 2])
 def test_on_error_null_gives_bad_rows_null_lists_and_a_reason(spark, shards):
     """on_error="null": a NaN row has null neighbours and its reason, is nobody's neighbour; the others are exact."""
     X = RNG.normal(size=(60, 4))
@@ -731,7 +759,6 @@ def _permuted_ties(n_ref=60, width=16, seed=4):
 
 
 @pytest.mark.parametrize("metric", ["manhattan", "euclidean"])
-@pytest.mark.parametrize("shards", [None, 2])
 def test_dense_and_sparse_rows_break_exact_ties_alike(spark, metric, shards):
     """The same points as arrays and as SparseVectors: identical neighbours and distances, equal to numpy brute
     force that adds each distance's terms left to right, ties to the smaller reference position."""
@@ -839,6 +866,7 @@ def test_sharded_hnsw_builds_each_shard_once_and_every_block_searches_it(spark, 
     builds, indexes = tmp_path / "builds", tmp_path / "indexes"
     builds.mkdir(), indexes.mkdir()
     monkeypatch.setattr(sharded_module, "QUERY_BLOCK_MAX_BYTES", 16 << 10)  # 2,000 x 16 float32: 8 blocks
+    monkeypatch.setattr(route_module, "MAX_SHARE", -1.0)  # shards by position, as per_shard_hnsw cuts them
     params = {"M": 8, "ef_construction": 40, "ef_search": 48}
     with caplog.at_level("INFO", logger="sklspark"):
         got = collect(all_neighbors(df, 10, backend=_counting_hnsw(str(builds), **params), shards=3, index_dir=indexes))
@@ -857,8 +885,8 @@ def test_sharded_hnsw_builds_each_shard_once_and_every_block_searches_it(spark, 
     assert_allclose(got[2], np.sqrt(((X[:, None].astype(np.float64) - X[got[1]]) ** 2).sum(-1)), rtol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ["faiss", "annoy", "hnsw-cosine"])  # hnsw euclidean: the test above
-def test_sharded_file_backends_against_broadcast_and_brute_force(clusters, backend):
+@pytest.mark.parametrize("backend", ["faiss", "annoy", "hnsw", "hnsw-cosine"])
+def test_sharded_file_backends_against_broadcast_and_brute_force(clusters, backend, shard_layout):
     """Prebuilt shards: faiss (exact) equals broadcast mode and brute force; hnsw and annoy reach recall@10 >= 0.95
     in both modes, with exact distances."""
     df, ids, R = clusters
