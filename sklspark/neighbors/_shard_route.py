@@ -70,7 +70,7 @@ SAMPLE_PER_CELL = 8
 #: Largest share of the shards the sample's rows may search on average for routing to be used.
 MAX_SHARE = 0.75
 
-#: Queries routed at once (the float32 distances to the sample: ``QUERY_BLOCK x SAMPLE_ROWS``, 16 MiB).
+#: Queries whose radius is computed at once (float32 distances to at most ``SAMPLE_ROWS`` rows: 16 MiB).
 QUERY_BLOCK = 1024
 
 _RELATIVE = 1e-9
@@ -93,6 +93,8 @@ class Router:
         The centres' pairwise distances, raised by a relative ``1e-9``.
     sample : ndarray of float32 of shape (n_sample, n_features)
         Reference rows.
+    members : list of ndarray of int64
+        The sample rows of each cell (their k-means labels: any subset of the sample bounds the radius).
     n : int
         Neighbours searched per query.
     shards : int
@@ -104,6 +106,7 @@ class Router:
     cell_shard: np.ndarray
     apart: np.ndarray
     sample: np.ndarray
+    members: list[np.ndarray]
     n: int
     shards: int
     cap: float
@@ -114,36 +117,13 @@ class Router:
 
     def targets(self, X: np.ndarray) -> np.ndarray:
         """``(rows, shards)``: whether each row's ``n`` nearest reference rows may lie in each shard."""
-        return np.concatenate([self._targets(X[i : i + QUERY_BLOCK]) for i in range(0, len(X), QUERY_BLOCK)])
-
-    def _cells(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Squared distances to the centres (float64), each row's bound on their error, and its squared norm."""
-        X64 = np.asarray(X, dtype=np.float64)
-        norms = np.einsum("ij,ij->i", X64, X64)
-        centre_norms = np.einsum("ij,ij->i", self.centres, self.centres)
-        D = norms[:, None] - 2 * (X64 @ self.centres.T) + centre_norms[None]
-        error = _expansion_error(X64.shape[1], np.float64) * (norms + centre_norms.max())
-        return D, error, norms
-
-    def _radii(self, X: np.ndarray) -> np.ndarray:
-        """Each row's ``n``-th distance to the sample (the rounding error added), capped by ``max_distance``."""
-        X32 = np.asarray(X, dtype=np.float32)
-        norms = np.einsum("ij,ij->i", X32, X32)
-        sample_norms = np.einsum("ij,ij->i", self.sample, self.sample)
-        D = norms[:, None] - 2 * (X32 @ self.sample.T) + sample_norms[None]
-        nth = np.partition(D, self.n - 1, axis=1)[:, self.n - 1].astype(np.float64)
-        error = _expansion_error(X32.shape[1], np.float32) * (norms.astype(np.float64) + float(sample_norms.max()))
-        return np.minimum(np.sqrt(np.maximum(nth + error, 0.0)) * (1 + _RELATIVE), self.cap)
-
-    def _targets(self, X: np.ndarray) -> np.ndarray:
-        radius = self._radii(X) if self.n <= len(self.sample) else np.full(len(X), self.cap)
         D, error, norms = self._cells(X)
         home = D.argmin(axis=1)
+        radius = self._radii(X, home)
         rows = np.arange(len(X))
         # a reference row within the radius has a norm of at most |q| + r: its cell may be off by this much
-        assigned = _expansion_error(X.shape[1], np.float64) * (
-            (np.sqrt(norms) + radius) ** 2 + np.einsum("ij,ij->i", self.centres, self.centres).max()
-        )
+        centre_norms = np.einsum("ij,ij->i", self.centres, self.centres)
+        assigned = _expansion_error(X.shape[1], np.float64) * ((np.sqrt(norms) + radius) ** 2 + centre_norms.max())
         slack = 2 * error + 2 * assigned
         with np.errstate(divide="ignore", invalid="ignore"):
             bound = (D - D[rows, home][:, None] - slack[:, None]) / (2 * self.apart[home])
@@ -154,6 +134,44 @@ class Router:
         for shard in range(self.shards):
             searched[:, shard] = reached[:, self.cell_shard == shard].any(axis=1)
         return searched
+
+    def _cells(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Squared distances to the centres (float64), each row's bound on their error, and its squared norm."""
+        X64 = np.asarray(X, dtype=np.float64)
+        norms = np.einsum("ij,ij->i", X64, X64)
+        centre_norms = np.einsum("ij,ij->i", self.centres, self.centres)
+        D = norms[:, None] - 2 * (X64 @ self.centres.T) + centre_norms[None]
+        error = _expansion_error(X64.shape[1], np.float64) * (norms + centre_norms.max())
+        return D, error, norms
+
+    def _radii(self, X: np.ndarray, home: np.ndarray) -> np.ndarray:
+        """Each row's ``n``-th distance to the sample rows of its nearest centre's cell (to the whole sample if the
+        cell has fewer than ``n``), the rounding error added, capped by ``max_distance``.
+
+        Any ``n`` reference rows bound the ``n``-th distance from above; those of the home cell are about as near as
+        the whole sample's nearest, for a fraction of the work.
+        """
+        X32 = np.asarray(X, dtype=np.float32)
+        radius = np.full(len(X), self.cap)
+        if self.n > len(self.sample):
+            return radius
+        everywhere = np.arange(len(self.sample))
+        for cell in np.unique(home):
+            queries = np.flatnonzero(home == cell)
+            rows = self.members[cell] if len(self.members[cell]) >= self.n else everywhere
+            for start in range(0, len(queries), QUERY_BLOCK):
+                block = queries[start : start + QUERY_BLOCK]
+                radius[block] = np.minimum(self._nth_distance(X32[block], self.sample[rows]), self.cap)
+        return radius
+
+    def _nth_distance(self, Q: np.ndarray, S: np.ndarray) -> np.ndarray:
+        """The ``n``-th distance from each row of ``Q`` to the rows of ``S`` (float32), raised by its rounding error."""
+        norms = np.einsum("ij,ij->i", Q, Q)
+        s_norms = np.einsum("ij,ij->i", S, S)
+        D = norms[:, None] - 2 * (Q @ S.T) + s_norms[None]
+        nth = np.partition(D, self.n - 1, axis=1)[:, self.n - 1].astype(np.float64)
+        error = _expansion_error(Q.shape[1], np.float32) * (norms.astype(np.float64) + float(s_norms.max()))
+        return np.sqrt(np.maximum(nth + error, 0.0)) * (1 + _RELATIVE)
 
 
 def plan_routing(plan: JoinPlan, shards: int, n_reference: int) -> Router | None:
@@ -193,7 +211,8 @@ def fit_router(sample: np.ndarray, shards: int, n: int, cap: float) -> Router | 
     centres = kmeans.cluster_centers_
     apart = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(axis=-1)) * (1 + _RELATIVE)
     cell_shard = _shards_of_cells(sample, kmeans.labels_, centres, shards)
-    return Router(centres, cell_shard, apart, sample, n, shards, cap)
+    members = [np.flatnonzero(kmeans.labels_ == cell) for cell in range(cells)]
+    return Router(centres, cell_shard, apart, sample, members, n, shards, cap)
 
 
 def _shards_of_cells(sample: np.ndarray, labels: np.ndarray, centres: np.ndarray, shards: int) -> np.ndarray:
