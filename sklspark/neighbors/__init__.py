@@ -12,8 +12,10 @@ Broadcast (a fitted ``NearestNeighbors``, or a DataFrame reference estimated at 
     and are scored in chunks of ``chunk_size`` rows by :func:`sklspark.distribute`. A task holds the
     reference, its index and one chunk's scratch. See :mod:`sklspark.neighbors._broadcast`.
 Sharded (a larger DataFrame reference, or ``shards=S``)
-    The reference stays distributed in ``S`` shards; queries are copied to every shard and shards to
-    every query block, and the per-shard top ``k`` lists are merged per query. See
+    The reference stays distributed in ``S`` shards, of nearby rows where that pays (dense euclidean rows with
+    clusters: a query is sent only to the shards that can hold one of its neighbours, see
+    :mod:`sklspark.neighbors._shard_route`), else by position (every query to every shard). Shards are
+    copied to every query block, and the per-shard top ``k`` lists are merged per query. See
     :mod:`sklspark.neighbors._sharded` for the data movement and the per-task memory bound.
 
 Exactness

@@ -4,20 +4,23 @@ Plan
 ----
 1. Every reference row gets its global position ``monotonically_increasing_id()`` (partition index,
    then row within the partition, the partition sorted by :func:`~sklspark.neighbors._plan.stable_order`:
-   the order in which broadcast mode reads the reference too) and shard ``position mod S``. Every query
-   row gets a key of its own the same way and block ``key mod B``. The sort matters when Spark retries a task (a lost
-   executor): a retried task may read its shuffled input in another order, and positions taken in
-   arrival order would then differ between attempts, mixing up queries and shards.
-2. Queries are replicated once per shard and reference rows once per query block, and both are
-   co-grouped on ``(block, shard)``: shuffle volume ``S x |queries| + B x |reference|``. No row of
-   the reference is gathered on the driver.
+   the order in which broadcast mode reads the reference too). Every query row gets a key of its own the
+   same way and block ``key mod B``. The sort matters when Spark retries a task (a lost executor): a
+   retried task may read its shuffled input in another order, and positions taken in arrival order
+   would then differ between attempts, mixing up queries and shards.
+2. Shards: of nearby rows where :func:`~sklspark.neighbors._shard_route.plan_routing` finds it pays (dense
+   euclidean rows with clusters): a reference row goes to the shard of its nearest k-means cell, a query
+   only to the shards that can hold one of its ``n`` nearest. Else by position: shard ``position mod S``,
+   every query to every shard. Queries are replicated once per shard they search and reference rows once
+   per query block, and both are co-grouped on ``(block, shard)``: shuffle volume at most
+   ``S x |queries| + B x |reference|``. No row of the reference is gathered on the driver.
 3. Each of the ``B x S`` groups (one task at a time per group) builds the backend on its shard and
    computes the exact top ``n`` of every query of its block within the shard
    (:func:`~sklspark.neighbors._rerank.exact_top_k`), as candidates ``(distance, position, id)``.
-4. The ``S`` partial lists of a query are merged by a second shuffle on the query key (``S x n``
-   candidates per query): sorted by ``(distance, position)`` and cut to ``n``, which is exactly the top
-   ``n`` over the whole reference under the tie rule (:mod:`~sklspark.neighbors._shard_merge`: many queries
-   per Python call, one sort of all their candidates).
+4. The partial lists of a query (one per shard it searched) are merged by a second shuffle on the query
+   key (at most ``S x n`` candidates per query): sorted by ``(distance, position)`` and cut to ``n``, which
+   is exactly the top ``n`` over the whole reference under the tie rule
+   (:mod:`~sklspark.neighbors._shard_merge`: many queries per Python call, one sort of all their candidates).
 
 Memory bound
 ------------
@@ -374,7 +377,8 @@ def _prebuilt_tops(plan: JoinPlan, ref: DataFrame, qry: DataFrame, schema: Struc
     shard's files, and returns their stem to the driver (a few bytes a shard). The queries, replicated
     once per shard, are then grouped by ``(shard, block)``, sorted so that a task meets a shard's
     blocks one after the other, and every group searches its shard loaded from the files (once per
-    worker process). The reference is not replicated per query block: shuffle volume ``S x |queries| + |reference|``.
+    worker process). The reference is not replicated per query block: shuffle volume at most
+    ``S x |queries| + |reference|``.
     """
     search = plan.search
     files = ShardFiles.create(plan.index_dir, search.engine, search.metric)
