@@ -14,9 +14,11 @@ file of clustered float32 points and write their result to Parquet, end to end o
 
 Recall@k of each is measured on ``--sharded-sample`` rows against the exact top ``k`` (the in-process
 gemm kernel with the exact re-rank). Targets: sharded recall@10 >= 0.95, and the sharded time at most
-twice the broadcast time. ``--shard-ef-search`` is the sharded graphs' ``ef_search``: a query searches
-every shard's graph and the shards' lists are merged, so a smaller ``ef_search`` per shard can keep the
-recall of a single graph.
+twice the broadcast time. ``--shard-ef-search`` is the sharded graphs' ``ef_search``. On these clustered
+points the shards hold nearby rows and a query searches only the graphs of the shards that can hold its
+neighbours (one, here: ``sklspark.neighbors._shard_route``), so it needs the ``ef_search`` of a single
+graph; in shards by position a query searches every shard's graph and the lists are merged, and a smaller
+``ef_search`` per shard could keep the recall of one graph.
 """
 
 from __future__ import annotations
