@@ -56,6 +56,11 @@ def _shard_routing_ok(text: str) -> bool:
     return len(rows) == 3 and all("| yes (" in line for line in rows)
 
 
+def _sharded_ok(text: str) -> bool:
+    variants = ("broadcast", "sharded, shards of nearby rows", "sharded, shards by position (forced)")
+    return all(text.count(f"| all_neighbors, {v} |") == 2 for v in variants) and "<= 1.2 | " in text
+
+
 def _end_to_end_ok(text: str) -> bool:
     return "All neighbours end to end (3,000" in text and "| sklspark all_neighbors from ONE Parquet file" in text
 
@@ -71,6 +76,7 @@ def _end_to_end_ok(text: str) -> bool:
         pytest.param("approximate_sharded.py", ["--quick"], _approximate_sharded_ok, marks=pytest.mark.slow),
         pytest.param("end_to_end.py", ["--quick"], _end_to_end_ok, marks=pytest.mark.slow),
         pytest.param("shard_routing.py", ["--quick"], _shard_routing_ok, marks=pytest.mark.slow),
+        pytest.param("sharded.py", ["--quick"], _sharded_ok, marks=pytest.mark.slow),
     ],
 )
 def test_single_benchmark_script_smoke(tmp_path, script, args, check):
