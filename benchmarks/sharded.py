@@ -8,8 +8,9 @@ Not in ``run.py``'s default groups (issue 20, item 5). ``all_neighbors(df, 10, e
 the rounds), in rounds that each start one variant further on; the median of the rounds counts:
 
 * broadcast mode (the reference collected, indexed once and broadcast);
-* sharded mode, ``shards=4``: shards of nearby rows, each query sent only to the shards that can hold one of its
-  neighbours (``sklspark.neighbors._shard_route``; chosen automatically);
+* sharded mode, ``shards=4``, the layout chosen automatically: shards of nearby rows, each query sent only to the
+  shards that can hold one of its neighbours (``sklspark.neighbors._shard_route``), where the driver's sample shows
+  that it pays (the clustered data), else shards by position (the uniform data);
 * sharded mode, ``shards=4``, shards by position (``position mod 4``, every query to every shard), forced: the
   layout before routing, and the one data without clusters keep.
 
@@ -34,7 +35,7 @@ NAME = "sharded"
 DEFAULT = False
 GROUP = "Exact sharded mode ({n:,} x {d} float32, {data}, k={k}, gemm backend, from 8 Parquet files)"
 
-VARIANTS = ("broadcast", "sharded, shards of nearby rows", "sharded, shards by position (forced)")
+VARIANTS = ("broadcast", "sharded, layout chosen automatically", "sharded, shards by position (forced)")
 
 
 def add_arguments(parser) -> None:

@@ -57,7 +57,7 @@ def _shard_routing_ok(text: str) -> bool:
 
 
 def _sharded_ok(text: str) -> bool:
-    variants = ("broadcast", "sharded, shards of nearby rows", "sharded, shards by position (forced)")
+    variants = ("broadcast", "sharded, layout chosen automatically", "sharded, shards by position (forced)")
     return all(text.count(f"| all_neighbors, {v} |") == 2 for v in variants) and "<= 1.2 | " in text
 
 
