@@ -16,6 +16,7 @@ from _helpers import no_spark_job
 from numpy.testing import assert_allclose
 from pyspark.errors import PythonException
 from pyspark.ml.linalg import Vectors, VectorUDT
+from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import LongType, StructField, StructType
 from sklearn.metrics import pairwise_distances
 from sklearn.neighbors import NearestNeighbors
@@ -30,8 +31,10 @@ from sklspark._partitions import TASKS_PER_CORE
 from sklspark.neighbors import AnnoyBackend, GemmBackend, HnswBackend, all_neighbors, kneighbors_join, to_edges
 from sklspark.neighbors._backends import get_backend
 from sklspark.neighbors._broadcast import ReferenceIndex
-from sklspark.neighbors._plan import stable_order
+from sklspark.neighbors._names import BAD_ROW
+from sklspark.neighbors._plan import JoinOptions, plan_join, stable_order
 from sklspark.neighbors._rerank import exact_top_k, paired_distances
+from sklspark.neighbors._shard_merge import QUERY, partial_schema
 
 RNG = np.random.default_rng(0)
 #: Integer coordinates: many exact duplicates (distance 0) and ties.
@@ -274,6 +277,26 @@ def test_k_extremes(spark, k):
     if k == 1:  # and k = reference size without exclude_self
         full = collect(kneighbors_join(df, df, 30))
         assert_matches_truth(full, R[np.argsort(ids)], R, ids, 30)
+
+
+@pytest.mark.parametrize("prebuilt", [False, True])
+def test_a_shard_without_rows_keeps_its_queries(spark, prebuilt):
+    """A (block, shard) group whose shard has no rows (a query routed only there, more shards than rows) gives each
+    of its queries a row without candidates, not flagged: no query may be missing from the merge."""
+    df = array_df(spark, GRID[:10], np.arange(10), n_partitions=1)
+    plan = plan_join(df, df, 3, JoinOptions(), "all_neighbors")
+    features = pa.array(GRID[:4].tolist(), pa.list_(pa.float64()))
+    queries = pa.table({QUERY: np.arange(4), "id": np.arange(4), "features": features})
+    queries = queries.append_column(sharded_module._BLOCK, pa.array([0] * 4)).append_column(
+        sharded_module._SHARD, pa.array([1] * 4)
+    )
+    schema = to_arrow_schema(partial_schema("id", LongType(), LongType()))
+    if prebuilt:  # shard 1 is not among the shards written
+        got = sharded_module._search_prebuilt(plan.search, None, {0: "stem"}, queries, schema)
+    else:
+        got = sharded_module._partial_top(plan.search, queries, pa.table({"x": pa.array([], pa.int64())}), schema)
+    assert got.column("id").to_pylist() == [0, 1, 2, 3]
+    assert got.column("neighbor_ids").to_pylist() == [[]] * 4 and not any(got.column(BAD_ROW).to_pylist())
 
 
 def test_sharded_groups_meet_across_many_shuffle_partitions(spark):

@@ -198,9 +198,17 @@ def _checked_matrix(
 
 def _partial_top(search: SearchSpec, queries: pa.Table, shard: pa.Table, schema: pa.Schema) -> pa.Table:
     """One (query block, shard) group: every query's exact top ``n`` within the shard, indexed here."""
-    if queries.num_rows == 0 or shard.num_rows == 0:
+    if queries.num_rows == 0:
         return schema.empty_table()
-    return _search_block(search, queries, _build_shard(search, shard, queries.num_rows), schema)
+    built = _build_shard(search, shard, queries.num_rows) if shard.num_rows else _no_rows(schema)
+    return _search_block(search, queries, built, schema)
+
+
+def _no_rows(schema: pa.Schema) -> LoadedShard:
+    """A shard without rows (none sent there, or all left out with ``on_error="null"``): its queries get no
+    candidates from it, and still their row, so that no query is missing from the merge."""
+    id_type = schema.field(NEIGHBOR_IDS).type.value_type
+    return LoadedShard(None, np.empty((0, 0)), np.empty(0, np.int64), pa.array([], id_type))
 
 
 def _build_shard(search: SearchSpec, shard: pa.Table, n_queries: int = 0) -> LoadedShard:
@@ -280,15 +288,10 @@ def _search_prebuilt(
     search: SearchSpec, files: ShardFiles, stems: dict[int, str | None], queries: pa.Table, schema: pa.Schema
 ) -> pa.Table:
     """One (shard, query block) group of a prebuilt join: the shard loaded from its files (once per process)."""
-    shard = queries.column(_SHARD)[0].as_py() if queries.num_rows else None
-    if shard not in stems:  # no reference row in this shard
+    if queries.num_rows == 0:
         return schema.empty_table()
-    stem = stems[shard]
-    if stem is None:  # every row of the shard was left out (on_error="null"): the queries get no candidates here
-        id_type = schema.field(NEIGHBOR_IDS).type.value_type
-        loaded = LoadedShard(None, np.empty((0, 0)), np.empty(0, np.int64), pa.array([], id_type))
-    else:
-        loaded = load_shard(files, stem)
+    stem = stems.get(queries.column(_SHARD)[0].as_py())  # None: no row sent to the shard, or every one left out
+    loaded = _no_rows(schema) if stem is None else load_shard(files, stem)
     return _search_block(search, queries, loaded, schema)
 
 
