@@ -13,9 +13,10 @@ query must search all ``S`` shards (``S x |queries|`` rows shuffled and searched
 
    * ``bound(q, c) = (|q - c|^2 - |q - h|^2) / (2 |c - h|)``: a row nearer ``c`` than ``h`` lies on ``c``'s side of
      their bisector, at least that far from ``q``;
-   * ``r(q)``, the ``n``-th distance from ``q`` to the sample's rows: they are reference rows, so ``q``'s ``n``
-     nearest in the whole reference are no farther (nor is a row tied with the ``n``-th), and with ``max_distance``
-     no neighbour is farther than it either.
+   * ``r(q)``, the ``n``-th distance from ``q`` to the sampled rows of its cell ``h`` (of the whole sample if the
+     cell has fewer than ``n``): they are reference rows, so ``q``'s ``n`` nearest in the whole reference are no
+     farther (nor is a row tied with the ``n``-th), and with ``max_distance`` no neighbour is farther than it
+     either.
 
    A shard left out holds no row within ``r(q)``, so it holds none of the query's neighbours: the search and the
    merge are unchanged, and so are the results, ties included. Its home shard is always searched.
@@ -174,14 +175,15 @@ class Router:
         return np.sqrt(np.maximum(nth + error, 0.0)) * (1 + _RELATIVE)
 
 
-def plan_routing(plan: JoinPlan, shards: int, n_reference: int) -> Router | None:
-    """The router of a sharded join of dense euclidean rows into ``shards`` shards, or ``None`` when routing does
-    not apply or cannot pay (module docstring): then shards stay by position. One Spark job (the sample)."""
+def plan_routing(plan: JoinPlan, shards: int, n_reference: int, n_features: int) -> Router | None:
+    """The router of a sharded join of dense euclidean rows (``n_reference`` of ``n_features`` features) into
+    ``shards`` shards, or ``None`` when routing does not apply or cannot pay (module docstring): then shards stay
+    by position. One Spark job (the sample)."""
     search = plan.search
     assert search.r_spec is not None and isinstance(plan.reference, DataFrame)  # sharded: a DataFrame reference
     if search.metric != EUCLIDEAN or shards < 2:
         return None
-    sample = sample_rows(plan.reference, search.r_spec, n_reference)
+    sample = sample_rows(plan.reference, search.r_spec, n_reference, n_features)
     if sample is None:
         return None
     cap = np.inf if plan.max_distance is None else plan.max_distance * (1 + _RELATIVE)
@@ -227,17 +229,17 @@ def _shards_of_cells(sample: np.ndarray, labels: np.ndarray, centres: np.ndarray
     return shard
 
 
-def sample_rows(reference: DataFrame, spec: FeatureSpec, n_reference: int) -> np.ndarray | None:
-    """At most :data:`SAMPLE_ROWS` readable reference rows (:data:`SAMPLE_MAX_BYTES` at most) as a dense matrix, taken
-    by one Spark job; ``None`` if there are none or their features are sparse vectors (routing is for dense rows)."""
-    fraction = min(1.0, 1.5 * SAMPLE_ROWS / max(n_reference, 1))
-    table = reference.select(*spec.columns).sample(fraction=fraction, seed=0).limit(SAMPLE_ROWS).toArrow()
-    if table.num_rows == 0:
+def sample_rows(reference: DataFrame, spec: FeatureSpec, n_reference: int, n_features: int) -> np.ndarray | None:
+    """At most :data:`SAMPLE_ROWS` readable reference rows of ``n_features`` features, and at most
+    :data:`SAMPLE_MAX_BYTES` of them as float32 (the job collects no more), as a dense matrix, taken by one Spark
+    job; ``None`` if there are none or their features are sparse vectors (routing is for dense rows)."""
+    limit = min(SAMPLE_ROWS, SAMPLE_MAX_BYTES // (4 * max(n_features, 1)))
+    fraction = min(1.0, 1.5 * limit / max(n_reference, 1))
+    table = reference.select(*spec.columns).sample(fraction=fraction, seed=0).limit(limit).toArrow()
+    if table.num_rows == 0 or n_features == 0:
         return None
     X, _ = _routable(pa.concat_batches(table.to_batches()), spec)
-    if sp.issparse(X) or X.shape[1] == 0:
-        return None
-    return np.asarray(X)[: SAMPLE_MAX_BYTES // (4 * X.shape[1])]
+    return None if sp.issparse(X) else np.asarray(X)
 
 
 def _routable(batch: pa.RecordBatch, spec: FeatureSpec) -> tuple[Any, np.ndarray]:

@@ -112,13 +112,14 @@ def _shape_stats(spec: FeatureSpec) -> list[Column]:
 
 
 class ShardLayout(NamedTuple):
-    """How a sharded join is split: reference shards, query blocks, and both sides' row counts (to size the sample
-    and the merge)."""
+    """How a sharded join is split: reference shards, query blocks, both sides' row counts and the features a row
+    (to size the routing's sample and the merge)."""
 
     shards: int
     blocks: int
     n_queries: int
     n_reference: int
+    n_features: int
 
 
 def shard_layout(plan: JoinPlan) -> ShardLayout | None:
@@ -176,7 +177,7 @@ def shard_layout(plan: JoinPlan) -> ShardLayout | None:
         tasks,
         default_parallelism(plan.queries),
     )
-    return ShardLayout(shards, spread, n_queries, n_ref)
+    return ShardLayout(shards, spread, n_queries, n_ref, width)
 
 
 def _checked_matrix(
@@ -344,7 +345,7 @@ def sharded_join(plan: JoinPlan, layout: ShardLayout) -> DataFrame:
     qry = qry.withColumn(_BLOCK, F.pmod(QUERY, F.lit(blocks)))
     # Both sides' group keys must have the same types (long): rows are hashed to partitions by them, and
     # an int 1 and a long 1 hash differently, so mixed types would send a group's halves apart.
-    router = plan_routing(plan, shards, layout.n_reference)
+    router = plan_routing(plan, shards, layout.n_reference, layout.n_features)
     if router is None:
         ref = ref.withColumn(_SHARD, F.pmod(_POSITION, F.lit(shards)))
         qry = qry.withColumn(_SHARD, F.explode(F.sequence(F.lit(0), F.lit(shards - 1)).cast("array<bigint>")))
