@@ -287,8 +287,8 @@ def test_a_shard_without_rows_keeps_its_queries(spark, prebuilt):
     plan = plan_join(df, df, 3, JoinOptions(), "all_neighbors")
     features = pa.array(GRID[:4].tolist(), pa.list_(pa.float64()))
     queries = pa.table({QUERY: np.arange(4), "id": np.arange(4), "features": features})
-    queries = queries.append_column(sharded_module._BLOCK, pa.array([0] * 4)).append_column(
-        sharded_module._SHARD, pa.array([1] * 4)
+    queries = queries.append_column(sharded_module.BLOCK, pa.array([0] * 4)).append_column(
+        sharded_module.SHARD, pa.array([1] * 4)
     )
     schema = to_arrow_schema(partial_schema("id", LongType(), LongType()))
     if prebuilt:  # shard 1 is not among the shards written

@@ -4,9 +4,12 @@ rows at ``max_distance`` included, and to few shards on clustered data."""
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from sklspark.neighbors._shard_route import MAX_SHARE, fit_router
+from sklspark._features import FeatureSpec
+from sklspark.neighbors._names import AS_QUERY, AS_REFERENCE, BLOCK, POSITION, ROLE, SHARD
+from sklspark.neighbors._shard_route import MAX_SHARE, fit_router, with_roles
 
 
 def _clustered(n, d, clusters, scale, offset=0.0, seed=0):
@@ -84,3 +87,32 @@ def test_clustered_data_searches_few_shards_and_uniform_data_all():
 def test_too_few_distinct_rows_for_the_cells():
     assert fit_router(np.ones((500, 4)), 2, 3, np.inf) is None  # one distinct row
     assert fit_router(_grid(20), 4, 3, np.inf) is None  # 20 rows: 2 cells, fewer than two a shard
+
+
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_with_roles_sends_each_row_to_its_groups_once(blocks):
+    """A self-join's one routing pass: each row is a reference row of its home shard in every block, a query of the
+    shards it searches in its own block, both roles in one row where they meet; an unreadable row is a reference row
+    of shard 0 and searches every shard."""
+    X = _clustered(400, 8, 10, 10.0)
+    X[7] = np.nan
+    router = fit_router(X[8:], 3, 5, np.inf)
+    assert router is not None
+    positions = np.arange(len(X)) * 5 + 2  # not contiguous, as monotonically_increasing_id's
+    batch = pa.RecordBatch.from_pydict({POSITION: positions, "f": pa.array(list(X), pa.list_(pa.float32()))})
+    (out,) = with_roles(router, FeatureSpec("array", ("f",), np.dtype(np.float32)), blocks, iter([batch]))
+    row = np.searchsorted(positions, out.column(POSITION).to_numpy())
+    block, shard, role = (out.column(c).to_numpy() for c in (BLOCK, SHARD, ROLE))
+    assert len(set(zip(row, block, shard))) == out.num_rows  # each (row, group) once
+    home, searched = np.zeros(len(X), dtype=np.int64), np.ones((len(X), 3), dtype=bool)
+    readable = np.arange(len(X)) != 7
+    home[readable], searched[readable] = router.route(X[readable])
+    as_reference, as_query = (role & AS_REFERENCE) > 0, (role & AS_QUERY) > 0
+    assert ((role & ~(AS_REFERENCE | AS_QUERY)) == 0).all() and (role > 0).all()
+    assert (shard[as_reference] == home[row[as_reference]]).all()
+    assert (np.bincount(row[as_reference], minlength=len(X)) == blocks).all()  # once per block
+    assert (block[as_query] == positions[row[as_query]] % blocks).all()
+    queried = np.zeros_like(searched)
+    queried[row[as_query], shard[as_query]] = True
+    assert (queried == searched).all() and searched[7].all() and home[7] == 0
+    assert np.array_equal(router.home(X[readable]), home[readable])  # route() agrees with home()

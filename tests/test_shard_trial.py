@@ -97,11 +97,11 @@ def test_a_group_of_sharded_mode_tries_its_shard(small_trial):
         offsets = pa.array(np.arange(len(rows) + 1) * 8, pa.int32())
         features = pa.ListArray.from_arrays(offsets, pa.array(X[rows].ravel()))
         columns = {key: pa.array(rows, pa.int64()), "id": pa.array(rows + 100, pa.int64()), "features": features}
-        return pa.table({**columns, sharded_module._BLOCK: [0] * len(rows), sharded_module._SHARD: [1] * len(rows)})
+        return pa.table({**columns, sharded_module.BLOCK: [0] * len(rows), sharded_module.SHARD: [1] * len(rows)})
 
     out = partial_schema("id", LongType(), LongType())
     queries = np.arange(4000)
-    built = sharded_module._build_shard(search, table(shard, sharded_module._POSITION), len(queries))
+    built = sharded_module._build_shard(search, table(shard, sharded_module.POSITION), len(queries))
     assert isinstance(built.backend, TrialPartition)
     got = sharded_module._search_block(search, table(queries, sharded_module.QUERY), built, to_arrow_schema(out))
     assert built.backend.choice == "partition"

@@ -30,14 +30,11 @@ from .._session import default_parallelism
 from .._shipping import ship_file, staging_path
 from ._backends import Backend, SklearnBackend
 from ._checks import check_unique_arrow_ids, non_finite_message, non_finite_rows
-from ._names import BAD_ROW, DISTANCES, NEIGHBOR_IDS
+from ._names import BAD_ROW, DISTANCES, NEIGHBOR_IDS, POSITION
 from ._plan import FittedReference, JoinPlan, stable_order
 from ._rerank import exact_top_k
 
 _log = logging.getLogger("sklspark")
-
-#: The column of reference positions a self-join's queries are scored from (:class:`OwnRows`).
-_POSITION = "__sklspark_position"
 
 
 class IndexFile:
@@ -269,13 +266,13 @@ def _own_rows_join(plan: JoinPlan, index: ReferenceIndex) -> DataFrame:
     search = plan.search
     session = plan.queries.sparkSession
     ranges = spread_tasks(session)
-    positions = session.range(0, len(index.ids), numPartitions=ranges).withColumnRenamed("id", _POSITION)
+    positions = session.range(0, len(index.ids), numPartitions=ranges).withColumnRenamed("id", POSITION)
     scored: DataFrame = distribute(  # type: ignore[assignment]  # a DataFrame in, a DataFrame out
         OwnRows(index).fit(),
         "search",
         positions,
         chunk_size=min(search.own_chunk_size, -(-len(index.ids) // ranges)),  # a range at once
-        features=[_POSITION],
+        features=[POSITION],
         output_cols=[search.id_col, NEIGHBOR_IDS, DISTANCES, BAD_ROW],
     )
     id_type = plan.queries.schema[search.id_col].dataType

@@ -7,6 +7,17 @@ DISTANCES = "distances"
 #: Internal: whether a query row has NaN or infinite features (flagged in the tasks, named by the join).
 BAD_ROW = "__sklspark_bad"
 
+#: Internal: a reference row's global position (the tie-break), in both modes.
+POSITION = "__sklspark_position"
+
+#: Internal, sharded mode: a row's query block and shard, and its roles in that group (:data:`AS_REFERENCE`,
+#: :data:`AS_QUERY`, or both) when one frame carries both sides of a self-join.
+BLOCK = "__sklspark_block"
+SHARD = "__sklspark_shard"
+ROLE = "__sklspark_role"
+AS_REFERENCE = 1
+AS_QUERY = 2
+
 #: With ``on_error="null"``: why a query row has no neighbours (null where it was searched).
 ERROR = "error"
 

@@ -46,13 +46,13 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 from pyspark.sql import DataFrame
-from pyspark.sql.types import LongType, StructField, StructType
+from pyspark.sql.types import ByteType, LongType, StructField, StructType
 from sklearn.cluster import KMeans
 
 from .._features import FeatureSpec
 from .._inputs import batch_to_matrix, null_feature_rows
 from ._checks import non_finite_rows
-from ._names import EUCLIDEAN
+from ._names import AS_QUERY, AS_REFERENCE, BLOCK, EUCLIDEAN, POSITION, ROLE, SHARD
 from ._plan import JoinPlan
 
 _log = logging.getLogger("sklspark")
@@ -118,6 +118,10 @@ class Router:
 
     def targets(self, X: np.ndarray) -> np.ndarray:
         """``(rows, shards)``: whether each row's ``n`` nearest reference rows may lie in each shard."""
+        return self.route(X)[1]
+
+    def route(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's home shard (:meth:`home`), and :meth:`targets`: the shards it searches (its home among them)."""
         D, error, norms = self._cells(X)
         home = D.argmin(axis=1)
         radius = self._radii(X, home)
@@ -134,7 +138,7 @@ class Router:
         searched = np.zeros((len(X), self.shards), dtype=bool)
         for shard in range(self.shards):
             searched[:, shard] = reached[:, self.cell_shard == shard].any(axis=1)
-        return searched
+        return self.cell_shard[home], searched
 
     def _cells(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Squared distances to the centres (float64), each row's bound on their error, and its squared norm."""
@@ -259,31 +263,66 @@ def _dense(X: Any) -> np.ndarray:
     return X.toarray() if sp.issparse(X) else np.asarray(X)
 
 
-def with_home(
-    router: Router, spec: FeatureSpec, shard_col: str, batches: Iterator[pa.RecordBatch]
-) -> Iterator[pa.RecordBatch]:
-    """``mapInArrow`` over the reference: every row with its shard (:meth:`Router.home`; 0 if it cannot be read)."""
+def with_home(router: Router, spec: FeatureSpec, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` over the reference: every row with its :data:`SHARD` (:meth:`Router.home`; 0 if it cannot be
+    read)."""
     for batch in batches:
         shard = np.zeros(batch.num_rows, dtype=np.int64)
         X, rows = _routable(batch, spec)
         if len(rows):
             shard[rows] = router.home(_dense(X))
-        yield batch.append_column(shard_col, pa.array(shard))
+        yield batch.append_column(SHARD, pa.array(shard))
 
 
-def with_targets(
-    router: Router, spec: FeatureSpec, shard_col: str, batches: Iterator[pa.RecordBatch]
-) -> Iterator[pa.RecordBatch]:
-    """``mapInArrow`` over the queries: every row once per shard it searches (every shard if it cannot be read)."""
+def with_targets(router: Router, spec: FeatureSpec, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` over the queries: every row once per :data:`SHARD` it searches (every shard if it cannot be
+    read)."""
     for batch in batches:
         searched = np.ones((batch.num_rows, router.shards), dtype=bool)
         X, rows = _routable(batch, spec)
         if len(rows):
             searched[rows] = router.targets(_dense(X))
         row, shard = np.nonzero(searched)
-        yield batch.take(pa.array(row)).append_column(shard_col, pa.array(shard.astype(np.int64)))
+        yield batch.take(pa.array(row)).append_column(SHARD, pa.array(shard.astype(np.int64)))
 
 
-def routed_schema(schema: StructType, shard_col: str) -> StructType:
-    """A side's schema with its shard column (``long``) added."""
-    return StructType([*schema.fields, StructField(shard_col, LongType())])
+def with_roles(
+    router: Router, spec: FeatureSpec, blocks: int, batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` over the rows of a self-join, which are both its reference and its queries (with their
+    :data:`POSITION`): every row once per (:data:`BLOCK`, :data:`SHARD`) group it belongs to, with its :data:`ROLE`
+    there.
+
+    As a reference row, a row belongs to its home shard (shard 0 if it cannot be read) in every query block; as a
+    query, to the shards it searches (every shard if it cannot be read) in its own block, ``position mod blocks``.
+    One pass routes both sides, and a row that is both in a group is sent there once.
+    """
+    for batch in batches:
+        n_rows = batch.num_rows
+        home = np.zeros(n_rows, dtype=np.int64)
+        searched = np.ones((n_rows, router.shards), dtype=bool)
+        X, rows = _routable(batch, spec)
+        if len(rows):
+            home[rows], searched[rows] = router.route(_dense(X))
+        roles = np.zeros((n_rows, blocks, router.shards), dtype=np.int8)
+        everyone = np.arange(n_rows)
+        roles[everyone, :, home] = AS_REFERENCE
+        roles[everyone, batch.column(POSITION).to_numpy() % blocks] += AS_QUERY * searched.astype(np.int8)
+        row, block, shard = np.nonzero(roles)
+        yield pa.RecordBatch.from_arrays(
+            [*batch.take(pa.array(row)).columns, pa.array(block), pa.array(shard), pa.array(roles[row, block, shard])],
+            names=[*batch.schema.names, BLOCK, SHARD, ROLE],
+        )
+
+
+def routed_schema(schema: StructType) -> StructType:
+    """A side's schema with its :data:`SHARD` (``long``) added (:func:`with_home`, :func:`with_targets`)."""
+    return StructType([*schema.fields, StructField(SHARD, LongType())])
+
+
+def roles_schema(schema: StructType) -> StructType:
+    """A self-join's schema with its :data:`BLOCK`, :data:`SHARD` (``long``) and :data:`ROLE` (``byte``) added
+    (:func:`with_roles`)."""
+    return StructType(
+        [*schema.fields, StructField(BLOCK, LongType()), StructField(SHARD, LongType()), StructField(ROLE, ByteType())]
+    )

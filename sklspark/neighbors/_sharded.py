@@ -13,7 +13,10 @@ Plan
    only to the shards that can hold one of its ``n`` nearest. Else by position: shard ``position mod S``,
    every query to every shard. Queries are replicated once per shard they search and reference rows once
    per query block, and both are co-grouped on ``(block, shard)``: shuffle volume at most
-   ``S x |queries| + B x |reference|``. No row of the reference is gathered on the driver.
+   ``S x |queries| + B x |reference|``. No row of the reference is gathered on the driver. In a self-join
+   (``all_neighbors``) the rows are both sides: they are read and routed once, as one frame, a row is sent
+   once to each group it is in with its roles there (reference row, query, or both), and grouped by one
+   shuffle; in shards of nearby rows on clustered data that is about ``B x |reference|`` rows.
 3. Each of the ``B x S`` groups (one task at a time per group) builds the backend on its shard and
    computes the exact top ``n`` of every query of its block within the shard
    (:func:`~sklspark.neighbors._rerank.exact_top_k`), as candidates ``(distance, position, id)``.
@@ -59,12 +62,12 @@ from .._partitions import spread_tasks
 from .._runner import apply_chunks
 from .._session import default_parallelism
 from ._checks import check_unique_ids, non_finite_message, non_finite_rows
-from ._names import NEIGHBOR_IDS
+from ._names import AS_QUERY, AS_REFERENCE, BLOCK, NEIGHBOR_IDS, POSITION, ROLE, SHARD
 from ._plan import JoinPlan, SearchSpec, stable_order
 from ._rerank import exact_top_k
 from ._shard_index import LoadedShard, ShardFiles, load_shard
 from ._shard_merge import QUERY, merge_groups, merged, partial_schema
-from ._shard_route import plan_routing, routed_schema, with_home, with_targets
+from ._shard_route import Router, plan_routing, roles_schema, routed_schema, with_home, with_roles, with_targets
 from ._shard_trial import shard_engine
 
 _log = logging.getLogger("sklspark")
@@ -74,10 +77,6 @@ SHARD_MAX_BYTES = 128 << 20
 
 #: Most bytes of query features in one query block.
 QUERY_BLOCK_MAX_BYTES = 64 << 20
-
-_POSITION = "__sklspark_position"
-_BLOCK = "__sklspark_block"
-_SHARD = "__sklspark_shard"
 
 
 def count_blocks(n_rows: int, row_bytes: int, max_bytes: int) -> int:
@@ -224,7 +223,7 @@ def _build_shard(search: SearchSpec, shard: pa.Table, n_queries: int = 0) -> Loa
     """
     reference = pa.concat_batches(shard.to_batches())
     backend = shard_engine(search.engine, search.metric, reference.num_rows, n_queries)
-    name, where = type(search.engine).__name__, f"shard {shard.column(_SHARD)[0].as_py()}"
+    name, where = type(search.engine).__name__, f"shard {shard.column(SHARD)[0].as_py()}"
     r_spec = search.r_spec
     assert r_spec is not None  # sharded: a DataFrame reference
 
@@ -239,7 +238,7 @@ def _build_shard(search: SearchSpec, shard: pa.Table, n_queries: int = 0) -> Loa
         return R
 
     ((_, kept, R, _),) = apply_chunks(build, f"{name}.build on the reference's {where}", shard_chunk())
-    keys = reference.column(_POSITION).to_numpy()[kept]
+    keys = reference.column(POSITION).to_numpy()[kept]
     ids = reference.column(search.id_col).take(pa.array(kept, type=pa.int64()))
     return LoadedShard(backend if R.shape[0] else None, R, keys, ids)
 
@@ -264,7 +263,7 @@ def _search_block(search: SearchSpec, queries: pa.Table, shard: LoadedShard, sch
             Q, bad = _checked_matrix(batch, search.q_spec, start, search)
             yield start, batch, bad, (Q[np.setdiff1d(np.arange(Q.shape[0]), bad)] if bad.size else Q)
 
-    where = f"block {queries.column(_BLOCK)[0].as_py()} in shard {queries.column(_SHARD)[0].as_py()}"
+    where = f"block {queries.column(BLOCK)[0].as_py()} in shard {queries.column(SHARD)[0].as_py()}"
     label = f"{type(search.engine).__name__}.search of the queries' {where}"
     out = [
         _candidates(batch, bad, found, (keys, ids), schema)
@@ -279,9 +278,9 @@ def _write_shard(search: SearchSpec, files: ShardFiles, shard: pa.Table) -> pa.T
     Returns one row: the shard and the stem of its files (null if no row of the shard is left).
     """
     built = _build_shard(search, shard)
-    stem = files.write(shard.column(_SHARD)[0].as_py(), built) if built.backend is not None else None
+    stem = files.write(shard.column(SHARD)[0].as_py(), built) if built.backend is not None else None
     return pa.table(
-        {_SHARD: pa.array([shard.column(_SHARD)[0].as_py()], pa.int64()), "stem": pa.array([stem], pa.string())}
+        {SHARD: pa.array([shard.column(SHARD)[0].as_py()], pa.int64()), "stem": pa.array([stem], pa.string())}
     )
 
 
@@ -291,7 +290,7 @@ def _search_prebuilt(
     """One (shard, query block) group of a prebuilt join: the shard loaded from its files (once per process)."""
     if queries.num_rows == 0:
         return schema.empty_table()
-    stem = stems.get(queries.column(_SHARD)[0].as_py())  # None: no row sent to the shard, or every one left out
+    stem = stems.get(queries.column(SHARD)[0].as_py())  # None: no row sent to the shard, or every one left out
     loaded = _no_rows(schema) if stem is None else load_shard(files, stem)
     return _search_block(search, queries, loaded, schema)
 
@@ -332,49 +331,113 @@ def sharded_join(plan: JoinPlan, layout: ShardLayout) -> DataFrame:
         :data:`~sklspark.neighbors._names.BAD_ROW`, one row per query row.
     """
     search = plan.search
-    id_col, n = search.id_col, search.n
-    shards, blocks = layout.shards, layout.blocks
     assert isinstance(plan.reference, DataFrame) and search.r_spec is not None
-    ref = stable_order(plan.reference, id_col, search.r_spec.columns)
-    # Fresh attributes (aliases) for the reference's columns: in a self-join both sides would otherwise carry the same
-    # ones, and Spark's column pruning then dropped the reference's features from the co-group (no merge after it).
-    fresh = [F.col(c).alias(c) for c in (id_col, *search.r_spec.columns)]
-    ref = ref.select(F.monotonically_increasing_id().alias(_POSITION), *fresh)
-    qry = stable_order(plan.queries, id_col, search.q_spec.columns)
-    qry = qry.select(F.monotonically_increasing_id().alias(QUERY), id_col, *search.q_spec.columns)
-    qry = qry.withColumn(_BLOCK, F.pmod(QUERY, F.lit(blocks)))
-    # Both sides' group keys must have the same types (long): rows are hashed to partitions by them, and
-    # an int 1 and a long 1 hash differently, so mixed types would send a group's halves apart.
-    router = plan_routing(plan, shards, layout.n_reference, layout.n_features)
-    if router is None:
-        ref = ref.withColumn(_SHARD, F.pmod(_POSITION, F.lit(shards)))
-        qry = qry.withColumn(_SHARD, F.explode(F.sequence(F.lit(0), F.lit(shards - 1)).cast("array<bigint>")))
-    else:
-        ref = ref.mapInArrow(
-            functools.partial(with_home, router, search.r_spec, _SHARD), routed_schema(ref.schema, _SHARD)
-        )
-        qry = qry.mapInArrow(
-            functools.partial(with_targets, router, search.q_spec, _SHARD), routed_schema(qry.schema, _SHARD)
-        )
-    schema = partial_schema(id_col, plan.queries.schema[id_col].dataType, plan.reference.schema[id_col].dataType)
-    arrow_schema = to_arrow_schema(schema)
-
+    router = plan_routing(plan, layout.shards, layout.n_reference, layout.n_features)
+    schema = partial_schema(
+        search.id_col, plan.queries.schema[search.id_col].dataType, plan.reference.schema[search.id_col].dataType
+    )
     if plan.prebuilt_shards:
-        tops = _prebuilt_tops(plan, ref, qry, schema)
+        tops = _prebuilt_tops(plan, _sides(plan, layout, router), schema)
+    elif plan.self_join:
+        tops = _own_rows_tops(plan, layout, router, schema)
     else:
-        ref = ref.withColumn(_BLOCK, F.explode(F.sequence(F.lit(0), F.lit(blocks - 1)).cast("array<bigint>")))
-
-        def partial(left: pa.Table, right: pa.Table) -> pa.Table:
-            return _partial_top(search, left, right, arrow_schema)
-
-        tops = qry.groupBy(_BLOCK, _SHARD).cogroup(ref.groupBy(_BLOCK, _SHARD)).applyInArrow(partial, schema)
+        tops = _cogrouped_tops(plan, _sides(plan, layout, router), layout.blocks, schema)
     # one shard's lists are final already (sorted the same way by exact_top_k): no merge shuffle then
-    groups = merge_groups(layout.n_queries, shards, n, plan.queries) if shards > 1 else 0
-    _log.info("%s: the partial lists of %d shard(s) merged in %d group(s)", plan.caller, shards, groups)
-    return merged(tops, id_col, n, groups)
+    groups = merge_groups(layout.n_queries, layout.shards, search.n, plan.queries) if layout.shards > 1 else 0
+    _log.info("%s: the partial lists of %d shard(s) merged in %d group(s)", plan.caller, layout.shards, groups)
+    return merged(tops, search.id_col, search.n, groups)
 
 
-def _prebuilt_tops(plan: JoinPlan, ref: DataFrame, qry: DataFrame, schema: StructType) -> DataFrame:
+def _positioned(frame: DataFrame, search: SearchSpec, spec: FeatureSpec, key: str) -> DataFrame:
+    """``frame``'s ID and features in :func:`~sklspark.neighbors._plan.stable_order`, after its global position ``key``.
+
+    The features get fresh attributes (aliases): in a self-join both sides would otherwise carry the same ones, and
+    Spark's column pruning then dropped the reference's features from the co-group (no merge after it).
+    """
+    ordered = stable_order(frame, search.id_col, spec.columns)
+    fresh = [F.col(c).alias(c) for c in (search.id_col, *spec.columns)]
+    return ordered.select(F.monotonically_increasing_id().alias(key), *fresh)
+
+
+def _sides(plan: JoinPlan, layout: ShardLayout, router: Router | None) -> tuple[DataFrame, DataFrame]:
+    """The reference with its :data:`SHARD`, and the queries with their :data:`BLOCK`, once per :data:`SHARD` they
+    search.
+
+    Both sides' group keys must have the same types (long): rows are hashed to partitions by them, and an int 1 and
+    a long 1 hash differently, so mixed types would send a group's halves apart.
+    """
+    search = plan.search
+    assert isinstance(plan.reference, DataFrame) and search.r_spec is not None
+    ref = _positioned(plan.reference, search, search.r_spec, POSITION)
+    qry = _positioned(plan.queries, search, search.q_spec, QUERY)
+    qry = qry.withColumn(BLOCK, F.pmod(QUERY, F.lit(layout.blocks)))
+    if router is None:
+        ref = ref.withColumn(SHARD, F.pmod(POSITION, F.lit(layout.shards)))
+        return ref, qry.withColumn(SHARD, F.explode(_upto(layout.shards)))
+    ref = ref.mapInArrow(functools.partial(with_home, router, search.r_spec), routed_schema(ref.schema))
+    return ref, qry.mapInArrow(functools.partial(with_targets, router, search.q_spec), routed_schema(qry.schema))
+
+
+def _upto(count: int) -> Column:
+    """``[0, 1, ..., count - 1]`` as an array of longs."""
+    return F.sequence(F.lit(0), F.lit(count - 1)).cast("array<bigint>")
+
+
+def _cogrouped_tops(plan: JoinPlan, sides: tuple[DataFrame, DataFrame], blocks: int, schema: StructType) -> DataFrame:
+    """The partial top lists of the queries and the reference (``sides``) co-grouped on ``(block, shard)``: the
+    reference replicated once per query block, each group's shard indexed in its task."""
+    search, arrow_schema = plan.search, to_arrow_schema(schema)
+    ref, qry = sides
+    ref = ref.withColumn(BLOCK, F.explode(_upto(blocks)))
+
+    def partial(left: pa.Table, right: pa.Table) -> pa.Table:
+        return _partial_top(search, left, right, arrow_schema)
+
+    return qry.groupBy(BLOCK, SHARD).cogroup(ref.groupBy(BLOCK, SHARD)).applyInArrow(partial, schema)
+
+
+def _own_rows_tops(plan: JoinPlan, layout: ShardLayout, router: Router | None, schema: StructType) -> DataFrame:
+    """The partial top lists of a self-join, whose rows are both sides: one frame, read and routed once, each row sent
+    once to each ``(block, shard)`` group it is in, with its roles there (:data:`ROLE`), and grouped by one shuffle.
+
+    Shards of nearby rows: :func:`~sklspark.neighbors._shard_route.with_roles`. By position: a row is a reference row
+    of shard ``position mod S`` in every block, and a query of every shard in block ``position mod B``.
+    """
+    search, arrow_schema = plan.search, to_arrow_schema(schema)
+    assert isinstance(plan.reference, DataFrame) and search.r_spec is not None
+    rows = _positioned(plan.reference, search, search.r_spec, POSITION)
+    if router is None:
+        shards, blocks = F.lit(layout.shards), F.lit(layout.blocks)
+        groups = F.transform(
+            _upto(layout.blocks * layout.shards),
+            lambda group: F.struct(
+                F.floor(group / shards).alias(BLOCK),
+                F.pmod(group, shards).alias(SHARD),
+                (
+                    F.when(F.pmod(group, shards) == F.pmod(POSITION, shards), AS_REFERENCE).otherwise(0)
+                    + F.when(F.floor(group / shards) == F.pmod(POSITION, blocks), AS_QUERY).otherwise(0)
+                )
+                .cast("byte")
+                .alias(ROLE),
+            ),
+        )
+        placed = rows.select("*", F.explode(F.filter(groups, lambda group: group[ROLE] > 0)).alias("group"))
+        placed = placed.select(*rows.columns, "group.*")
+    else:
+        placed = rows.mapInArrow(
+            functools.partial(with_roles, router, search.r_spec, layout.blocks), roles_schema(rows.schema)
+        )
+
+    def partial(group: pa.Table) -> pa.Table:
+        role = group.column(ROLE).to_numpy()
+        queries = group.filter(pa.array(role & AS_QUERY > 0))
+        queries = queries.rename_columns([QUERY if name == POSITION else name for name in queries.column_names])
+        return _partial_top(search, queries, group.filter(pa.array(role & AS_REFERENCE > 0)), arrow_schema)
+
+    return placed.groupBy(BLOCK, SHARD).applyInArrow(partial, schema)
+
+
+def _prebuilt_tops(plan: JoinPlan, sides: tuple[DataFrame, DataFrame], schema: StructType) -> DataFrame:
     """The partial top lists of a backend whose index is built once per shard (:mod:`._shard_index`).
 
     A first job groups the reference by shard: one task per shard builds the backend and writes the
@@ -384,14 +447,14 @@ def _prebuilt_tops(plan: JoinPlan, ref: DataFrame, qry: DataFrame, schema: Struc
     worker process). The reference is not replicated per query block: shuffle volume at most
     ``S x |queries| + |reference|``.
     """
-    search = plan.search
+    search, (ref, qry) = plan.search, sides
     files = ShardFiles.create(plan.index_dir, search.engine, search.metric)
 
     def write(shard: pa.Table) -> pa.Table:
         return _write_shard(search, files, shard)
 
-    built = ref.groupBy(_SHARD).applyInArrow(
-        write, StructType([StructField(_SHARD, LongType()), StructField("stem", StringType())])
+    built = ref.groupBy(SHARD).applyInArrow(
+        write, StructType([StructField(SHARD, LongType()), StructField("stem", StringType())])
     )
     stems: dict[int, str | None] = {row[0]: row[1] for row in built.collect()}
     missing = files.missing([stem for stem in stems.values() if stem is not None])
@@ -407,4 +470,4 @@ def _prebuilt_tops(plan: JoinPlan, ref: DataFrame, qry: DataFrame, schema: Struc
     def partial(queries: pa.Table) -> pa.Table:
         return _search_prebuilt(search, files, stems, queries, arrow_schema)
 
-    return qry.groupBy(_SHARD, _BLOCK).applyInArrow(partial, schema)
+    return qry.groupBy(SHARD, BLOCK).applyInArrow(partial, schema)
