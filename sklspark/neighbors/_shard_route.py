@@ -213,8 +213,9 @@ def fit_router(sample: np.ndarray, shards: int, n: int, cap: float) -> Router | 
     cells = min(max(MIN_CELLS, CELLS_PER_SHARD * shards), len(sample) // SAMPLE_PER_CELL)
     if cells < 2 * shards or len(np.unique(sample, axis=0)) < cells:
         return None
-    kmeans = KMeans(cells, n_init=1, max_iter=20, random_state=0).fit(sample.astype(np.float64))
-    centres = kmeans.cluster_centers_
+    # fitted in float32 (any points serve as centres: the bounds are computed from them as given, in float64)
+    kmeans = KMeans(cells, n_init=1, max_iter=20, random_state=0).fit(sample)
+    centres = kmeans.cluster_centers_.astype(np.float64)
     apart = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(axis=-1)) * (1 + _RELATIVE)
     cell_shard = _shards_of_cells(sample, kmeans.labels_, centres, shards)
     members = [np.flatnonzero(kmeans.labels_ == cell) for cell in range(cells)]
