@@ -37,7 +37,8 @@ def test_which_shards_are_tried():
     """Only the gemm backend's automatic choice, euclidean, a shard below the partition's own threshold with many
     queries; every other case gets a fresh copy of the plan's backend."""
     gemm = GemmBackend()
-    assert isinstance(shard_engine(gemm, "euclidean", 25_000, 100_000), TrialPartition)
+    tried = shard_engine(gemm, "euclidean", 25_000, 100_000, 100_000)
+    assert isinstance(tried, TrialPartition) and tried.cluster_rows == np.sqrt(100_000)  # the whole reference's
     for engine, metric, rows, queries in [
         (gemm, "euclidean", 25_000, 100),  # too few pairs: brute force is quick
         (gemm, "euclidean", 100, 10**9),  # too few rows for k-means
@@ -47,7 +48,7 @@ def test_which_shards_are_tried():
         (GemmBackend(clustered=True), "euclidean", 25_000, 100_000),
         (SklearnBackend(), "euclidean", 25_000, 100_000),
     ]:
-        engine_copy = shard_engine(engine, metric, rows, queries)
+        engine_copy = shard_engine(engine, metric, rows, queries, 4 * rows)
         assert type(engine_copy) is type(engine) and engine_copy is not engine
 
 
@@ -57,7 +58,7 @@ def test_clustered_shard_is_searched_as_a_partition_and_equals_brute_force(small
     ``MAX_FRACTION`` of their pairs); the answer is brute force's, whether the trial ends within the first search or
     spans two."""
     X = mixture(3000, 16, 30)
-    backend = shard_engine(GemmBackend(), "euclidean", len(X), len(X))
+    backend = shard_engine(GemmBackend(), "euclidean", len(X), len(X), len(X))
     assert isinstance(backend, TrialPartition)
     backend.build(X, "euclidean")
     assert backend.choice == "trial"
@@ -75,7 +76,7 @@ def test_clustered_shard_is_searched_as_a_partition_and_equals_brute_force(small
 def test_uniform_shard_falls_back_to_brute_force(small_trial):
     """Uniform data: the trial scores most pairs, the rest is brute force, the answer brute force's."""
     X = RNG.random((2000, 32), dtype=np.float32)
-    backend = shard_engine(GemmBackend(), "euclidean", len(X), len(X))
+    backend = shard_engine(GemmBackend(), "euclidean", len(X), len(X), len(X))
     backend.build(X, "euclidean")
     positions, distances = exact_top_k(backend, X, np.arange(len(X)), X[:700], 10, "euclidean")
     assert isinstance(backend, TrialPartition) and backend.choice == "brute force" and not backend.clustered
@@ -91,7 +92,7 @@ def test_a_group_of_sharded_mode_tries_its_shard(small_trial):
     shard = np.arange(1, 4000, 2)  # shard 1 of 2: the odd positions
     schema = StructType([StructField("id", LongType()), StructField("features", ArrayType(FloatType()))])
     spec = check_features(schema, "features")
-    search = SearchSpec(5, "id", spec, spec, GemmBackend(), "euclidean", 500, "raise", 500)
+    search = SearchSpec(5, "id", spec, spec, GemmBackend(), "euclidean", 500, "raise", 500, reference_rows=4000)
 
     def table(rows: np.ndarray, key: str) -> pa.Table:
         offsets = pa.array(np.arange(len(rows) + 1) * 8, pa.int32())
@@ -103,6 +104,8 @@ def test_a_group_of_sharded_mode_tries_its_shard(small_trial):
     queries = np.arange(4000)
     built = sharded_module._build_shard(search, table(shard, sharded_module.POSITION), len(queries))
     assert isinstance(built.backend, TrialPartition)
+    # clusters of sqrt(4,000) rows, as the whole reference's partition would have, not sqrt(2,000) of the shard's
+    assert 16 <= len(built.backend._partition.centroids) <= 2000 / np.sqrt(4000) < np.sqrt(2000)
     got = sharded_module._search_block(search, table(queries, sharded_module.QUERY), built, to_arrow_schema(out))
     assert built.backend.choice == "partition"
     expected_positions, expected_distances = brute_force(X[queries], X[shard], 5)

@@ -203,11 +203,15 @@ class GemmBackend(Backend):
         self._metric = metric
         R = float32_rows(X, metric)
         eligible = metric == "euclidean" and not sp.issparse(R) and self.clustered_search is not False
-        self._partition = partition(R, force=self.clustered_search is True) if eligible else None
+        self._partition = self._partitioned(R) if eligible else None
         if self._partition is not None:  # clustered: the partition holds the rows, cluster by cluster
             self._ref = None
         else:
             self._ref = Scored(R, _squared_norms(R) if metric == "euclidean" else np.zeros(X.shape[0], np.float32))
+
+    def _partitioned(self, R: np.ndarray) -> Partition | None:
+        """The k-means partition of the dense euclidean rows ``R``, if it pays (:func:`partition`)."""
+        return partition(R, force=self.clustered_search is True)
 
     @property
     def clustered(self) -> bool:

@@ -191,23 +191,23 @@ class Partition:
         return int(rows.size * len(index))
 
 
-def partition(R: np.ndarray, seed: int = 0, force: bool = False) -> Partition | None:
+def partition(R: np.ndarray, seed: int = 0, force: bool = False, cluster_rows: float | None = None) -> Partition | None:
     """A k-means partition of the float32 rows ``R`` if a trial search shows it skips enough work, else ``None``.
 
     With ``force``, the partition without the trial, whatever the number of rows (from 2).
 
-    ``sqrt(n_ref)`` clusters (16 to 2,048): k-means++ seeds and :data:`LLOYD_ITERATIONS` Lloyd iterations on a
-    sample of :data:`SAMPLE_PER_CLUSTER` rows per cluster. The trial runs on the sample before any other row is
-    assigned (on uniform data, where it fails, the rest is never paid for): the sample, partitioned by the same
-    centroids, is searched by :data:`TRIAL_BLOCKS` blocks of its own rows for as many neighbours as
-    :data:`TRIAL_NEIGHBOURS` are among all rows (scaled by the sample's share, the row itself included), and the
-    pairs scored are counted against the sample's.
+    ``n_ref / cluster_rows`` clusters (16 to 2,048; by default ``sqrt(n_ref)``): k-means++ seeds and
+    :data:`LLOYD_ITERATIONS` Lloyd iterations on a sample of :data:`SAMPLE_PER_CLUSTER` rows per cluster. The
+    trial runs on the sample before any other row is assigned (on uniform data, where it fails, the rest is never
+    paid for): the sample, partitioned by the same centroids, is searched by :data:`TRIAL_BLOCKS` blocks of its own
+    rows for as many neighbours as :data:`TRIAL_NEIGHBOURS` are among all rows (scaled by the sample's share, the row
+    itself included), and the pairs scored are counted against the sample's.
     """
     n_ref = len(R)
     if n_ref < (2 if force else MIN_ROWS):
         return None
     rng = np.random.default_rng(seed)
-    n_clusters = min(n_ref, int(np.clip(np.sqrt(n_ref), 16, 2048)))
+    n_clusters = min(n_ref, int(np.clip(n_ref / (cluster_rows or np.sqrt(n_ref)), 16, 2048)))
     sample = R[np.sort(rng.choice(n_ref, min(n_ref, SAMPLE_PER_CLUSTER * n_clusters), replace=False))]
     centroids = _seeds(sample, n_clusters, rng)
     for _ in range(LLOYD_ITERATIONS):

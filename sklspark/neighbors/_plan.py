@@ -97,6 +97,9 @@ class SearchSpec:
     on_error : {"raise", "null"}
     own_chunk_size : int
         Most of the reference's own rows searched at once as queries (a self-join in broadcast mode).
+    reference_rows : int
+        Rows of the whole reference, once counted (sharded mode: a shard's search sizes its partition by them);
+        0 before.
     """
 
     n: int
@@ -108,6 +111,7 @@ class SearchSpec:
     chunk_size: int
     on_error: str
     own_chunk_size: int
+    reference_rows: int = 0
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ._backends import Backend, GemmBackend
-from ._clustered import MAX_FRACTION
+from ._clustered import MAX_FRACTION, Partition, partition
 from ._clustered import MIN_ROWS as PARTITION_MIN_ROWS
 
 #: Fewest (query, shard row) pairs of a group for a shard below ``_clustered.MIN_ROWS`` rows to be tried as a
@@ -40,9 +40,10 @@ MIN_ROWS = 4096
 TRIAL_QUERIES = 512
 
 
-def shard_engine(engine: Backend, metric: str, n_rows: int, n_queries: int) -> Backend:
-    """An unbuilt backend for a shard of ``n_rows`` rows searched by ``n_queries`` queries: a
-    :class:`TrialPartition` for the ``gemm`` backend's automatic choice when it may pay, else a fresh copy."""
+def shard_engine(engine: Backend, metric: str, n_rows: int, n_queries: int, reference_rows: int) -> Backend:
+    """An unbuilt backend for a shard of ``n_rows`` rows of a reference of ``reference_rows`` searched by
+    ``n_queries`` queries: a :class:`TrialPartition` for the ``gemm`` backend's automatic choice when it may pay,
+    else a fresh copy."""
     tried = (
         type(engine) is GemmBackend
         and engine.clustered_search == "auto"
@@ -50,11 +51,23 @@ def shard_engine(engine: Backend, metric: str, n_rows: int, n_queries: int) -> B
         and MIN_ROWS <= n_rows < PARTITION_MIN_ROWS
         and n_rows * n_queries >= MIN_PAIRS
     )
-    return TrialPartition() if tried else engine.fresh()
+    return TrialPartition(np.sqrt(max(n_rows, reference_rows))) if tried else engine.fresh()
 
 
 class TrialPartition(GemmBackend):
     """The ``gemm`` backend on a shard, partitioned, until the trial shows brute force is cheaper (module docstring).
+
+    The partition's clusters have about ``cluster_rows`` rows each. :func:`shard_engine` gives them
+    ``sqrt(reference_rows)``: the size of the clusters broadcast mode's partition would give the whole reference,
+    rather than ``sqrt(n_rows)`` for the shard alone. A shard is a region (or a sample) of the whole, of the same
+    density, and smaller clusters would cost more visits, each with its fixed cost, for the same rows: measured in
+    one process on 4 routed shards of 100,000 x 64, 3.37 s against 2.24 s on 50 clusters, and 6.32 s against
+    5.40 s on a mixture of 316.
+
+    Parameters
+    ----------
+    cluster_rows : float, optional
+        Rows per cluster of the partition (default: ``sqrt`` of the rows built on).
 
     Attributes
     ----------
@@ -62,8 +75,9 @@ class TrialPartition(GemmBackend):
         The search used now: ``"trial"`` until :data:`TRIAL_QUERIES` queries were searched.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cluster_rows: float | None = None) -> None:
         super().__init__(clustered=True)
+        self.cluster_rows = cluster_rows
         self.choice = "trial"
         self._rows: Any = None
         self._rows_metric = "euclidean"
@@ -75,6 +89,9 @@ class TrialPartition(GemmBackend):
         self._rows, self._rows_metric = X, metric
         if not self.clustered:  # sparse rows: no partition, nothing to try
             self.choice = "brute force"
+
+    def _partitioned(self, R: np.ndarray) -> Partition | None:
+        return partition(R, force=True, cluster_rows=self.cluster_rows)
 
     def search(self, Q: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
         if self.choice != "trial":

@@ -38,6 +38,7 @@ stay CSR for backends that take it (``gemm``, ``sklearn``), so the bound holds f
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -222,7 +223,7 @@ def _build_shard(search: SearchSpec, shard: pa.Table, n_queries: int = 0) -> Loa
     ID; with ``on_error="null"`` a bad reference row is left out.
     """
     reference = pa.concat_batches(shard.to_batches())
-    backend = shard_engine(search.engine, search.metric, reference.num_rows, n_queries)
+    backend = shard_engine(search.engine, search.metric, reference.num_rows, n_queries, search.reference_rows)
     name, where = type(search.engine).__name__, f"shard {shard.column(SHARD)[0].as_py()}"
     r_spec = search.r_spec
     assert r_spec is not None  # sharded: a DataFrame reference
@@ -330,6 +331,8 @@ def sharded_join(plan: JoinPlan, layout: ShardLayout) -> DataFrame:
         ``id_col``, ``neighbor_ids`` and ``distances`` (``n`` each), and the flag
         :data:`~sklspark.neighbors._names.BAD_ROW`, one row per query row.
     """
+    # the shards' searches size their k-means partitions by the whole reference (_shard_trial.TrialPartition)
+    plan = dataclasses.replace(plan, search=dataclasses.replace(plan.search, reference_rows=layout.n_reference))
     search = plan.search
     assert isinstance(plan.reference, DataFrame) and search.r_spec is not None
     router = plan_routing(plan, layout.shards, layout.n_reference, layout.n_features)
