@@ -99,8 +99,11 @@ def test_with_roles_sends_each_row_to_its_groups_once(blocks):
     router = fit_router(X[8:], 3, 5, np.inf)
     assert router is not None
     positions = np.arange(len(X)) * 5 + 2  # not contiguous, as monotonically_increasing_id's
-    batch = pa.RecordBatch.from_pydict({POSITION: positions, "f": pa.array(list(X), pa.list_(pa.float32()))})
+    own_block = positions % blocks
+    features = pa.array(list(X), pa.list_(pa.float32()))
+    batch = pa.RecordBatch.from_pydict({POSITION: positions, "f": features, BLOCK: own_block})
     (out,) = with_roles(router, FeatureSpec("array", ("f",), np.dtype(np.float32)), blocks, iter([batch]))
+    assert out.schema.names == [POSITION, "f", BLOCK, SHARD, ROLE]
     row = np.searchsorted(positions, out.column(POSITION).to_numpy())
     block, shard, role = (out.column(c).to_numpy() for c in (BLOCK, SHARD, ROLE))
     assert len(set(zip(row, block, shard))) == out.num_rows  # each (row, group) once
@@ -111,7 +114,7 @@ def test_with_roles_sends_each_row_to_its_groups_once(blocks):
     assert ((role & ~(AS_REFERENCE | AS_QUERY)) == 0).all() and (role > 0).all()
     assert (shard[as_reference] == home[row[as_reference]]).all()
     assert (np.bincount(row[as_reference], minlength=len(X)) == blocks).all()  # once per block
-    assert (block[as_query] == positions[row[as_query]] % blocks).all()
+    assert (block[as_query] == own_block[row[as_query]]).all()
     queried = np.zeros_like(searched)
     queried[row[as_query], shard[as_query]] = True
     assert (queried == searched).all() and searched[7].all() and home[7] == 0

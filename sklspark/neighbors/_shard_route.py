@@ -52,7 +52,7 @@ from sklearn.cluster import KMeans
 from .._features import FeatureSpec
 from .._inputs import batch_to_matrix, null_feature_rows
 from ._checks import non_finite_rows
-from ._names import AS_QUERY, AS_REFERENCE, BLOCK, EUCLIDEAN, POSITION, ROLE, SHARD
+from ._names import AS_QUERY, AS_REFERENCE, BLOCK, EUCLIDEAN, ROLE, SHARD
 from ._plan import JoinPlan
 
 _log = logging.getLogger("sklspark")
@@ -290,13 +290,13 @@ def with_targets(router: Router, spec: FeatureSpec, batches: Iterator[pa.RecordB
 def with_roles(
     router: Router, spec: FeatureSpec, blocks: int, batches: Iterator[pa.RecordBatch]
 ) -> Iterator[pa.RecordBatch]:
-    """``mapInArrow`` over the rows of a self-join, which are both its reference and its queries (with their
-    :data:`POSITION`): every row once per (:data:`BLOCK`, :data:`SHARD`) group it belongs to, with its :data:`ROLE`
-    there.
+    """``mapInArrow`` over the rows of a self-join, which are both its reference and its queries (each with its query
+    :data:`BLOCK`, of ``blocks``): every row once per (:data:`BLOCK`, :data:`SHARD`) group it belongs to, with its
+    :data:`ROLE` there.
 
     As a reference row, a row belongs to its home shard (shard 0 if it cannot be read) in every query block; as a
-    query, to the shards it searches (every shard if it cannot be read) in its own block, ``position mod blocks``.
-    One pass routes both sides, and a row that is both in a group is sent there once.
+    query, to the shards it searches (every shard if it cannot be read) in its own block. One pass routes both sides,
+    and a row that is both in a group is sent there once.
     """
     for batch in batches:
         n_rows = batch.num_rows
@@ -308,12 +308,11 @@ def with_roles(
         roles = np.zeros((n_rows, blocks, router.shards), dtype=np.int8)
         everyone = np.arange(n_rows)
         roles[everyone, :, home] = AS_REFERENCE
-        roles[everyone, batch.column(POSITION).to_numpy() % blocks] += AS_QUERY * searched.astype(np.int8)
+        roles[everyone, batch.column(BLOCK).to_numpy()] += AS_QUERY * searched.astype(np.int8)
         row, block, shard = np.nonzero(roles)
-        yield pa.RecordBatch.from_arrays(
-            [*batch.take(pa.array(row)).columns, pa.array(block), pa.array(shard), pa.array(roles[row, block, shard])],
-            names=[*batch.schema.names, BLOCK, SHARD, ROLE],
-        )
+        columns = dict(zip(batch.schema.names, batch.take(pa.array(row)).columns))
+        columns.update({BLOCK: pa.array(block), SHARD: pa.array(shard), ROLE: pa.array(roles[row, block, shard])})
+        yield pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
 
 
 def routed_schema(schema: StructType) -> StructType:
@@ -322,8 +321,6 @@ def routed_schema(schema: StructType) -> StructType:
 
 
 def roles_schema(schema: StructType) -> StructType:
-    """A self-join's schema with its :data:`BLOCK`, :data:`SHARD` (``long``) and :data:`ROLE` (``byte``) added
-    (:func:`with_roles`)."""
-    return StructType(
-        [*schema.fields, StructField(BLOCK, LongType()), StructField(SHARD, LongType()), StructField(ROLE, ByteType())]
-    )
+    """A self-join's schema (with its :data:`BLOCK`) with its :data:`SHARD` (``long``) and :data:`ROLE` (``byte``)
+    added (:func:`with_roles`)."""
+    return StructType([*schema.fields, StructField(SHARD, LongType()), StructField(ROLE, ByteType())])

@@ -372,13 +372,21 @@ def _sides(plan: JoinPlan, layout: ShardLayout, router: Router | None) -> tuple[
     search = plan.search
     assert isinstance(plan.reference, DataFrame) and search.r_spec is not None
     ref = _positioned(plan.reference, search, search.r_spec, POSITION)
-    qry = _positioned(plan.queries, search, search.q_spec, QUERY)
-    qry = qry.withColumn(BLOCK, F.pmod(QUERY, F.lit(layout.blocks)))
+    qry = _in_blocks(_positioned(plan.queries, search, search.q_spec, QUERY), QUERY, layout)
     if router is None:
-        ref = ref.withColumn(SHARD, F.pmod(POSITION, F.lit(layout.shards)))
-        return ref, qry.withColumn(SHARD, F.explode(_upto(layout.shards)))
+        return ref.withColumn(SHARD, _shard_by_position(layout)), qry.withColumn(SHARD, F.explode(_upto(layout.shards)))
     ref = ref.mapInArrow(functools.partial(with_home, router, search.r_spec), routed_schema(ref.schema))
     return ref, qry.mapInArrow(functools.partial(with_targets, router, search.q_spec), routed_schema(qry.schema))
+
+
+def _in_blocks(queries: DataFrame, key: str, layout: ShardLayout) -> DataFrame:
+    """``queries`` with their :data:`BLOCK`: ``key mod B``, in both layouts."""
+    return queries.withColumn(BLOCK, F.pmod(key, F.lit(layout.blocks)))
+
+
+def _shard_by_position(layout: ShardLayout) -> Column:
+    """A reference row's :data:`SHARD` in shards by position: ``position mod S``."""
+    return F.pmod(POSITION, F.lit(layout.shards))
 
 
 def _upto(count: int) -> Column:
@@ -408,24 +416,24 @@ def _own_rows_tops(plan: JoinPlan, layout: ShardLayout, router: Router | None, s
     """
     search, arrow_schema = plan.search, to_arrow_schema(schema)
     assert isinstance(plan.reference, DataFrame) and search.r_spec is not None
-    rows = _positioned(plan.reference, search, search.r_spec, POSITION)
+    rows = _in_blocks(_positioned(plan.reference, search, search.r_spec, POSITION), POSITION, layout)
     if router is None:
-        shards, blocks = F.lit(layout.shards), F.lit(layout.blocks)
+        shards = F.lit(layout.shards)
         groups = F.transform(
             _upto(layout.blocks * layout.shards),
             lambda group: F.struct(
                 F.floor(group / shards).alias(BLOCK),
                 F.pmod(group, shards).alias(SHARD),
                 (
-                    F.when(F.pmod(group, shards) == F.pmod(POSITION, shards), AS_REFERENCE).otherwise(0)
-                    + F.when(F.floor(group / shards) == F.pmod(POSITION, blocks), AS_QUERY).otherwise(0)
+                    F.when(F.pmod(group, shards) == _shard_by_position(layout), AS_REFERENCE).otherwise(0)
+                    + F.when(F.floor(group / shards) == F.col(BLOCK), AS_QUERY).otherwise(0)
                 )
                 .cast("byte")
                 .alias(ROLE),
             ),
         )
-        placed = rows.select("*", F.explode(F.filter(groups, lambda group: group[ROLE] > 0)).alias("group"))
-        placed = placed.select(*rows.columns, "group.*")
+        placed = rows.select(*rows.columns, F.explode(F.filter(groups, lambda group: group[ROLE] > 0)).alias("group"))
+        placed = placed.select(*[c for c in rows.columns if c != BLOCK], "group.*")
     else:
         placed = rows.mapInArrow(
             functools.partial(with_roles, router, search.r_spec, layout.blocks), roles_schema(rows.schema)
