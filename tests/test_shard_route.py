@@ -118,4 +118,5 @@ def test_with_roles_sends_each_row_to_its_groups_once(blocks):
     queried = np.zeros_like(searched)
     queried[row[as_query], shard[as_query]] = True
     assert (queried == searched).all() and searched[7].all() and home[7] == 0
+    assert out.num_rows == blocks * len(X) + searched.sum() - len(X)  # the home shard's query is a reference row
     assert np.array_equal(router.home(X[readable]), home[readable])  # route() agrees with home()

@@ -296,7 +296,8 @@ def with_roles(
 
     As a reference row, a row belongs to its home shard (shard 0 if it cannot be read) in every query block; as a
     query, to the shards it searches (every shard if it cannot be read) in its own block. One pass routes both sides,
-    and a row that is both in a group is sent there once.
+    and a row that is both in a group is sent there once: ``blocks`` rows for the reference, and one more for each
+    other shard it searches.
     """
     for batch in batches:
         n_rows = batch.num_rows
@@ -305,13 +306,19 @@ def with_roles(
         X, rows = _routable(batch, spec)
         if len(rows):
             home[rows], searched[rows] = router.route(_dense(X))
-        roles = np.zeros((n_rows, blocks, router.shards), dtype=np.int8)
-        everyone = np.arange(n_rows)
-        roles[everyone, :, home] = AS_REFERENCE
-        roles[everyone, batch.column(BLOCK).to_numpy()] += AS_QUERY * searched.astype(np.int8)
-        row, block, shard = np.nonzero(roles)
+        own_block = batch.column(BLOCK).to_numpy()
+        # as a reference row, in every block (and a query there too in its own block, if it searches its home)
+        kept = np.repeat(np.arange(n_rows), blocks)
+        block = np.tile(np.arange(blocks, dtype=np.int64), n_rows)
+        role = np.where((block == own_block[kept]) & searched[kept, home[kept]], AS_REFERENCE | AS_QUERY, AS_REFERENCE)
+        # as a query only: the other shards it searches, in its own block
+        searched[np.arange(n_rows), home] = False
+        visitor, shard = np.nonzero(searched)
+        row = np.concatenate([kept, visitor])
         columns = dict(zip(batch.schema.names, batch.take(pa.array(row)).columns))
-        columns.update({BLOCK: pa.array(block), SHARD: pa.array(shard), ROLE: pa.array(roles[row, block, shard])})
+        columns[BLOCK] = pa.array(np.concatenate([block, own_block[visitor]]))
+        columns[SHARD] = pa.array(np.concatenate([home[kept], shard]))
+        columns[ROLE] = pa.array(np.concatenate([role, np.full(len(visitor), AS_QUERY)]).astype(np.int8))
         yield pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
 
 

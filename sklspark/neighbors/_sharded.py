@@ -412,27 +412,30 @@ def _own_rows_tops(plan: JoinPlan, layout: ShardLayout, router: Router | None, s
     once to each ``(block, shard)`` group it is in, with its roles there (:data:`ROLE`), and grouped by one shuffle.
 
     Shards of nearby rows: :func:`~sklspark.neighbors._shard_route.with_roles`. By position: a row is a reference row
-    of shard ``position mod S`` in every block, and a query of every shard in block ``position mod B``.
+    of shard ``position mod S`` in every block, and a query of every shard in block ``position mod B``. Either way a
+    row is sent ``B`` times as a reference row (once a query there too) and once more per other shard it searches:
+    ``B + S - 1`` rows at most, never ``B x S``.
     """
     search, arrow_schema = plan.search, to_arrow_schema(schema)
     assert isinstance(plan.reference, DataFrame) and search.r_spec is not None
     rows = _in_blocks(_positioned(plan.reference, search, search.r_spec, POSITION), POSITION, layout)
-    if router is None:
-        shards = F.lit(layout.shards)
-        groups = F.transform(
-            _upto(layout.blocks * layout.shards),
-            lambda group: F.struct(
-                F.floor(group / shards).alias(BLOCK),
-                F.pmod(group, shards).alias(SHARD),
-                (
-                    F.when(F.pmod(group, shards) == _shard_by_position(layout), AS_REFERENCE).otherwise(0)
-                    + F.when(F.floor(group / shards) == F.col(BLOCK), AS_QUERY).otherwise(0)
-                )
-                .cast("byte")
-                .alias(ROLE),
+    if router is None:  # as with_roles does, in SQL: one row per block as a reference row, one per other shard
+        home, own_block = _shard_by_position(layout), F.col(BLOCK)
+        as_reference = F.transform(
+            _upto(layout.blocks),
+            lambda block: F.struct(
+                block.alias(BLOCK),
+                home.alias(SHARD),
+                F.when(block == own_block, AS_REFERENCE | AS_QUERY).otherwise(AS_REFERENCE).cast("byte").alias(ROLE),
             ),
         )
-        placed = rows.select(*rows.columns, F.explode(F.filter(groups, lambda group: group[ROLE] > 0)).alias("group"))
+        as_query = F.transform(
+            F.filter(_upto(layout.shards), lambda shard: shard != home),
+            lambda shard: F.struct(
+                own_block.alias(BLOCK), shard.alias(SHARD), F.lit(AS_QUERY).cast("byte").alias(ROLE)
+            ),
+        )
+        placed = rows.select(*rows.columns, F.explode(F.concat(as_reference, as_query)).alias("group"))
         placed = placed.select(*[c for c in rows.columns if c != BLOCK], "group.*")
     else:
         placed = rows.mapInArrow(
