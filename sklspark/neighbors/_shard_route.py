@@ -308,16 +308,20 @@ def with_roles(
             home[rows], searched[rows] = router.route(_dense(X))
         own_block = batch.column(BLOCK).to_numpy()
         # as a reference row, in every block (and a query there too in its own block, if it searches its home)
-        kept = np.repeat(np.arange(n_rows), blocks)
+        referenced = np.repeat(np.arange(n_rows), blocks)
         block = np.tile(np.arange(blocks, dtype=np.int64), n_rows)
-        role = np.where((block == own_block[kept]) & searched[kept, home[kept]], AS_REFERENCE | AS_QUERY, AS_REFERENCE)
+        role = np.where(
+            (block == own_block[referenced]) & searched[referenced, home[referenced]],
+            AS_REFERENCE | AS_QUERY,
+            AS_REFERENCE,
+        )
         # as a query only: the other shards it searches, in its own block
         searched[np.arange(n_rows), home] = False
         visitor, shard = np.nonzero(searched)
-        row = np.concatenate([kept, visitor])
+        row = np.concatenate([referenced, visitor])
         columns = dict(zip(batch.schema.names, batch.take(pa.array(row)).columns))
         columns[BLOCK] = pa.array(np.concatenate([block, own_block[visitor]]))
-        columns[SHARD] = pa.array(np.concatenate([home[kept], shard]))
+        columns[SHARD] = pa.array(np.concatenate([home[referenced], shard]))
         columns[ROLE] = pa.array(np.concatenate([role, np.full(len(visitor), AS_QUERY)]).astype(np.int8))
         yield pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
 
