@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from sklspark._features import FeatureSpec
-from sklspark.neighbors._names import AS_QUERY, AS_REFERENCE, BLOCK, POSITION, ROLE, SHARD
+from sklspark.neighbors._names import ALONE, AS_QUERY, AS_REFERENCE, BLOCK, POSITION, ROLE, SHARD
 from sklspark.neighbors._shard_route import MAX_SHARE, fit_router, with_roles
 
 
@@ -111,7 +111,11 @@ def test_with_roles_sends_each_row_to_its_groups_once(blocks):
     readable = np.arange(len(X)) != 7
     home[readable], searched[readable] = router.route(X[readable])
     as_reference, as_query = (role & AS_REFERENCE) > 0, (role & AS_QUERY) > 0
-    assert ((role & ~(AS_REFERENCE | AS_QUERY)) == 0).all() and (role > 0).all()
+    assert ((role & ~(AS_REFERENCE | AS_QUERY | ALONE)) == 0).all() and (role > 0).all()
+    alone = (role & ALONE) > 0  # a query searching its home shard only: as a query nowhere else
+    assert (as_query[alone] & as_reference[alone]).all()
+    assert np.array_equal(np.sort(row[alone]), np.flatnonzero(searched.sum(axis=1) == 1))
+    assert 0 < alone.sum() < len(X)  # queries of one shard and of several
     assert (shard[as_reference] == home[row[as_reference]]).all()
     assert (np.bincount(row[as_reference], minlength=len(X)) == blocks).all()  # once per block
     assert (block[as_query] == own_block[row[as_query]]).all()

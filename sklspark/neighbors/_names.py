@@ -11,12 +11,14 @@ BAD_ROW = "__sklspark_bad"
 POSITION = "__sklspark_position"
 
 #: Internal, sharded mode: a row's query block and shard, and its roles in that group (:data:`AS_REFERENCE`,
-#: :data:`AS_QUERY`, or both) when one frame carries both sides of a self-join.
+#: :data:`AS_QUERY`, or both; :data:`ALONE` for a query that searches no other shard, whose list there is final)
+#: when one frame carries both sides of a self-join.
 BLOCK = "__sklspark_block"
 SHARD = "__sklspark_shard"
 ROLE = "__sklspark_role"
 AS_REFERENCE = 1
 AS_QUERY = 2
+ALONE = 4
 
 #: With ``on_error="null"``: why a query row has no neighbours (null where it was searched).
 ERROR = "error"

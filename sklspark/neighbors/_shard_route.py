@@ -52,7 +52,7 @@ from sklearn.cluster import KMeans
 from .._features import FeatureSpec
 from .._inputs import batch_to_matrix, null_feature_rows
 from ._checks import non_finite_rows
-from ._names import AS_QUERY, AS_REFERENCE, BLOCK, EUCLIDEAN, ROLE, SHARD
+from ._names import ALONE, AS_QUERY, AS_REFERENCE, BLOCK, EUCLIDEAN, ROLE, SHARD
 from ._plan import JoinPlan
 
 _log = logging.getLogger("sklspark")
@@ -295,9 +295,9 @@ def with_roles(
     :data:`ROLE` there.
 
     As a reference row, a row belongs to its home shard (shard 0 if it cannot be read) in every query block; as a
-    query, to the shards it searches (every shard if it cannot be read) in its own block. One pass routes both sides,
-    and a row that is both in a group is sent there once: ``blocks`` rows for the reference, and one more for each
-    other shard it searches.
+    query, to the shards it searches (every shard if it cannot be read) in its own block, :data:`ALONE` if that is its
+    home shard only. One pass routes both sides, and a row that is both in a group is sent there once: ``blocks``
+    rows for the reference, and one more for each other shard it searches.
     """
     for batch in batches:
         n_rows = batch.num_rows
@@ -310,11 +310,9 @@ def with_roles(
         # as a reference row, in every block (and a query there too in its own block, if it searches its home)
         referenced = np.repeat(np.arange(n_rows), blocks)
         block = np.tile(np.arange(blocks, dtype=np.int64), n_rows)
-        role = np.where(
-            (block == own_block[referenced]) & searched[referenced, home[referenced]],
-            AS_REFERENCE | AS_QUERY,
-            AS_REFERENCE,
-        )
+        alone = np.where(searched.sum(axis=1) == 1, ALONE, 0)  # its home shard only: its list there is final
+        queried = (block == own_block[referenced]) & searched[referenced, home[referenced]]
+        role = np.where(queried, AS_REFERENCE | AS_QUERY | alone[referenced], AS_REFERENCE)
         # as a query only: the other shards it searches, in its own block
         searched[np.arange(n_rows), home] = False
         visitor, shard = np.nonzero(searched)

@@ -63,7 +63,7 @@ from .._partitions import spread_tasks
 from .._runner import apply_chunks
 from .._session import default_parallelism
 from ._checks import check_unique_ids, non_finite_message, non_finite_rows
-from ._names import AS_QUERY, AS_REFERENCE, BLOCK, NEIGHBOR_IDS, POSITION, ROLE, SHARD
+from ._names import ALONE, AS_QUERY, AS_REFERENCE, BLOCK, NEIGHBOR_IDS, POSITION, ROLE, SHARD
 from ._plan import JoinPlan, SearchSpec, stable_order
 from ._rerank import exact_top_k
 from ._shard_index import LoadedShard, ShardFiles, load_shard
@@ -340,12 +340,16 @@ def sharded_join(plan: JoinPlan, layout: ShardLayout) -> DataFrame:
         search.id_col, plan.queries.schema[search.id_col].dataType, plan.reference.schema[search.id_col].dataType
     )
     if plan.prebuilt_shards:
-        tops = _prebuilt_tops(plan, _sides(plan, layout, router), schema)
-    elif plan.self_join:
-        tops = _own_rows_tops(plan, layout, router, schema)
-    else:
-        tops = _cogrouped_tops(plan, _sides(plan, layout, router), layout.blocks, schema)
-    # one shard's lists are final already (sorted the same way by exact_top_k): no merge shuffle then
+        return _merged(plan, layout, _prebuilt_tops(plan, _sides(plan, layout, router), schema))
+    if plan.self_join:
+        return _own_rows_join(plan, layout, router, schema)
+    return _merged(plan, layout, _cogrouped_tops(plan, _sides(plan, layout, router), layout.blocks, schema))
+
+
+def _merged(plan: JoinPlan, layout: ShardLayout, tops: DataFrame) -> DataFrame:
+    """Every query's partial lists merged into its top ``n`` (:func:`~sklspark.neighbors._shard_merge.merged`); one
+    shard's lists are final already (sorted the same way by exact_top_k): no merge shuffle then."""
+    search = plan.search
     groups = merge_groups(layout.n_queries, layout.shards, search.n, plan.queries) if layout.shards > 1 else 0
     _log.info("%s: the partial lists of %d shard(s) merged in %d group(s)", plan.caller, layout.shards, groups)
     return merged(tops, search.id_col, search.n, groups)
@@ -407,14 +411,19 @@ def _cogrouped_tops(plan: JoinPlan, sides: tuple[DataFrame, DataFrame], blocks: 
     return qry.groupBy(BLOCK, SHARD).cogroup(ref.groupBy(BLOCK, SHARD)).applyInArrow(partial, schema)
 
 
-def _own_rows_tops(plan: JoinPlan, layout: ShardLayout, router: Router | None, schema: StructType) -> DataFrame:
-    """The partial top lists of a self-join, whose rows are both sides: one frame, read and routed once, each row sent
+def _own_rows_join(plan: JoinPlan, layout: ShardLayout, router: Router | None, schema: StructType) -> DataFrame:
+    """:func:`sharded_join` of a self-join, whose rows are both sides: one frame, read and routed once, each row sent
     once to each ``(block, shard)`` group it is in, with its roles there (:data:`ROLE`), and grouped by one shuffle.
 
     Shards of nearby rows: :func:`~sklspark.neighbors._shard_route.with_roles`. By position: a row is a reference row
     of shard ``position mod S`` in every block, and a query of every shard in block ``position mod B``. Either way a
     row is sent ``B`` times as a reference row (once a query there too) and once more per other shard it searches:
     ``B + S - 1`` rows at most, never ``B x S``.
+
+    In shards of nearby rows, the queries that search their home shard alone (:data:`ALONE`; nearly all of them on
+    clustered data) have their final lists from it: they are searched by one pass over the groups, whose lists skip
+    the merge, and the other queries by a second pass, whose lists are merged. Both passes read the one shuffle
+    (Spark reuses its exchange), and each query is searched once.
     """
     search, arrow_schema = plan.search, to_arrow_schema(schema)
     assert isinstance(plan.reference, DataFrame) and search.r_spec is not None
@@ -442,13 +451,24 @@ def _own_rows_tops(plan: JoinPlan, layout: ShardLayout, router: Router | None, s
             functools.partial(with_roles, router, search.r_spec, layout.blocks), roles_schema(rows.schema)
         )
 
-    def partial(group: pa.Table) -> pa.Table:
-        role = group.column(ROLE).to_numpy()
-        queries = group.filter(pa.array(role & AS_QUERY > 0))
-        queries = queries.rename_columns([QUERY if name == POSITION else name for name in queries.column_names])
-        return _partial_top(search, queries, group.filter(pa.array(role & AS_REFERENCE > 0)), arrow_schema)
+    def tops(alone: bool | None) -> DataFrame:
+        """The partial lists of the queries that search their home shard alone (``alone``), of the others, or all."""
 
-    return placed.groupBy(BLOCK, SHARD).applyInArrow(partial, schema)
+        def partial(group: pa.Table) -> pa.Table:
+            role = group.column(ROLE).to_numpy()
+            asked = (role & AS_QUERY) > 0
+            if alone is not None:
+                asked &= ((role & ALONE) > 0) == alone
+            queries = group.filter(pa.array(asked))
+            queries = queries.rename_columns([QUERY if name == POSITION else name for name in queries.column_names])
+            return _partial_top(search, queries, group.filter(pa.array(role & AS_REFERENCE > 0)), arrow_schema)
+
+        return placed.groupBy(BLOCK, SHARD).applyInArrow(partial, schema)
+
+    if router is None:
+        return _merged(plan, layout, tops(None))
+    _log.info("%s: the queries that search their home shard alone skip the merge", plan.caller)
+    return merged(tops(True), search.id_col, search.n, 0).unionByName(_merged(plan, layout, tops(False)))
 
 
 def _prebuilt_tops(plan: JoinPlan, sides: tuple[DataFrame, DataFrame], schema: StructType) -> DataFrame:
