@@ -24,6 +24,8 @@ Plan
    key (at most ``S x n`` candidates per query): sorted by ``(distance, position)`` and cut to ``n``, which
    is exactly the top ``n`` over the whole reference under the tie rule
    (:mod:`~sklspark.neighbors._shard_merge`: many queries per Python call, one sort of all their candidates).
+   In a self-join in shards of nearby rows, the queries that search their home shard alone skip it
+   (:func:`_own_rows_join`).
 
 Memory bound
 ------------
