@@ -430,24 +430,8 @@ def _own_rows_join(plan: JoinPlan, layout: ShardLayout, router: Router | None, s
     search, arrow_schema = plan.search, to_arrow_schema(schema)
     assert isinstance(plan.reference, DataFrame) and search.r_spec is not None
     rows = _in_blocks(_positioned(plan.reference, search, search.r_spec, POSITION), POSITION, layout)
-    if router is None:  # as with_roles does, in SQL: one row per block as a reference row, one per other shard
-        home, own_block = _shard_by_position(layout), F.col(BLOCK)
-        as_reference = F.transform(
-            _upto(layout.blocks),
-            lambda block: F.struct(
-                block.alias(BLOCK),
-                home.alias(SHARD),
-                F.when(block == own_block, AS_REFERENCE | AS_QUERY).otherwise(AS_REFERENCE).cast("byte").alias(ROLE),
-            ),
-        )
-        as_query = F.transform(
-            F.filter(_upto(layout.shards), lambda shard: shard != home),
-            lambda shard: F.struct(
-                own_block.alias(BLOCK), shard.alias(SHARD), F.lit(AS_QUERY).cast("byte").alias(ROLE)
-            ),
-        )
-        placed = rows.select(*rows.columns, F.explode(F.concat(as_reference, as_query)).alias("group"))
-        placed = placed.select(*[c for c in rows.columns if c != BLOCK], "group.*")
+    if router is None:
+        placed = _placed_by_position(rows, layout)
     else:
         placed = rows.mapInArrow(
             functools.partial(with_roles, router, search.r_spec, layout.blocks), roles_schema(rows.schema)
@@ -471,6 +455,28 @@ def _own_rows_join(plan: JoinPlan, layout: ShardLayout, router: Router | None, s
         return _merged(plan, layout, tops(None))
     _log.info("%s: the queries that search their home shard alone skip the merge", plan.caller)
     return merged(tops(True), search.id_col, search.n, 0).unionByName(_merged(plan, layout, tops(False)))
+
+
+def _placed_by_position(rows: DataFrame, layout: ShardLayout) -> DataFrame:
+    """A self-join's ``rows`` (with their :data:`BLOCK`) placed in shards by position, as
+    :func:`~sklspark.neighbors._shard_route.with_roles` places them in shards of nearby rows, in SQL: one row per block
+    as a reference row of shard ``position mod S`` (a query there too in its own block), one per other shard as a
+    query."""
+    home, own_block = _shard_by_position(layout), F.col(BLOCK)
+    as_reference = F.transform(
+        _upto(layout.blocks),
+        lambda block: F.struct(
+            block.alias(BLOCK),
+            home.alias(SHARD),
+            F.when(block == own_block, AS_REFERENCE | AS_QUERY).otherwise(AS_REFERENCE).cast("byte").alias(ROLE),
+        ),
+    )
+    as_query = F.transform(
+        F.filter(_upto(layout.shards), lambda shard: shard != home),
+        lambda shard: F.struct(own_block.alias(BLOCK), shard.alias(SHARD), F.lit(AS_QUERY).cast("byte").alias(ROLE)),
+    )
+    placed = rows.select(*rows.columns, F.explode(F.concat(as_reference, as_query)).alias("group"))
+    return placed.select(*[c for c in rows.columns if c != BLOCK], "group.*")
 
 
 def _prebuilt_tops(plan: JoinPlan, sides: tuple[DataFrame, DataFrame], schema: StructType) -> DataFrame:
