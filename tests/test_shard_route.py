@@ -92,8 +92,8 @@ def test_too_few_distinct_rows_for_the_cells():
 @pytest.mark.parametrize("blocks", [1, 3])
 def test_with_roles_sends_each_row_to_its_groups_once(blocks):
     """A self-join's one routing pass: each row is a reference row of its home shard in every block, a query of the
-    shards it searches in its own block, both roles in one row where they meet; an unreadable row is a reference row
-    of shard 0 and searches every shard."""
+    shards it searches in its own block, both roles in one row where they meet, marked ALONE where it searches its
+    home shard only; an unreadable row is a reference row of shard 0 and searches every shard."""
     X = _clustered(400, 8, 10, 10.0)
     X[7] = np.nan
     router = fit_router(X[8:], 3, 5, np.inf)
