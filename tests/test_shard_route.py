@@ -9,7 +9,7 @@ import pytest
 
 from sklspark._features import FeatureSpec
 from sklspark.neighbors._names import ALONE, AS_QUERY, AS_REFERENCE, BLOCK, POSITION, ROLE, SHARD
-from sklspark.neighbors._shard_route import MAX_SHARE, fit_router, with_roles
+from sklspark.neighbors._shard_route import MAX_SHARE, fit_router, with_roles, with_targets
 
 
 def _clustered(n, d, clusters, scale, offset=0.0, seed=0):
@@ -124,3 +124,24 @@ def test_with_roles_sends_each_row_to_its_groups_once(blocks):
     assert (queried == searched).all() and searched[7].all() and home[7] == 0
     assert out.num_rows == blocks * len(X) + searched.sum() - len(X)  # the home shard's query is a reference row
     assert np.array_equal(router.home(X[readable]), home[readable])  # route() agrees with home()
+
+
+def test_with_targets_marks_the_queries_of_one_shard():
+    """The queries of a join: once per shard searched, ALONE where that shard is the only one (their lists skip the
+    merge); an unreadable query searches every shard."""
+    X = _clustered(300, 8, 10, 10.0)
+    router = fit_router(X, 3, 5, np.inf)
+    assert router is not None
+    Q = X + np.random.default_rng(4).normal(scale=0.5, size=X.shape).astype(np.float32)
+    Q[3] = np.nan
+    batch = pa.RecordBatch.from_pydict({"key": np.arange(len(Q)), "f": pa.array(list(Q), pa.list_(pa.float32()))})
+    (out,) = with_targets(router, FeatureSpec("array", ("f",), np.dtype(np.float32)), iter([batch]))
+    assert out.schema.names == ["key", "f", SHARD, ROLE]
+    searched = np.ones((len(Q), 3), dtype=bool)
+    readable = np.arange(len(Q)) != 3
+    searched[readable] = router.targets(Q[readable])
+    key, shard, role = (out.column(c).to_numpy() for c in ("key", SHARD, ROLE))
+    assert sorted(zip(key, shard)) == [tuple(pair) for pair in np.argwhere(searched)]
+    assert ((role & AS_QUERY) > 0).all()
+    assert np.array_equal((role & ALONE) > 0, searched.sum(axis=1)[key] == 1)
+    assert 0 < ((role & ALONE) > 0).sum() < len(out)  # queries of one shard and of several

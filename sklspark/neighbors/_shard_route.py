@@ -277,14 +277,17 @@ def with_home(router: Router, spec: FeatureSpec, batches: Iterator[pa.RecordBatc
 
 def with_targets(router: Router, spec: FeatureSpec, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """``mapInArrow`` over the queries: every row once per :data:`SHARD` it searches (every shard if it cannot be
-    read)."""
+    read), with its :data:`ROLE` there: :data:`AS_QUERY`, and :data:`ALONE` if that is the one shard it searches."""
     for batch in batches:
         searched = np.ones((batch.num_rows, router.shards), dtype=bool)
         X, rows = _routable(batch, spec)
         if len(rows):
             searched[rows] = router.targets(_dense(X))
         row, shard = np.nonzero(searched)
-        yield batch.take(pa.array(row)).append_column(SHARD, pa.array(shard.astype(np.int64)))
+        role = np.where(searched.sum(axis=1) == 1, AS_QUERY | ALONE, AS_QUERY).astype(np.int8)[row]
+        columns = dict(zip(batch.schema.names, batch.take(pa.array(row)).columns))
+        columns.update({SHARD: pa.array(shard.astype(np.int64)), ROLE: pa.array(role)})
+        yield pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
 
 
 def with_roles(
@@ -325,11 +328,11 @@ def with_roles(
 
 
 def routed_schema(schema: StructType) -> StructType:
-    """A side's schema with its :data:`SHARD` (``long``) added (:func:`with_home`, :func:`with_targets`)."""
+    """The reference's schema with its :data:`SHARD` (``long``) added (:func:`with_home`)."""
     return StructType([*schema.fields, StructField(SHARD, LongType())])
 
 
 def roles_schema(schema: StructType) -> StructType:
-    """A self-join's schema (with its :data:`BLOCK`) with its :data:`SHARD` (``long``) and :data:`ROLE` (``byte``)
-    added (:func:`with_roles`)."""
+    """A schema with its rows' :data:`SHARD` (``long``) and :data:`ROLE` (``byte``) added (:func:`with_targets`,
+    :func:`with_roles`)."""
     return StructType([*schema.fields, StructField(SHARD, LongType()), StructField(ROLE, ByteType())])

@@ -24,8 +24,7 @@ Plan
    key (at most ``S x n`` candidates per query): sorted by ``(distance, position)`` and cut to ``n``, which
    is exactly the top ``n`` over the whole reference under the tie rule
    (:mod:`~sklspark.neighbors._shard_merge`: many queries per Python call, one sort of all their candidates).
-   In a self-join in shards of nearby rows, the queries that search their home shard alone skip it
-   (:func:`_own_rows_join`).
+   In shards of nearby rows, the queries that search one shard alone skip it (:func:`_alone_skip_merge`).
 
 Memory bound
 ------------
@@ -44,6 +43,7 @@ import dataclasses
 import functools
 import logging
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -345,7 +345,36 @@ def sharded_join(plan: JoinPlan, layout: ShardLayout) -> DataFrame:
         return _merged(plan, layout, _prebuilt_tops(plan, _sides(plan, layout, router), schema))
     if plan.self_join:
         return _own_rows_join(plan, layout, router, schema)
-    return _merged(plan, layout, _cogrouped_tops(plan, _sides(plan, layout, router), layout.blocks, schema))
+    sides = _sides(plan, layout, router)
+
+    def tops(alone: bool | None) -> DataFrame:
+        return _cogrouped_tops(plan, sides, layout.blocks, schema, alone)
+
+    return _merged(plan, layout, tops(None)) if router is None else _alone_skip_merge(plan, layout, tops)
+
+
+def _alone_skip_merge(plan: JoinPlan, layout: ShardLayout, tops: Callable[[bool], DataFrame]) -> DataFrame:
+    """The result of a join in shards of nearby rows from ``tops(alone)``, the partial lists of the queries that search
+    one shard alone (``True``, final already: no merge) or several (``False``, merged).
+
+    Both are searched over the same shuffled groups: Spark reuses the exchange, so the rows are routed and shuffled
+    once, and each query is searched once. On clustered data nearly every query searches one shard, and the merge
+    shuffle has nearly nothing left to move.
+    """
+    _log.info("%s: the queries that search one shard alone skip the merge", plan.caller)
+    return merged(tops(True), plan.search.id_col, plan.search.n, 0).unionByName(_merged(plan, layout, tops(False)))
+
+
+def _asked(group: pa.Table, alone: bool | None) -> pa.Table:
+    """The queries of a group's rows (:data:`ROLE` has :data:`AS_QUERY`; all of them without roles): those that search
+    this shard alone (``alone``), the others, or all (``None``)."""
+    if ROLE not in group.column_names:
+        return group
+    role = group.column(ROLE).to_numpy()
+    asked = (role & AS_QUERY) > 0
+    if alone is not None:
+        asked &= ((role & ALONE) > 0) == alone
+    return group.filter(pa.array(asked))
 
 
 def _merged(plan: JoinPlan, layout: ShardLayout, tops: DataFrame) -> DataFrame:
@@ -382,7 +411,7 @@ def _sides(plan: JoinPlan, layout: ShardLayout, router: Router | None) -> tuple[
     if router is None:
         return ref.withColumn(SHARD, _shard_by_position(layout)), qry.withColumn(SHARD, F.explode(_upto(layout.shards)))
     ref = ref.mapInArrow(functools.partial(with_home, router, search.r_spec), routed_schema(ref.schema))
-    return ref, qry.mapInArrow(functools.partial(with_targets, router, search.q_spec), routed_schema(qry.schema))
+    return ref, qry.mapInArrow(functools.partial(with_targets, router, search.q_spec), roles_schema(qry.schema))
 
 
 def _in_blocks(queries: DataFrame, key: str, layout: ShardLayout) -> DataFrame:
@@ -400,15 +429,18 @@ def _upto(count: int) -> Column:
     return F.sequence(F.lit(0), F.lit(count - 1)).cast("array<bigint>")
 
 
-def _cogrouped_tops(plan: JoinPlan, sides: tuple[DataFrame, DataFrame], blocks: int, schema: StructType) -> DataFrame:
+def _cogrouped_tops(
+    plan: JoinPlan, sides: tuple[DataFrame, DataFrame], blocks: int, schema: StructType, alone: bool | None
+) -> DataFrame:
     """The partial top lists of the queries and the reference (``sides``) co-grouped on ``(block, shard)``: the
-    reference replicated once per query block, each group's shard indexed in its task."""
+    reference replicated once per query block, each group's shard indexed in its task; of the queries :func:`_asked`
+    (``alone``)."""
     search, arrow_schema = plan.search, to_arrow_schema(schema)
     ref, qry = sides
     ref = ref.withColumn(BLOCK, F.explode(_upto(blocks)))
 
     def partial(left: pa.Table, right: pa.Table) -> pa.Table:
-        return _partial_top(search, left, right, arrow_schema)
+        return _partial_top(search, _asked(left, alone), right, arrow_schema)
 
     return qry.groupBy(BLOCK, SHARD).cogroup(ref.groupBy(BLOCK, SHARD)).applyInArrow(partial, schema)
 
@@ -423,9 +455,7 @@ def _own_rows_join(plan: JoinPlan, layout: ShardLayout, router: Router | None, s
     ``B + S - 1`` rows at most, never ``B x S``.
 
     In shards of nearby rows, the queries that search their home shard alone (:data:`ALONE`; nearly all of them on
-    clustered data) have their final lists from it: they are searched by one pass over the groups, whose lists skip
-    the merge, and the other queries by a second pass, whose lists are merged. Both passes read the one shuffle
-    (Spark reuses its exchange), and each query is searched once.
+    clustered data) skip the merge (:func:`_alone_skip_merge`).
     """
     search, arrow_schema = plan.search, to_arrow_schema(schema)
     assert isinstance(plan.reference, DataFrame) and search.r_spec is not None
@@ -438,23 +468,15 @@ def _own_rows_join(plan: JoinPlan, layout: ShardLayout, router: Router | None, s
         )
 
     def tops(alone: bool | None) -> DataFrame:
-        """The partial lists of the queries that search their home shard alone (``alone``), of the others, or all."""
-
         def partial(group: pa.Table) -> pa.Table:
-            role = group.column(ROLE).to_numpy()
-            asked = (role & AS_QUERY) > 0
-            if alone is not None:
-                asked &= ((role & ALONE) > 0) == alone
-            queries = group.filter(pa.array(asked))
+            queries = _asked(group, alone)
             queries = queries.rename_columns([QUERY if name == POSITION else name for name in queries.column_names])
-            return _partial_top(search, queries, group.filter(pa.array(role & AS_REFERENCE > 0)), arrow_schema)
+            reference = group.filter(pa.array(group.column(ROLE).to_numpy() & AS_REFERENCE > 0))
+            return _partial_top(search, queries, reference, arrow_schema)
 
         return placed.groupBy(BLOCK, SHARD).applyInArrow(partial, schema)
 
-    if router is None:
-        return _merged(plan, layout, tops(None))
-    _log.info("%s: the queries that search their home shard alone skip the merge", plan.caller)
-    return merged(tops(True), search.id_col, search.n, 0).unionByName(_merged(plan, layout, tops(False)))
+    return _merged(plan, layout, tops(None)) if router is None else _alone_skip_merge(plan, layout, tops)
 
 
 def _placed_by_position(rows: DataFrame, layout: ShardLayout) -> DataFrame:
