@@ -284,10 +284,7 @@ def with_targets(router: Router, spec: FeatureSpec, batches: Iterator[pa.RecordB
         if len(rows):
             searched[rows] = router.targets(_dense(X))
         row, shard = np.nonzero(searched)
-        role = np.where(searched.sum(axis=1) == 1, AS_QUERY | ALONE, AS_QUERY).astype(np.int8)[row]
-        columns = dict(zip(batch.schema.names, batch.take(pa.array(row)).columns))
-        columns.update({SHARD: pa.array(shard.astype(np.int64)), ROLE: pa.array(role)})
-        yield pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
+        yield _placed(batch, row, {SHARD: shard, ROLE: (AS_QUERY | _alone(searched))[row]})
 
 
 def with_roles(
@@ -313,18 +310,35 @@ def with_roles(
         # as a reference row, in every block (and a query there too in its own block, if it searches its home)
         referenced = np.repeat(np.arange(n_rows), blocks)
         block = np.tile(np.arange(blocks, dtype=np.int64), n_rows)
-        alone = np.where(searched.sum(axis=1) == 1, ALONE, 0)  # its home shard only: its list there is final
         queried = (block == own_block[referenced]) & searched[referenced, home[referenced]]
-        role = np.where(queried, AS_REFERENCE | AS_QUERY | alone[referenced], AS_REFERENCE)
+        role = np.where(queried, AS_REFERENCE | AS_QUERY | _alone(searched)[referenced], AS_REFERENCE)
         # as a query only: the other shards it searches, in its own block
         searched[np.arange(n_rows), home] = False
         visitor, shard = np.nonzero(searched)
-        row = np.concatenate([referenced, visitor])
-        columns = dict(zip(batch.schema.names, batch.take(pa.array(row)).columns))
-        columns[BLOCK] = pa.array(np.concatenate([block, own_block[visitor]]))
-        columns[SHARD] = pa.array(np.concatenate([home[referenced], shard]))
-        columns[ROLE] = pa.array(np.concatenate([role, np.full(len(visitor), AS_QUERY)]).astype(np.int8))
-        yield pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
+        yield _placed(
+            batch,
+            np.concatenate([referenced, visitor]),
+            {
+                BLOCK: np.concatenate([block, own_block[visitor]]),
+                SHARD: np.concatenate([home[referenced], shard]),
+                ROLE: np.concatenate([role, np.full(len(visitor), AS_QUERY)]),
+            },
+        )
+
+
+def _alone(searched: np.ndarray) -> np.ndarray:
+    """:data:`ALONE` for each row of ``searched`` (rows x shards) that searches one shard only, whose list there is
+    final; else 0."""
+    return np.where(searched.sum(axis=1) == 1, ALONE, 0)
+
+
+def _placed(batch: pa.RecordBatch, row: np.ndarray, placement: dict[str, np.ndarray]) -> pa.RecordBatch:
+    """The rows ``row`` of ``batch`` (repeated as often as they appear) with the ``placement`` columns set or added
+    (:data:`BLOCK` and :data:`SHARD` as longs, :data:`ROLE` as bytes)."""
+    columns = dict(zip(batch.schema.names, batch.take(pa.array(row)).columns))
+    for name, values in placement.items():
+        columns[name] = pa.array(values.astype(np.int8 if name == ROLE else np.int64))
+    return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
 
 
 def routed_schema(schema: StructType) -> StructType:

@@ -366,10 +366,8 @@ def _alone_skip_merge(plan: JoinPlan, layout: ShardLayout, tops: Callable[[bool]
 
 
 def _asked(group: pa.Table, alone: bool | None) -> pa.Table:
-    """The queries of a group's rows (:data:`ROLE` has :data:`AS_QUERY`; all of them without roles): those that search
-    this shard alone (``alone``), the others, or all (``None``)."""
-    if ROLE not in group.column_names:
-        return group
+    """The queries of a group's rows (:data:`ROLE` has :data:`AS_QUERY`): those that search this shard alone
+    (``alone``), the others, or all (``None``)."""
     role = group.column(ROLE).to_numpy()
     asked = (role & AS_QUERY) > 0
     if alone is not None:
@@ -399,7 +397,7 @@ def _positioned(frame: DataFrame, search: SearchSpec, spec: FeatureSpec, key: st
 
 def _sides(plan: JoinPlan, layout: ShardLayout, router: Router | None) -> tuple[DataFrame, DataFrame]:
     """The reference with its :data:`SHARD`, and the queries with their :data:`BLOCK`, once per :data:`SHARD` they
-    search.
+    search, with their :data:`ROLE` there.
 
     Both sides' group keys must have the same types (long): rows are hashed to partitions by them, and an int 1 and
     a long 1 hash differently, so mixed types would send a group's halves apart.
@@ -408,8 +406,9 @@ def _sides(plan: JoinPlan, layout: ShardLayout, router: Router | None) -> tuple[
     assert isinstance(plan.reference, DataFrame) and search.r_spec is not None
     ref = _positioned(plan.reference, search, search.r_spec, POSITION)
     qry = _in_blocks(_positioned(plan.queries, search, search.q_spec, QUERY), QUERY, layout)
-    if router is None:
-        return ref.withColumn(SHARD, _shard_by_position(layout)), qry.withColumn(SHARD, F.explode(_upto(layout.shards)))
+    if router is None:  # every query to every shard, never alone there
+        qry = qry.withColumn(SHARD, F.explode(_upto(layout.shards))).withColumn(ROLE, F.lit(AS_QUERY).cast("byte"))
+        return ref.withColumn(SHARD, _shard_by_position(layout)), qry
     ref = ref.mapInArrow(functools.partial(with_home, router, search.r_spec), routed_schema(ref.schema))
     return ref, qry.mapInArrow(functools.partial(with_targets, router, search.q_spec), roles_schema(qry.schema))
 
