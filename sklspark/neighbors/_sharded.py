@@ -341,15 +341,14 @@ def sharded_join(plan: JoinPlan, layout: ShardLayout) -> DataFrame:
     schema = partial_schema(
         search.id_col, plan.queries.schema[search.id_col].dataType, plan.reference.schema[search.id_col].dataType
     )
-    if plan.prebuilt_shards:
-        return _merged(plan, layout, _prebuilt_tops(plan, _sides(plan, layout, router), schema))
-    if plan.self_join:
+    if plan.self_join and not plan.prebuilt_shards:
         return _own_rows_join(plan, layout, router, schema)
     sides = _sides(plan, layout, router)
-
-    def tops(alone: bool | None) -> DataFrame:
-        return _cogrouped_tops(plan, sides, layout.blocks, schema, alone)
-
+    tops = (
+        _prebuilt_tops(plan, sides, schema)
+        if plan.prebuilt_shards
+        else functools.partial(_cogrouped_tops, plan, sides, layout.blocks, schema)
+    )
     return _merged(plan, layout, tops(None)) if router is None else _alone_skip_merge(plan, layout, tops)
 
 
@@ -500,15 +499,19 @@ def _placed_by_position(rows: DataFrame, layout: ShardLayout) -> DataFrame:
     return placed.select(*[c for c in rows.columns if c != BLOCK], "group.*")
 
 
-def _prebuilt_tops(plan: JoinPlan, sides: tuple[DataFrame, DataFrame], schema: StructType) -> DataFrame:
-    """The partial top lists of a backend whose index is built once per shard (:mod:`._shard_index`).
+def _prebuilt_tops(
+    plan: JoinPlan, sides: tuple[DataFrame, DataFrame], schema: StructType
+) -> Callable[[bool | None], DataFrame]:
+    """The partial top lists of a backend whose index is built once per shard (:mod:`._shard_index`), as
+    ``tops(alone)``: of the queries that search one shard alone (``True``), the others (``False``) or all (``None``),
+    as :func:`_asked` picks them.
 
-    A first job groups the reference by shard: one task per shard builds the backend and writes the
+    A first job, run here, groups the reference by shard: one task per shard builds the backend and writes the
     shard's files, and returns their stem to the driver (a few bytes a shard). The queries, replicated
     once per shard, are then grouped by ``(shard, block)``, sorted so that a task meets a shard's
     blocks one after the other, and every group searches its shard loaded from the files (once per
-    worker process). The reference is not replicated per query block: shuffle volume at most
-    ``S x |queries| + |reference|``.
+    worker process; not at all by a group without a query asked). The reference is not replicated per query
+    block: shuffle volume at most ``S x |queries| + |reference|``.
     """
     search, (ref, qry) = plan.search, sides
     files = ShardFiles.create(plan.index_dir, search.engine, search.metric)
@@ -530,7 +533,10 @@ def _prebuilt_tops(plan: JoinPlan, sides: tuple[DataFrame, DataFrame], schema: S
     _log.info("%s: %d shard index(es) built once each, under %s", plan.caller, len(stems), files.directory)
     arrow_schema = to_arrow_schema(schema)
 
-    def partial(queries: pa.Table) -> pa.Table:
-        return _search_prebuilt(search, files, stems, queries, arrow_schema)
+    def tops(alone: bool | None) -> DataFrame:
+        def partial(queries: pa.Table) -> pa.Table:
+            return _search_prebuilt(search, files, stems, _asked(queries, alone), arrow_schema)
 
-    return qry.groupBy(SHARD, BLOCK).applyInArrow(partial, schema)
+        return qry.groupBy(SHARD, BLOCK).applyInArrow(partial, schema)
+
+    return tops
