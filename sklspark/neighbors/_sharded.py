@@ -81,6 +81,10 @@ SHARD_MAX_BYTES = 128 << 20
 #: Most bytes of query features in one query block.
 QUERY_BLOCK_MAX_BYTES = 64 << 20
 
+#: The partial top lists of a join's queries, from ``tops(alone)``: of those that search one shard alone (``True``),
+#: the others (``False``), or all (``None``), as :func:`_asked` picks them.
+Tops = Callable[[bool | None], DataFrame]
+
 
 def count_blocks(n_rows: int, row_bytes: int, max_bytes: int) -> int:
     """Fewest blocks of at most ``max_bytes`` (at least 1, at most one per row)."""
@@ -341,18 +345,17 @@ def sharded_join(plan: JoinPlan, layout: ShardLayout) -> DataFrame:
     schema = partial_schema(
         search.id_col, plan.queries.schema[search.id_col].dataType, plan.reference.schema[search.id_col].dataType
     )
-    if plan.self_join and not plan.prebuilt_shards:
-        return _own_rows_join(plan, layout, router, schema)
-    sides = _sides(plan, layout, router)
-    tops = (
-        _prebuilt_tops(plan, sides, schema)
-        if plan.prebuilt_shards
-        else functools.partial(_cogrouped_tops, plan, sides, layout.blocks, schema)
-    )
+    tops: Tops
+    if plan.prebuilt_shards:
+        tops = _prebuilt_tops(plan, _sides(plan, layout, router), schema)
+    elif plan.self_join:
+        tops = _own_rows_tops(plan, layout, router, schema)
+    else:
+        tops = functools.partial(_cogrouped_tops, plan, _sides(plan, layout, router), layout.blocks, schema)
     return _merged(plan, layout, tops(None)) if router is None else _alone_skip_merge(plan, layout, tops)
 
 
-def _alone_skip_merge(plan: JoinPlan, layout: ShardLayout, tops: Callable[[bool], DataFrame]) -> DataFrame:
+def _alone_skip_merge(plan: JoinPlan, layout: ShardLayout, tops: Tops) -> DataFrame:
     """The result of a join in shards of nearby rows from ``tops(alone)``, the partial lists of the queries that search
     one shard alone (``True``, final already: no merge) or several (``False``, merged).
 
@@ -443,9 +446,10 @@ def _cogrouped_tops(
     return qry.groupBy(BLOCK, SHARD).cogroup(ref.groupBy(BLOCK, SHARD)).applyInArrow(partial, schema)
 
 
-def _own_rows_join(plan: JoinPlan, layout: ShardLayout, router: Router | None, schema: StructType) -> DataFrame:
-    """:func:`sharded_join` of a self-join, whose rows are both sides: one frame, read and routed once, each row sent
-    once to each ``(block, shard)`` group it is in, with its roles there (:data:`ROLE`), and grouped by one shuffle.
+def _own_rows_tops(plan: JoinPlan, layout: ShardLayout, router: Router | None, schema: StructType) -> Tops:
+    """The partial top lists of a self-join, as ``tops(alone)`` (:data:`Tops`), whose rows are both sides: one
+    frame, read and routed once, each row sent once to each ``(block, shard)`` group it is in, with its roles there
+    (:data:`ROLE`), and grouped by one shuffle (both passes of :func:`_alone_skip_merge` read it).
 
     Shards of nearby rows: :func:`~sklspark.neighbors._shard_route.with_roles`. By position: a row is a reference row
     of shard ``position mod S`` in every block, and a query of every shard in block ``position mod B``. Either way a
@@ -474,7 +478,7 @@ def _own_rows_join(plan: JoinPlan, layout: ShardLayout, router: Router | None, s
 
         return placed.groupBy(BLOCK, SHARD).applyInArrow(partial, schema)
 
-    return _merged(plan, layout, tops(None)) if router is None else _alone_skip_merge(plan, layout, tops)
+    return tops
 
 
 def _placed_by_position(rows: DataFrame, layout: ShardLayout) -> DataFrame:
@@ -499,12 +503,9 @@ def _placed_by_position(rows: DataFrame, layout: ShardLayout) -> DataFrame:
     return placed.select(*[c for c in rows.columns if c != BLOCK], "group.*")
 
 
-def _prebuilt_tops(
-    plan: JoinPlan, sides: tuple[DataFrame, DataFrame], schema: StructType
-) -> Callable[[bool | None], DataFrame]:
+def _prebuilt_tops(plan: JoinPlan, sides: tuple[DataFrame, DataFrame], schema: StructType) -> Tops:
     """The partial top lists of a backend whose index is built once per shard (:mod:`._shard_index`), as
-    ``tops(alone)``: of the queries that search one shard alone (``True``), the others (``False``) or all (``None``),
-    as :func:`_asked` picks them.
+    ``tops(alone)`` (:data:`Tops`).
 
     A first job, run here, groups the reference by shard: one task per shard builds the backend and writes the
     shard's files, and returns their stem to the driver (a few bytes a shard). The queries, replicated
